@@ -1,0 +1,52 @@
+"""Attention: masks from slot indices and segment ids, and the attention kernels.
+
+Einsum letters: B batch, T query positions, S key positions, N query heads, K kv heads,
+G query heads per kv head (N = K * G), H head dim.
+
+Masking is by *slot* (index in the sequence / KV cache), segment id (0 = padding or empty
+cache slot; packed examples get distinct ids) and sliding window (q_slot - k_slot < window).
+For left-padded rows and packed segments slot distances equal position distances, so this is
+the mask transformers builds.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from reasonax.model.config import ModelConfig
+
+_MASKED = float(jnp.finfo(jnp.float32).min)
+
+
+def make_mask(q_slots: jax.Array, k_slots: jax.Array, q_seg: jax.Array, k_seg: jax.Array,
+              window: int | None = None) -> jax.Array:
+    """Boolean [B, T, S]: causal, same non-zero segment, and (optionally) within the window."""
+    causal = k_slots[None, None, :] <= q_slots[None, :, None]
+    same = (q_seg[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] != 0)
+    mask = causal & same
+    if window:
+        mask &= (q_slots[None, :, None] - k_slots[None, None, :]) < window
+    return mask
+
+
+def attend(cfg: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """q [B,T,N,H], k/v [B,S,K,H], mask [B,T,S] -> [B,T,N,H]."""
+    if cfg.attention_impl == "einsum":
+        return _attend_einsum(cfg, q, k, v, mask)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=cfg.attn_scale,
+                                        implementation=None if cfg.attention_impl == "xla" else "cudnn")
+
+
+def _attend_einsum(cfg: ModelConfig, q, k, v, mask):
+    """Reference path: plain einsums, scores and softmax in float32, softcap before the mask."""
+    B, T, N, H = q.shape
+    K = k.shape[2]
+    q = q.reshape(B, T, K, N // K, H)  # query head n uses kv head n // G, as transformers' repeat_kv
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32) * cfg.attn_scale
+    if cfg.attn_softcap:
+        scores = jnp.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
+    scores = jnp.where(mask[:, None, None], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
+    return out.reshape(B, T, N, H)

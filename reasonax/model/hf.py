@@ -1,0 +1,406 @@
+"""Hugging Face checkpoints <-> (ModelConfig, params).
+
+config.json is parsed by transformers' config classes (which fill the defaults of sparse
+configs and read both the legacy rope_theta/rope_scaling form and the rope_parameters form),
+then mapped to a ModelConfig. Tensors are read with safetensors one at a time and placed
+straight into their sharding; stacked layer params are filled layer by layer in place, so host
+memory holds about one HF tensor beyond the placed model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from reasonax.model import sharding
+from reasonax.model.config import FULL, SLIDING, ModelConfig, RopeConfig
+from reasonax.model.params import ParamSpec, is_spec, param_specs
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3")
+# tensors of multimodal checkpoints (and buffers) that a text model does not use
+IGNORED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+                    "model.multi_modal_projector.")
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "chat_template.jinja", "generation_config.json", "vocab.json", "merges.txt",
+                   "added_tokens.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be loaded as it is; the message names the problem."""
+
+
+# ----------------------------------------------------------------------------------------------
+# config.json <-> ModelConfig
+
+_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu_tanh"}
+
+
+def _rope_from_hf(params: dict, where: str) -> RopeConfig:
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in ("default", "linear", "llama3"):
+        raise CheckpointError(f"{where}: rope_type {rope_type!r} is not supported (default, linear, llama3)")
+    return RopeConfig(
+        theta=float(params["rope_theta"]), type=rope_type, factor=float(params.get("factor") or 1.0),
+        low_freq_factor=float(params.get("low_freq_factor") or 1.0),
+        high_freq_factor=float(params.get("high_freq_factor") or 4.0),
+        original_max_position_embeddings=int(params.get("original_max_position_embeddings") or 8192))
+
+
+def _rope_to_hf(rope: RopeConfig) -> dict:
+    out = {"rope_type": rope.type, "rope_theta": rope.theta}
+    if rope.type != "default":
+        out["factor"] = rope.factor
+    if rope.type == "llama3":
+        out.update(low_freq_factor=rope.low_freq_factor, high_freq_factor=rope.high_freq_factor,
+                   original_max_position_embeddings=rope.original_max_position_embeddings)
+    return out
+
+
+def config_from_hf(hf_cfg, where: str = "config.json") -> ModelConfig:
+    """ModelConfig from a transformers config object (Gemma 3 multimodal: its text_config)."""
+    if hf_cfg.model_type == "gemma3":
+        hf_cfg = hf_cfg.text_config
+    mt = hf_cfg.model_type
+    if mt not in SUPPORTED_MODEL_TYPES:
+        raise CheckpointError(f"{where}: unknown model_type {mt!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    get = functools.partial(getattr, hf_cfg)
+    act_name = get("hidden_activation", None) or get("hidden_act", None) or "silu"
+    if act_name not in _ACTIVATIONS:
+        raise CheckpointError(f"{where}: activation {act_name!r} is not supported")
+    for flag in ("mlp_bias", "use_bidirectional_attention"):
+        if get(flag, None):
+            raise CheckpointError(f"{where}: {flag}=True is not supported")
+    if (get("partial_rotary_factor", None) or 1.0) != 1.0:
+        raise CheckpointError(f"{where}: partial_rotary_factor != 1 is not supported")
+    heads = get("num_attention_heads")
+    layer_types = tuple(get("layer_types", None) or (FULL,) * get("num_hidden_layers"))
+    rope_params = get("rope_parameters")
+    if mt == "gemma3_text":
+        rope, rope_local = (_rope_from_hf(rope_params[t], where) for t in (FULL, SLIDING))
+    else:
+        rope, rope_local = _rope_from_hf(rope_params, where), None
+    eos = get("eos_token_id", None)
+    gemma = mt.startswith("gemma")
+    attention_bias = bool(get("attention_bias", False))
+    return ModelConfig(
+        model_type="gemma3_text" if mt == "gemma3" else mt,
+        vocab_size=get("vocab_size"), hidden_size=get("hidden_size"),
+        intermediate_size=get("intermediate_size"), num_layers=get("num_hidden_layers"),
+        num_heads=heads, num_kv_heads=get("num_key_value_heads", None) or heads,
+        head_dim=get("head_dim", None) or get("hidden_size") // heads,
+        max_position_embeddings=get("max_position_embeddings"), rms_norm_eps=float(get("rms_norm_eps")),
+        activation=_ACTIVATIONS[act_name], norm_plus_one=gemma, embed_scale=gemma,
+        qkv_bias=attention_bias or mt == "qwen2", o_bias=attention_bias,
+        qk_norm=mt in ("qwen3", "gemma3_text"), sandwich_norm=mt in ("gemma2", "gemma3_text"),
+        query_pre_attn_scalar=get("query_pre_attn_scalar", None),
+        # transformers' Gemma 3 stores attn_logit_softcapping but never applies it; only Gemma 2 does
+        attn_softcap=get("attn_logit_softcapping", None) if mt == "gemma2" else None,
+        final_softcap=get("final_logit_softcapping", None),
+        tie_embeddings=bool(get("tie_word_embeddings", False)), layer_types=layer_types,
+        sliding_window=get("sliding_window", None) if SLIDING in layer_types else None,
+        rope=rope, rope_local=rope_local, bos_token_id=get("bos_token_id", None),
+        eos_token_ids=tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,)),
+        pad_token_id=get("pad_token_id", None))
+
+
+_HF_ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+            "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
+
+
+def config_to_hf(cfg: ModelConfig):
+    """A transformers config object for `cfg`; raises if the family cannot express some field."""
+    import transformers
+
+    kw = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+              num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+              num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+              max_position_embeddings=cfg.max_position_embeddings, rms_norm_eps=cfg.rms_norm_eps,
+              tie_word_embeddings=cfg.tie_embeddings, bos_token_id=cfg.bos_token_id,
+              eos_token_id=list(cfg.eos_token_ids) if len(cfg.eos_token_ids) > 1 else
+              (cfg.eos_token_ids[0] if cfg.eos_token_ids else None),
+              pad_token_id=cfg.pad_token_id, architectures=[_HF_ARCH[cfg.model_type]])
+    act = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh"}[cfg.activation]
+    mt = cfg.model_type
+    if mt in ("llama", "qwen3", "gemma", "gemma2", "gemma3_text"):
+        kw["attention_bias"] = cfg.o_bias
+    if mt in ("gemma2", "gemma3_text"):
+        kw.update(hidden_activation=act, query_pre_attn_scalar=cfg.query_pre_attn_scalar,
+                  final_logit_softcapping=cfg.final_softcap)
+        if mt == "gemma2":
+            kw["attn_logit_softcapping"] = cfg.attn_softcap
+    else:
+        kw["hidden_act"] = act
+    if mt in ("qwen2", "qwen3", "gemma2", "gemma3_text"):
+        kw["layer_types"] = list(cfg.layer_types)
+        kw["sliding_window"] = cfg.sliding_window
+        if mt in ("qwen2", "qwen3"):
+            kw["use_sliding_window"] = cfg.has_sliding
+    if mt == "gemma3_text":
+        kw["rope_parameters"] = {FULL: _rope_to_hf(cfg.rope), SLIDING: _rope_to_hf(cfg.rope_local or cfg.rope)}
+    else:
+        kw["rope_parameters"] = _rope_to_hf(cfg.rope)
+    classes = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
+               "qwen3": transformers.Qwen3Config, "gemma": transformers.GemmaConfig,
+               "gemma2": transformers.Gemma2Config, "gemma3_text": transformers.Gemma3TextConfig}
+    if mt not in classes:
+        raise CheckpointError(f"cannot export model_type {mt!r}; supported: {', '.join(classes)}")
+    hf_cfg = classes[mt](**kw)
+    back = config_from_hf(hf_cfg, where="export")
+    runtime = dict(attention_impl=cfg.attention_impl, remat=cfg.remat)
+    if cfg.rope_local is None and back.rope_local == cfg.rope:
+        runtime["rope_local"] = None
+    if back.replace(**runtime) != cfg:
+        diff = {f.name: (getattr(cfg, f.name), getattr(back, f.name)) for f in dataclasses.fields(cfg)
+                if getattr(cfg, f.name) != getattr(back.replace(**runtime), f.name)}
+        raise CheckpointError(f"model_type {mt!r} cannot express this config; (ours, exported) differ: {diff}")
+    return hf_cfg
+
+
+def read_config(path: str | os.PathLike) -> ModelConfig:
+    """ModelConfig of an HF directory (config.json)."""
+    import transformers
+
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{cfg_file}: not found (expected a Hugging Face model directory)")
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_file}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    mt = raw.get("model_type")
+    if mt not in SUPPORTED_MODEL_TYPES:
+        raise CheckpointError(f"{cfg_file}: unknown model_type {mt!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    return config_from_hf(transformers.AutoConfig.from_pretrained(str(path)), where=str(cfg_file))
+
+
+# ----------------------------------------------------------------------------------------------
+# safetensors index
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stored:
+    file: Path
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def _index(path: Path) -> dict[str, _Stored]:
+    """Name -> (file, shape, dtype) of every tensor, from the safetensors headers only."""
+    index_file = path / "model.safetensors.index.json"
+    if index_file.is_file():
+        files = sorted({path / f for f in json.loads(index_file.read_text())["weight_map"].values()})
+    else:
+        files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path}: no *.safetensors files")
+    out = {}
+    for f in files:
+        if not f.is_file():
+            raise CheckpointError(f"{index_file}: names missing file {f.name}")
+        size = f.stat().st_size
+        try:
+            with safe_open(str(f), framework="numpy") as st:
+                for name in st.keys():
+                    sl = st.get_slice(name)
+                    out[name] = _Stored(f, tuple(sl.get_shape()), sl.get_dtype())
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{f}: cannot read safetensors header ({e}); file truncated or corrupt? "
+                                  f"({size} bytes)") from None
+    return out
+
+
+def _name_resolver(stored: dict[str, _Stored], path: Path) -> Callable[[str], str]:
+    """Maps our HF names ('model.X', 'lm_head.weight') to the stored names (multimodal prefixes)."""
+    layouts = [("model.", "lm_head."), ("language_model.model.", "language_model.lm_head."),
+               ("model.language_model.", "lm_head.")]
+    for body, head in layouts:
+        if body + "embed_tokens.weight" in stored:
+            return lambda n: (body + n[len("model."):]) if n.startswith("model.") else head + n[len("lm_head."):]
+    raise CheckpointError(f"{path}: missing tensor model.embed_tokens.weight (also looked for "
+                          f"language_model.model.embed_tokens.weight and model.language_model.embed_tokens.weight)")
+
+
+def _hf_shape(spec: ParamSpec) -> tuple[int, ...]:
+    shape = spec.layer_shape
+    if spec.hf_in_dims:
+        return (math.prod(shape[spec.hf_in_dims:]), math.prod(shape[:spec.hf_in_dims]))
+    return (math.prod(shape),) if spec.hf_flat else shape
+
+
+def _from_hf(spec: ParamSpec, t: np.ndarray) -> np.ndarray:
+    if spec.hf_in_dims:
+        t = t.T
+    return t.reshape(spec.layer_shape)
+
+
+def _to_hf(spec: ParamSpec, t: np.ndarray) -> np.ndarray:
+    if spec.hf_in_dims:
+        t = t.reshape(math.prod(spec.layer_shape[:spec.hf_in_dims]), -1).T
+    return np.ascontiguousarray(t.reshape(_hf_shape(spec)))
+
+
+def _hf_names(spec: ParamSpec) -> list[str]:
+    n = spec.shape[0] if spec.stacked else 1
+    return [spec.hf_name.format(i=i) for i in range(n)] if spec.stacked else [spec.hf_name]
+
+
+def _check_tensors(cfg: ModelConfig, stored: dict[str, _Stored], resolve, path: Path):
+    specs = jax.tree.leaves(param_specs(cfg), is_leaf=is_spec)
+    expected = {}
+    for spec in specs:
+        for name in _hf_names(spec):
+            expected[resolve(name)] = _hf_shape(spec)
+    missing = [n for n in expected if n not in stored]
+    if missing:
+        raise CheckpointError(f"{path}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} "
+                              f"({len(missing)} of {len(expected)})")
+    for name, shape in expected.items():
+        if stored[name].shape != shape:
+            raise CheckpointError(f"{stored[name].file}: tensor {name} has shape {stored[name].shape}, "
+                                  f"expected {shape}")
+    ignorable = set()
+    if cfg.tie_embeddings:  # some tied checkpoints also store the (identical) lm_head
+        ignorable.add(resolve("lm_head.weight"))
+    unexpected = [n for n in stored if n not in expected and n not in ignorable
+                  and not n.startswith(IGNORED_PREFIXES) and not n.endswith(IGNORED_SUFFIXES)]
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected tensor(s) {unexpected[:5]}"
+                              f"{' ...' if len(unexpected) > 5 else ''} for {cfg.model_type} "
+                              f"({len(unexpected)} unexpected)")
+
+
+def _read(stored: _Stored, name: str) -> np.ndarray:
+    try:
+        with safe_open(str(stored.file), framework="numpy") as st:
+            return st.get_tensor(name)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{stored.file}: cannot read tensor {name} ({e}); file truncated?") from None
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _set_layer(stacked: jax.Array, layer: jax.Array, i: jax.Array) -> jax.Array:
+    return jax.lax.dynamic_update_index_in_dim(stacked, layer, i, axis=0)
+
+
+def _place(host: np.ndarray, sharding_: jax.sharding.Sharding) -> jax.Array:
+    return jax.make_array_from_callback(host.shape, sharding_, lambda idx: host[idx])
+
+
+def load_hf(path: str | os.PathLike, dtype="float32", mesh: jax.sharding.Mesh | None = None,
+            rules=sharding.DEFAULT_RULES) -> tuple[ModelConfig, dict]:
+    """(ModelConfig, params) from an HF directory: config.json + safetensors (single or sharded).
+
+    Each tensor is read, converted to `dtype` and placed into its NamedSharding on `mesh`
+    (default: a 1-device mesh) before the next one is read.
+    """
+    path = Path(path)
+    cfg = read_config(path)
+    dtype = jnp.dtype(dtype)
+    stored = _index(path)
+    resolve = _name_resolver(stored, path)
+    _check_tensors(cfg, stored, resolve, path)
+    mesh = mesh if mesh is not None else sharding.make_mesh(devices=jax.devices()[:1])
+
+    def load_param(spec: ParamSpec) -> jax.Array:
+        full = sharding.named_sharding(mesh, spec.axes, spec.shape, rules)
+        if not spec.stacked:
+            name = resolve(spec.hf_name)
+            return _place(_from_hf(spec, _read(stored[name], name)).astype(dtype), full)
+        layer_sharding = sharding.named_sharding(mesh, spec.axes[1:], spec.layer_shape, rules)
+        out = jax.jit(lambda: jnp.zeros(spec.shape, dtype), out_shardings=full)()
+        for i, hf_name in enumerate(_hf_names(spec)):
+            name = resolve(hf_name)
+            layer = _place(_from_hf(spec, _read(stored[name], name)).astype(dtype), layer_sharding)
+            out = _set_layer(out, layer, jnp.int32(i))
+        return out
+
+    params = jax.tree.map(load_param, param_specs(cfg), is_leaf=is_spec)
+    return cfg, params
+
+
+# ----------------------------------------------------------------------------------------------
+# save
+
+
+def _host_tensors(params: dict, cfg: ModelConfig, dtype) -> Iterator[tuple[str, np.ndarray]]:
+    """(HF name, numpy array in HF layout) one at a time."""
+    from jax.experimental import multihost_utils
+
+    specs, treedef = jax.tree.flatten(param_specs(cfg), is_leaf=is_spec)
+    arrays = treedef.flatten_up_to(params)
+    for spec, arr in zip(specs, arrays):
+        if tuple(arr.shape) != spec.shape:
+            raise ValueError(f"param {spec.hf_name} has shape {tuple(arr.shape)}, expected {spec.shape}")
+        for i, name in enumerate(_hf_names(spec)):
+            part = arr[i] if spec.stacked else arr
+            if jax.process_count() > 1:
+                host = np.asarray(multihost_utils.process_allgather(part, tiled=True))
+            else:
+                host = np.asarray(jax.device_get(part))
+            yield name, _to_hf(spec, host.astype(dtype))
+
+
+def save_hf(params: dict, cfg: ModelConfig, out_dir: str | os.PathLike, dtype=None,
+            max_shard_bytes: int = 4 << 30, tokenizer_dir: str | os.PathLike | None = None) -> Path:
+    """Write config.json + safetensors (sharded above max_shard_bytes) that transformers loads.
+
+    dtype: None keeps the params' dtype. tokenizer_dir: copy tokenizer files from there.
+    On multi-host runs every process must call this; process 0 writes.
+    """
+    out_dir = Path(out_dir)
+    write = jax.process_index() == 0
+    if write:
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise FileExistsError(f"{out_dir}: exists and is not empty")
+        out_dir.mkdir(parents=True, exist_ok=True)
+    hf_cfg = config_to_hf(cfg)
+    np_dtype = np.dtype(jnp.dtype(dtype or params["embed"].dtype))
+    hf_cfg.dtype = np_dtype.name
+    files: list[str] = []
+    weight_map: dict[str, int] = {}
+    shard: dict[str, np.ndarray] = {}
+
+    def flush():
+        if write and shard:
+            files.append(f"part-{len(files):05d}.safetensors")
+            save_file(shard, str(out_dir / files[-1]), metadata={"format": "pt"})
+        shard.clear()
+
+    for name, t in _host_tensors(params, cfg, np_dtype):
+        if shard and sum(a.nbytes for a in shard.values()) + t.nbytes > max_shard_bytes:
+            flush()
+        shard[name] = t
+        weight_map[name] = len(files)
+    flush()
+    if not write:
+        return out_dir
+    if len(files) == 1:
+        os.replace(out_dir / files[0], out_dir / "model.safetensors")
+    else:
+        n = len(files)
+        final = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        for src, dst in zip(files, final):
+            os.replace(out_dir / src, out_dir / dst)
+        total = sum((out_dir / f).stat().st_size for f in final)
+        index = {"metadata": {"total_size": total}, "weight_map": {k: final[v] for k, v in weight_map.items()}}
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    hf_cfg.save_pretrained(str(out_dir))
+    if tokenizer_dir is not None:
+        for f in TOKENIZER_FILES:
+            if (Path(tokenizer_dir) / f).is_file() and not (out_dir / f).exists():
+                shutil.copy2(Path(tokenizer_dir) / f, out_dir / f)
+    return out_dir

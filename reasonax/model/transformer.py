@@ -1,0 +1,159 @@
+"""The decoder: embed -> lax.scan over stacked layers -> norm -> unembed. One function for all families.
+
+Einsum letters: B batch, T positions, D hidden, N query heads, K kv heads, H head dim, V vocab.
+
+Per-layer differences (sliding vs global attention, local vs global RoPE) are data: masks and
+RoPE tables are built once per *layer type* and each scanned layer indexes them by its type id,
+so compile time stays flat in depth.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reasonax.model import attention, layers
+from reasonax.model.cache import KVCache
+from reasonax.model.config import SLIDING, ModelConfig
+from reasonax.model.sharding import constrain
+
+ACT_AXES = ("batch", None, "embed")
+
+
+def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
+    """Position of each token within its segment [B, T]; restarts at 0 where the segment id changes."""
+    T = segment_ids.shape[1]
+    idx = jnp.arange(T, dtype=jnp.int32)[None, :]
+    prev = jnp.pad(segment_ids, ((0, 0), (1, 0)), constant_values=-1)[:, :-1]
+    starts = jnp.where(segment_ids != prev, idx, 0)
+    return idx - jax.lax.cummax(starts, axis=1)
+
+
+def _layer_type_tables(cfg: ModelConfig, positions, q_slots, k_slots, q_seg, k_seg, dtype):
+    """Stacked masks [Y,B,T,S], cos/sin [Y,B,T,H/2] and per-layer type ids [L] for the Y types used."""
+    types = sorted(set(cfg.layer_types))
+    masks, coss, sins = [], [], []
+    for t in types:
+        window = cfg.sliding_window if t == SLIDING else None
+        rope = cfg.rope_local if (t == SLIDING and cfg.rope_local is not None) else cfg.rope
+        masks.append(attention.make_mask(q_slots, k_slots, q_seg, k_seg, window))
+        cos, sin = layers.rope_tables(positions, rope, cfg.head_dim, dtype)
+        coss.append(cos)
+        sins.append(sin)
+    type_ids = jnp.asarray(np.array([types.index(t) for t in cfg.layer_types], np.int32))
+    return jnp.stack(masks), jnp.stack(coss), jnp.stack(sins), type_ids
+
+
+def _norm(cfg: ModelConfig, x, w):
+    return layers.rms_norm(x, w, cfg.rms_norm_eps, cfg.norm_plus_one)
+
+
+def _decoder_layer(cfg: ModelConfig, x, p, cos, sin, mask, kv, index):
+    """One pre-norm decoder layer. kv: (k_cache, v_cache) [B,S,K,H] or None (keys = this chunk)."""
+    h = _norm(cfg, x, p["pre_attn_norm"])
+    q = jnp.einsum("BTD,DNH->BTNH", h, p["q"])
+    k = jnp.einsum("BTD,DKH->BTKH", h, p["k"])
+    v = jnp.einsum("BTD,DKH->BTKH", h, p["v"])
+    if cfg.qkv_bias:
+        q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
+    if cfg.qk_norm:
+        q, k = _norm(cfg, q, p["q_norm"]), _norm(cfg, k, p["k_norm"])
+    q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
+    if kv is not None:
+        k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), index, axis=1)
+        v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), index, axis=1)
+    out = jnp.einsum("BTNH,NHD->BTD", attention.attend(cfg, q, k, v, mask), p["o"])
+    if cfg.o_bias:
+        out = out + p["o_bias"]
+    if cfg.sandwich_norm:
+        out = _norm(cfg, out, p["post_attn_norm"])
+    x = x + out
+    h = layers.mlp(cfg, p, _norm(cfg, x, p["pre_mlp_norm"]))
+    if cfg.sandwich_norm:
+        h = _norm(cfg, h, p["post_mlp_norm"])
+    return constrain(x + h, ACT_AXES), (k, v)
+
+
+_REMAT = {"full": jax.checkpoint_policies.nothing_saveable,
+          "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def embed(params: dict, tokens: jax.Array, cfg: ModelConfig) -> jax.Array:
+    table = params["embed"]
+    x = jnp.take(table, tokens, axis=0)
+    if cfg.embed_scale:  # sqrt(D) rounded to the activation dtype, as the reference does
+        x = x * jnp.asarray(cfg.hidden_size**0.5, dtype=table.dtype)
+    return constrain(x, ACT_AXES)
+
+
+def hidden_states(params: dict, tokens: jax.Array, cfg: ModelConfig, *, positions=None, segment_ids=None,
+                  cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    """Final-norm hidden states [B,T,D] (and the updated cache when one is given).
+
+    tokens int32 [B,T]; segment_ids [B,T] (0 = padding, default all 1); positions [B,T] (default:
+    index within the segment, continuing from cache.next_pos when a cache is given).
+    """
+    B, T = tokens.shape
+    dtype = params["embed"].dtype
+    segment_ids = jnp.ones((B, T), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+    if positions is None:
+        positions = positions_from_segments(segment_ids)
+        if cache is not None:
+            positions = positions + cache.next_pos[:, None]
+    positions = positions.astype(jnp.int32)
+
+    if cache is None:
+        slots = jnp.arange(T, dtype=jnp.int32)
+        q_slots, k_slots, k_seg, index = slots, slots, segment_ids, None
+    else:
+        index = cache.index
+        q_slots = index + jnp.arange(T, dtype=jnp.int32)
+        k_slots = jnp.arange(cache.max_len, dtype=jnp.int32)
+        k_seg = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids, index, axis=1)
+    masks, coss, sins, type_ids = _layer_type_tables(cfg, positions, q_slots, k_slots, segment_ids, k_seg,
+                                                     dtype)
+    single_type = masks.shape[0] == 1
+
+    def body(x, xs):
+        p, tid, kv = xs
+        pick = (lambda a: a[0]) if single_type else (lambda a: a[tid])
+        x, kv = _decoder_layer(cfg, x, p, pick(coss), pick(sins), pick(masks), kv, index)
+        return x, kv if cache is not None else None
+
+    if cfg.remat != "none":
+        body = jax.checkpoint(body, policy=_REMAT[cfg.remat])
+    kv_in = None if cache is None else (cache.k, cache.v)
+    x, kv_out = jax.lax.scan(body, embed(params, tokens, cfg), (params["layers"], type_ids, kv_in))
+    x = _norm(cfg, x, params["final_norm"])
+    if cache is None:
+        return x, None
+    new_cache = KVCache(k=kv_out[0], v=kv_out[1], segment_ids=k_seg, next_pos=positions[:, -1] + 1,
+                        index=index + T)
+    return x, new_cache
+
+
+def unembed(params: dict, h: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """Logits in float32 (final softcap applied). For training use the chunked loss instead."""
+    head = params["embed"] if cfg.tie_embeddings else params["lm_head"]
+    logits = jnp.einsum("BTD,VD->BTV", h, head, preferred_element_type=jnp.float32)
+    if cfg.final_softcap:
+        logits = jnp.tanh(logits / cfg.final_softcap) * cfg.final_softcap
+    return logits
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def forward(params: dict, tokens: jax.Array, cfg: ModelConfig, positions=None, segment_ids=None) -> jax.Array:
+    """Full-sequence logits float32 [B,T,V] for int32 tokens [B,T]."""
+    h, _ = hidden_states(params, tokens, cfg, positions=positions, segment_ids=segment_ids)
+    return unembed(params, h, cfg)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
+def decode(params: dict, tokens: jax.Array, cfg: ModelConfig, cache: KVCache, positions=None,
+           segment_ids=None) -> tuple[jax.Array, KVCache]:
+    """Run a chunk (a prefill, or one token per row) through the model, reading and writing `cache`."""
+    h, cache = hidden_states(params, tokens, cfg, positions=positions, segment_ids=segment_ids, cache=cache)
+    return unembed(params, h, cfg), cache
