@@ -106,3 +106,22 @@ def hf_logits(model: torch.nn.Module, tokens: np.ndarray, attention_mask: np.nda
         kw["position_ids"] = torch.tensor(position_ids)
     with torch.no_grad():
         return model(torch.tensor(tokens), **kw).logits.float().numpy()
+
+
+def random_jax_params(cfg, seed: int = 0, dtype=np.float32) -> dict:
+    """reasonax params with every leaf random (norms around 0 for Gemma's 1+w, around 1 otherwise)."""
+    import jax
+    import jax.numpy as jnp
+
+    from reasonax.model.params import is_spec, param_specs
+
+    specs, treedef = jax.tree.flatten(param_specs(cfg), is_leaf=is_spec)
+    rng = np.random.default_rng(seed)
+    leaves = []
+    for s in specs:
+        if s.hf_name.endswith("norm.weight"):
+            x = rng.normal(size=s.shape) * 0.5 + (0.0 if cfg.norm_plus_one else 1.0)
+        else:
+            x = rng.normal(size=s.shape) * 0.15
+        leaves.append(jnp.asarray(x.astype(dtype)))
+    return treedef.unflatten(leaves)

@@ -109,6 +109,13 @@ class ModelConfig:
         return SLIDING in self.layer_types
 
     def replace(self, **changes) -> ModelConfig:
+        """dataclasses.replace; a new num_layers keeps uniform layer types (else pass layer_types)."""
+        n = changes.get("num_layers", self.num_layers)
+        if n != self.num_layers and "layer_types" not in changes:
+            if len(set(self.layer_types)) > 1:
+                raise ValueError(f"num_layers changes {self.num_layers} -> {n} on a config with mixed layer "
+                                 "types; pass layer_types too (e.g. gemma3_layer_types(n))")
+            changes["layer_types"] = (self.layer_types[0],) * n
         return dataclasses.replace(self, **changes)
 
 
@@ -248,3 +255,19 @@ def get_preset(name: str) -> ModelConfig:
     except KeyError:
         raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
 
+
+
+def config_to_dict(cfg: ModelConfig) -> dict:
+    """JSON-ready dict (round-trips through config_from_dict)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: dict) -> ModelConfig:
+    d = dict(d)
+    for key in ("rope", "rope_local"):
+        if isinstance(d.get(key), dict):
+            d[key] = RopeConfig(**d[key])
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    if unknown := sorted(set(d) - known):
+        raise ValueError(f"unknown ModelConfig fields {unknown}")
+    return ModelConfig(**d)

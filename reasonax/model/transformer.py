@@ -82,7 +82,9 @@ _REMAT = {"full": jax.checkpoint_policies.nothing_saveable,
 
 
 def embed(params: dict, tokens: jax.Array, cfg: ModelConfig) -> jax.Array:
-    table = params["embed"]
+    # gather rows from a table whose hidden dim is whole (FSDP all-gathers it), so the rows come out
+    # batch-sharded without resharding the lookup result
+    table = constrain(params["embed"], ("vocab", None))
     x = jnp.take(table, tokens, axis=0)
     if cfg.embed_scale:  # sqrt(D) rounded to the activation dtype, as the reference does
         x = x * jnp.asarray(cfg.hidden_size**0.5, dtype=table.dtype)

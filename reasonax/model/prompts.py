@@ -1,0 +1,93 @@
+"""Math prompt formats and stop tokens per model family, and tokenizer loading.
+
+Formats:
+  qwen-chat    ChatML with the Qwen2.5-Math chain-of-thought system prompt (\\boxed{} answer)
+  gemma-chat   Gemma turns (<start_of_turn>user ... <end_of_turn>); Gemma has no system role,
+               so the instruction is prepended to the user turn
+  few-shot     plain "Question: ... / Answer: ..." blocks for base models
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+from reasonax.model.config import ModelConfig
+
+BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    question: str
+    answer: str  # a full worked solution, ending in the final answer
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptFormat:
+    name: str
+    stop_strings: tuple[str, ...]  # text that ends a completion (also looked up as special tokens)
+
+    def render(self, question: str, few_shot: Sequence[Example] = (), instruction: str = BOXED_INSTRUCTION) -> str:
+        if self.name == "qwen-chat":
+            turns = [f"<|im_start|>system\n{instruction}<|im_end|>\n"]
+            for ex in few_shot:
+                turns.append(f"<|im_start|>user\n{ex.question}<|im_end|>\n"
+                             f"<|im_start|>assistant\n{ex.answer}<|im_end|>\n")
+            turns.append(f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
+            return "".join(turns)
+        if self.name == "gemma-chat":
+            turns = []
+            for i, ex in enumerate(few_shot):
+                q = f"{instruction}\n\n{ex.question}" if i == 0 and instruction else ex.question
+                turns.append(f"<start_of_turn>user\n{q}<end_of_turn>\n<start_of_turn>model\n{ex.answer}<end_of_turn>\n")
+            q = f"{instruction}\n\n{question}" if instruction and not few_shot else question
+            turns.append(f"<start_of_turn>user\n{q}<end_of_turn>\n<start_of_turn>model\n")
+            return "".join(turns)
+        if self.name == "few-shot":
+            blocks = [f"Question: {ex.question}\nAnswer: {ex.answer}\n\n" for ex in few_shot]
+            return "".join(blocks) + f"Question: {question}\nAnswer:"
+        raise ValueError(f"unknown prompt format {self.name!r}")
+
+
+FORMATS = {
+    "qwen-chat": PromptFormat("qwen-chat", ("<|im_end|>", "<|endoftext|>")),
+    "gemma-chat": PromptFormat("gemma-chat", ("<end_of_turn>", "<eos>")),
+    "few-shot": PromptFormat("few-shot", ("\n\nQuestion:",)),
+}
+
+
+def get_format(name: str) -> PromptFormat:
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise KeyError(f"unknown prompt format {name!r}; known: {', '.join(FORMATS)}") from None
+
+
+def default_format(cfg: ModelConfig) -> PromptFormat:
+    """Chat format of the model's family (few-shot for Llama-style models)."""
+    if cfg.model_type.startswith("qwen"):
+        return FORMATS["qwen-chat"]
+    if cfg.model_type.startswith("gemma"):
+        return FORMATS["gemma-chat"]
+    return FORMATS["few-shot"]
+
+
+def stop_token_ids(tokenizer, fmt: PromptFormat, cfg: ModelConfig | None = None) -> tuple[int, ...]:
+    """Token ids that end a completion: the format's stop strings that are single tokens, plus EOS."""
+    ids = set(cfg.eos_token_ids if cfg is not None else ())
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[s] for s in fmt.stop_strings if s in vocab)
+    return tuple(sorted(ids))
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """transformers tokenizer from a model directory (HF dir, or the tokenizer/ of an Orbax checkpoint)."""
+    import transformers
+
+    from reasonax.model.convert import tokenizer_path
+
+    return transformers.AutoTokenizer.from_pretrained(str(tokenizer_path(path)))
