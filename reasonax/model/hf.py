@@ -283,17 +283,38 @@ def _check_tensors(cfg: ModelConfig, stored: dict[str, _Stored], resolve, path: 
                               f"({len(unexpected)} unexpected)")
 
 
-def _read(stored: _Stored, name: str) -> np.ndarray:
+SLAB_BYTES = 64 << 20  # untransposed tensors (embeddings) are read in row chunks of this size
+
+
+def _read(stored: _Stored, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
     try:
         with safe_open(str(stored.file), framework="numpy") as st:
-            return st.get_tensor(name)
+            return st.get_tensor(name) if rows is None else st.get_slice(name)[rows[0]:rows[1]]
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{stored.file}: cannot read tensor {name} ({e}); file truncated?") from None
 
 
+def _slabs(spec: ParamSpec, stored: dict[str, _Stored], resolve, dtype) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, host slab) along axis 0 covering the param: one layer at a time for stacked params,
+    row chunks of <= SLAB_BYTES for untransposed tensors, the whole tensor otherwise."""
+    if spec.stacked:
+        for i, hf_name in enumerate(_hf_names(spec)):
+            name = resolve(hf_name)
+            yield i, _from_hf(spec, _read(stored[name], name)).astype(dtype, copy=False)[None]
+        return
+    name = resolve(spec.hf_name)
+    if spec.hf_in_dims or len(spec.shape) < 2:
+        yield 0, _from_hf(spec, _read(stored[name], name)).astype(dtype, copy=False)
+        return
+    n = spec.shape[0]
+    step = max(1, SLAB_BYTES // (math.prod(spec.shape[1:]) * max(dtype.itemsize, 4)))
+    for start in range(0, n, step):
+        yield start, _read(stored[name], name, (start, min(n, start + step))).astype(dtype, copy=False)
+
+
 @functools.partial(jax.jit, donate_argnums=0)
-def _set_layer(stacked: jax.Array, layer: jax.Array, i: jax.Array) -> jax.Array:
-    return jax.lax.dynamic_update_index_in_dim(stacked, layer, i, axis=0)
+def _write_slab(out: jax.Array, slab: jax.Array, start: jax.Array) -> jax.Array:
+    return jax.lax.dynamic_update_slice_in_dim(out, slab, start, axis=0)
 
 
 def _place(host: np.ndarray, sharding_: jax.sharding.Sharding) -> jax.Array:
@@ -304,8 +325,8 @@ def load_hf(path: str | os.PathLike, dtype="float32", mesh: jax.sharding.Mesh | 
             rules=sharding.DEFAULT_RULES) -> tuple[ModelConfig, dict]:
     """(ModelConfig, params) from an HF directory: config.json + safetensors (single or sharded).
 
-    Each tensor is read, converted to `dtype` and placed into its NamedSharding on `mesh`
-    (default: a 1-device mesh) before the next one is read.
+    Each param is allocated in its NamedSharding on `mesh` (default: a 1-device mesh) and filled
+    slab by slab (a layer, or a chunk of embedding rows), so host memory holds one slab at a time.
     """
     path = Path(path)
     cfg = read_config(path)
@@ -317,15 +338,15 @@ def load_hf(path: str | os.PathLike, dtype="float32", mesh: jax.sharding.Mesh | 
 
     def load_param(spec: ParamSpec) -> jax.Array:
         full = sharding.named_sharding(mesh, spec.axes, spec.shape, rules)
-        if not spec.stacked:
-            name = resolve(spec.hf_name)
-            return _place(_from_hf(spec, _read(stored[name], name)).astype(dtype), full)
-        layer_sharding = sharding.named_sharding(mesh, spec.axes[1:], spec.layer_shape, rules)
-        out = jax.jit(lambda: jnp.zeros(spec.shape, dtype), out_shardings=full)()
-        for i, hf_name in enumerate(_hf_names(spec)):
-            name = resolve(hf_name)
-            layer = _place(_from_hf(spec, _read(stored[name], name)).astype(dtype), layer_sharding)
-            out = _set_layer(out, layer, jnp.int32(i))
+        out = None
+        for start, slab in _slabs(spec, stored, resolve, dtype):
+            placed = _place(slab, sharding.named_sharding(mesh, spec.axes, slab.shape, rules))
+            if slab.shape == spec.shape:
+                return placed
+            if out is None:
+                out = jax.jit(lambda: jnp.zeros(spec.shape, dtype), out_shardings=full)()
+            out = _write_slab(out, placed, jnp.int32(start))
+            del placed, slab
         return out
 
     params = jax.tree.map(load_param, param_specs(cfg), is_leaf=is_spec)

@@ -1,0 +1,48 @@
+"""Prompt formats and stop tokens per family, checked against the families' chat markup."""
+
+import pytest
+
+from reasonax import model
+from reasonax.model import prompts
+
+
+def test_qwen_chat_matches_chatml():
+    text = prompts.get_format("qwen-chat").render("What is 2+3?")
+    assert text == ("<|im_start|>system\nPlease reason step by step, and put your final answer within "
+                    "\\boxed{}.<|im_end|>\n<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_gemma_chat_has_no_system_turn():
+    text = prompts.get_format("gemma-chat").render("What is 2+3?")
+    assert text.startswith("<start_of_turn>user\nPlease reason step by step")
+    assert text.endswith("What is 2+3?<end_of_turn>\n<start_of_turn>model\n")
+    assert "system" not in text
+
+
+def test_few_shot_blocks():
+    shots = [prompts.Example("1+1?", "1+1=2. The answer is 2.")]
+    text = prompts.get_format("few-shot").render("2+2?", few_shot=shots)
+    assert text == "Question: 1+1?\nAnswer: 1+1=2. The answer is 2.\n\nQuestion: 2+2?\nAnswer:"
+
+
+@pytest.mark.parametrize("preset,fmt", [("qwen2.5-math-1.5b", "qwen-chat"), ("gemma3-1b", "gemma-chat"),
+                                        ("gemma2-2b", "gemma-chat")])
+def test_default_format_per_family(preset, fmt):
+    assert prompts.default_format(model.get_preset(preset)).name == fmt
+
+
+class _Tok:
+    eos_token_id = 1
+
+    def get_vocab(self):
+        return {"<eos>": 1, "<end_of_turn>": 106, "hello": 7}
+
+
+def test_stop_token_ids_include_turn_end_and_eos():
+    ids = prompts.stop_token_ids(_Tok(), prompts.get_format("gemma-chat"), model.get_preset("gemma3-1b"))
+    assert ids == (1, 106)
+
+
+def test_unknown_format_is_named():
+    with pytest.raises(KeyError, match="unknown prompt format 'alpaca'"):
+        prompts.get_format("alpaca")
