@@ -87,3 +87,15 @@ def test_load_hf_host_memory_stays_near_one_tensor():
     overhead = int(re.search(r"overhead beyond params (-?\d+) MiB", out).group(1))
     largest = int(re.search(r"largest tensor (\d+) MiB", out).group(1))
     assert overhead < largest / 2
+
+
+def test_tokenizer_and_stop_tokens_from_the_same_dir(real):
+    path, _, _, cfg, _ = real
+    from reasonax.model import prompts
+
+    tok = prompts.load_tokenizer(path)
+    fmt = prompts.default_format(cfg)
+    assert fmt.name == "gemma-chat"
+    assert prompts.stop_token_ids(tok, fmt, cfg) == (1, 106)  # <eos>, <end_of_turn>
+    ids = tok(fmt.render("What is 2+3?"))["input_ids"]
+    assert ids[0] == cfg.bos_token_id and tok.convert_tokens_to_ids("<start_of_turn>") in ids
