@@ -51,8 +51,12 @@ def _norm(cfg: ModelConfig, x, w):
     return layers.rms_norm(x, w, cfg.rms_norm_eps, cfg.norm_plus_one)
 
 
-def _decoder_layer(cfg: ModelConfig, x, p, cos, sin, mask, kv, index):
-    """One pre-norm decoder layer. kv: (k_cache, v_cache) [B,S,K,H] or None (keys = this chunk)."""
+def _decoder_layer(cfg: ModelConfig, x, p, cos, sin, mask, kv, layer, index):
+    """One pre-norm decoder layer.
+
+    kv: None (keys are this chunk) or the whole stacked cache (k, v) [L,B,S,K,H]; this chunk's keys
+    and values are written at [layer, :, index] in place and the layer's slice is attended to.
+    """
     h = _norm(cfg, x, p["pre_attn_norm"])
     q = jnp.einsum("BTD,DNH->BTNH", h, p["q"])
     k = jnp.einsum("BTD,DKH->BTKH", h, p["k"])
@@ -63,8 +67,9 @@ def _decoder_layer(cfg: ModelConfig, x, p, cos, sin, mask, kv, index):
         q, k = _norm(cfg, q, p["q_norm"]), _norm(cfg, k, p["k_norm"])
     q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
     if kv is not None:
-        k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), index, axis=1)
-        v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), index, axis=1)
+        start = (layer, 0, index, 0, 0)
+        kv = tuple(jax.lax.dynamic_update_slice(c, new[None].astype(c.dtype), start) for c, new in zip(kv, (k, v)))
+        k, v = (jax.lax.dynamic_index_in_dim(c, layer, axis=0, keepdims=False) for c in kv)
     out = jnp.einsum("BTNH,NHD->BTD", attention.attend(cfg, q, k, v, mask), p["o"])
     if cfg.o_bias:
         out = out + p["o_bias"]
@@ -74,7 +79,7 @@ def _decoder_layer(cfg: ModelConfig, x, p, cos, sin, mask, kv, index):
     h = layers.mlp(cfg, p, _norm(cfg, x, p["pre_mlp_norm"]))
     if cfg.sandwich_norm:
         h = _norm(cfg, h, p["post_mlp_norm"])
-    return constrain(x + h, ACT_AXES), (k, v)
+    return constrain(x + h, ACT_AXES), kv
 
 
 _REMAT = {"full": jax.checkpoint_policies.nothing_saveable,
@@ -119,22 +124,21 @@ def hidden_states(params: dict, tokens: jax.Array, cfg: ModelConfig, *, position
                                                      dtype)
     single_type = masks.shape[0] == 1
 
-    def body(x, xs):
-        p, tid, kv = xs
+    def body(carry, xs):  # the cache rides in the carry so each layer updates it in place
+        x, kv = carry
+        p, tid, layer = xs
         pick = (lambda a: a[0]) if single_type else (lambda a: a[tid])
-        x, kv = _decoder_layer(cfg, x, p, pick(coss), pick(sins), pick(masks), kv, index)
-        return x, kv if cache is not None else None
+        return _decoder_layer(cfg, x, p, pick(coss), pick(sins), pick(masks), kv, layer, index), None
 
     if cfg.remat != "none":
         body = jax.checkpoint(body, policy=_REMAT[cfg.remat])
-    kv_in = None if cache is None else (cache.k, cache.v)
-    x, kv_out = jax.lax.scan(body, embed(params, tokens, cfg), (params["layers"], type_ids, kv_in))
+    kv = None if cache is None else (cache.k, cache.v)
+    layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+    (x, kv), _ = jax.lax.scan(body, (embed(params, tokens, cfg), kv), (params["layers"], type_ids, layer_ids))
     x = _norm(cfg, x, params["final_norm"])
     if cache is None:
         return x, None
-    new_cache = KVCache(k=kv_out[0], v=kv_out[1], segment_ids=k_seg, next_pos=positions[:, -1] + 1,
-                        index=index + T)
-    return x, new_cache
+    return x, KVCache(k=kv[0], v=kv[1], segment_ids=k_seg, next_pos=positions[:, -1] + 1, index=index + T)
 
 
 def unembed(params: dict, h: jax.Array, cfg: ModelConfig) -> jax.Array:
