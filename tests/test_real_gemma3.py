@@ -99,3 +99,28 @@ def test_tokenizer_and_stop_tokens_from_the_same_dir(real):
     assert prompts.stop_token_ids(tok, fmt, cfg) == (1, 106)  # <eos>, <end_of_turn>
     ids = tok(fmt.render("What is 2+3?"))["input_ids"]
     assert ids[0] == cfg.bos_token_id and tok.convert_tokens_to_ids("<start_of_turn>") in ids
+
+
+def test_sampler_greedy_matches_transformers_on_four_prompts(real):
+    """Batch of 4 different prompts (left-padded), 32 new tokens, against transformers' generate."""
+    from reasonax import sample
+
+    _, tok, ref, cfg, params = real
+    texts = ["The capital of France is", "def fibonacci(n):\n",
+             "Question: Tom has 3 apples and buys 5 more. How many apples does he have?\nAnswer:",
+             TEXT[:200]]
+    prompts = [tok(t)["input_ids"] for t in texts]
+    res = sample.generate(params, cfg, prompts, sample.SamplingParams(max_new_tokens=32, temperature=0.0),
+                          eos_ids=())
+    T = max(map(len, prompts))
+    ids = torch.zeros(4, T, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, T - len(p):] = torch.tensor(p)
+        mask[i, T - len(p):] = 1
+    with torch.no_grad():
+        out = ref.generate(ids, attention_mask=mask, max_new_tokens=32, do_sample=False, eos_token_id=None,
+                           pad_token_id=0)
+    for got, want in zip(res.tokens, out[:, T:].tolist()):
+        print(repr(tok.decode(got)))
+        assert got == want

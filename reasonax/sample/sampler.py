@@ -282,21 +282,25 @@ def _chunks(prompts, sp: SamplingParams, cfg: ModelConfig, dtype, memory_budget_
 
 
 def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], sampling: SamplingParams,
-             eos_ids: Sequence[int] | None = None, seed: int = 0, *, memory_budget_bytes: int = 2 << 30,
-             max_rows: int = 256, progress=None) -> GenerateResult:
+             eos_ids: Sequence[int] | None = None, seed: int = 0, *, key_ids: Sequence[int] | None = None,
+             memory_budget_bytes: int = 2 << 30, max_rows: int = 256, progress=None) -> GenerateResult:
     """Generate `sampling.n` completions for each prompt (token id lists). See module docstring.
 
-    eos_ids: token ids that end a row (default: cfg.eos_token_ids). progress: optional callable
-    called with the number of rows finished after each chunk. Params sharded on a mesh make the
-    rows shard over the mesh's data axes.
+    eos_ids: token ids that end a row (default: cfg.eos_token_ids). key_ids: a stable id per prompt
+    (default its index) from which its rows' PRNG keys derive, so a prompt gets the same samples in
+    any call. progress: optional callable called with the number of rows finished after each
+    chunk. Params sharded on a mesh make the rows shard over the mesh's data axes.
     """
     sp = sampling
     _validate(prompts, cfg, sp)
+    key_ids = list(range(len(prompts))) if key_ids is None else [int(k) for k in key_ids]
+    if len(key_ids) != len(prompts):
+        raise ValueError(f"key_ids has {len(key_ids)} entries for {len(prompts)} prompts")
     eos = tuple(sorted(set(cfg.eos_token_ids if eos_ids is None else eos_ids)))
     t0 = time.perf_counter()
     out: dict[tuple[int, int], tuple] = {}
     for T, chunk, lo, n_here in _chunks(prompts, sp, cfg, params["embed"].dtype, memory_budget_bytes, max_rows):
-        _run_chunk(params, cfg, prompts, chunk, lo, n_here, T, sp, eos, seed, out)
+        _run_chunk(params, cfg, prompts, chunk, lo, n_here, T, sp, eos, seed, key_ids, out)
         if progress is not None:
             progress(len(chunk) * n_here)
     rows = [(i, j) for i in range(len(prompts)) for j in range(sp.n)]
@@ -307,7 +311,7 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], s
                           wall_time_s=time.perf_counter() - t0)
 
 
-def _run_chunk(params, cfg, prompts, chunk, sample_lo, n_here, T, sp, eos, seed, out):
+def _run_chunk(params, cfg, prompts, chunk, sample_lo, n_here, T, sp, eos, seed, key_ids, out):
     """Prefill `chunk` prompts once, decode n_here samples each (from sample_lo); rows go to `out`."""
     mesh = _mesh_of(params)
     shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
@@ -322,7 +326,8 @@ def _run_chunk(params, cfg, prompts, chunk, sample_lo, n_here, T, sp, eos, seed,
     prompt_idx = np.repeat(np.array(chunk + [0] * (P - len(chunk))), n_here)
     sample_idx = np.tile(np.arange(sample_lo, sample_lo + n_here), P)
     live = np.repeat(np.arange(P) < len(chunk), n_here)
-    args = (jnp.asarray(tokens), jnp.asarray(segments), row_keys(seed, prompt_idx, sample_idx), jnp.asarray(live))
+    keys = row_keys(seed, np.asarray(key_ids)[prompt_idx], sample_idx)
+    args = (jnp.asarray(tokens), jnp.asarray(segments), keys, jnp.asarray(live))
     run = functools.partial(_generate_chunk, cfg=cfg, sp=dataclasses.replace(sp, n=n_here), eos_ids=eos)
     if mesh is None:
         res = run(params, *args)

@@ -1,0 +1,94 @@
+"""JSONL files: read with line numbers in every error, append complete records only, resume.
+
+Depends on nothing else in reasonax, so every layer (eval, sample, train) can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class JsonlError(ValueError):
+    """A bad line; the message starts with 'file:line:'."""
+
+
+def read(path: str | os.PathLike, skip_bad: bool = False, bad_lines: list | None = None) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for each non-blank line. Bad lines raise JsonlError naming file and line,
+    or with skip_bad are skipped and their (line, reason) appended to `bad_lines`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    with open(path, encoding="utf-8", errors="strict") as f:
+        lineno = 0
+        while True:
+            try:
+                line = f.readline()
+            except UnicodeDecodeError as e:
+                raise JsonlError(f"{path}:{lineno + 1}: not UTF-8 ({e.reason})") from None
+            if not line:
+                return
+            lineno += 1
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
+            except ValueError as e:
+                msg = f"{path}:{lineno}: invalid record ({e})"
+                if not skip_bad:
+                    raise JsonlError(msg) from None
+                if bad_lines is not None:
+                    bad_lines.append((lineno, str(e)))
+                continue
+            yield lineno, rec
+
+
+def field(rec: dict, name: str, path, lineno: int):
+    """rec[name] with an error naming file, line and the missing field (dotted names reach nested dicts)."""
+    cur = rec
+    for part in name.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            raise JsonlError(f"{path}:{lineno}: missing field {name!r} (fields: {sorted(rec)[:10]})")
+        cur = cur[part]
+    return cur
+
+
+def drop_partial_tail(path: str | os.PathLike) -> int:
+    """Remove a trailing line without its newline (a record cut by a crash). Returns bytes removed."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    if keep < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+    return len(data) - keep
+
+
+def append(path: str | os.PathLike, records: list[dict]) -> None:
+    """Append whole records in one write, then flush and fsync: a crash leaves complete lines only
+    (plus at most one cut line, which drop_partial_tail removes on resume)."""
+    if not records:
+        return
+    payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    with open(path, "ab") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def rewrite(path: str | os.PathLike, records: list[dict]) -> None:
+    """Atomically replace the file's contents."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

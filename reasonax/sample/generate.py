@@ -1,0 +1,151 @@
+"""CLI: prompts JSONL -> completions JSONL + summary JSON.
+
+    python -m reasonax.sample.generate --config=configs/generate_gemma3_270m.py \\
+        --config.model=/models/gemma-3-270m --config.prompts=questions.jsonl --config.output=out/samples.jsonl
+
+Each output line: {"prompt_id", "sample_index", "text", "num_tokens", "finish_reason"[, "logprobs"]}.
+Records are appended (and fsynced) after every batch of prompts; a rerun with the same output
+skips prompt ids already complete and regenerates unfinished ones with the same keys, so an
+interrupted run ends with exactly the file an uninterrupted one writes. The summary
+(<output>.summary.json) has tokens, FLOPs, wall time and tokens/s of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from reasonax import jsonl
+from reasonax.model import convert, prompts as prompts_lib
+from reasonax.sample import budget
+from reasonax.sample.sampler import SamplingParams, generate
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file (see configs/generate_*.py).")
+flags.mark_flags_as_required(["config"])
+
+
+def load_prompts(cfg) -> list[dict]:
+    """[{'id', 'question', 'key'}] from the prompts JSONL (fields named by the config)."""
+    out, seen = [], {}
+    path = Path(cfg.prompts)
+    for lineno, rec in jsonl.read(path):
+        pid = str(jsonl.field(rec, cfg.id_field, path, lineno)) if cfg.id_field else str(lineno)
+        question = jsonl.field(rec, cfg.question_field, path, lineno)
+        if not isinstance(question, str):
+            raise jsonl.JsonlError(f"{path}:{lineno}: field {cfg.question_field!r} is not a string")
+        if pid in seen:
+            raise jsonl.JsonlError(f"{path}:{lineno}: duplicate prompt id {pid!r} (first at line {seen[pid]})")
+        seen[pid] = lineno
+        out.append({"id": pid, "question": question, "key": lineno})
+    if not out:
+        raise ValueError(f"{path}: no prompts")
+    return out
+
+
+def few_shot_examples(cfg) -> list[prompts_lib.Example]:
+    if not cfg.few_shot:
+        return []
+    path = Path(cfg.few_shot)
+    return [prompts_lib.Example(jsonl.field(r, "question", path, n), jsonl.field(r, "answer", path, n))
+            for n, r in jsonl.read(path)][: cfg.num_few_shot or None]
+
+
+def completed(output: Path, n: int) -> set[str]:
+    """Prompt ids with all n samples in `output`; drops a cut last line and unfinished groups."""
+    if not output.exists():
+        return set()
+    jsonl.drop_partial_tail(output)
+    records = [r for _, r in jsonl.read(output)]
+    counts = Counter(r["prompt_id"] for r in records)
+    done = {pid for pid, c in counts.items() if c >= n}
+    if len(done) != len(counts):  # a group cut short: keep only complete groups
+        jsonl.rewrite(output, [r for r in records if r["prompt_id"] in done])
+    return done
+
+
+def cut_at_stop(text: str, stops) -> tuple[str, bool]:
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def run(cfg) -> dict:
+    import jax
+
+    from reasonax.model import make_mesh
+
+    mesh = make_mesh(data=-1) if jax.device_count() > 1 else None
+    model_cfg, params = convert.load_model(cfg.model, dtype=cfg.dtype, mesh=mesh)
+    tokenizer = prompts_lib.load_tokenizer(cfg.model)
+    fmt = prompts_lib.default_format(model_cfg) if cfg.prompt_format == "auto" else prompts_lib.get_format(
+        cfg.prompt_format)
+    stops = tuple(cfg.stop_strings) if cfg.stop_strings else fmt.stop_strings
+    eos_ids = prompts_lib.stop_token_ids(tokenizer, fmt, model_cfg)
+    shots = few_shot_examples(cfg)
+    sp = SamplingParams(max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
+                        top_k=cfg.sampling.top_k, top_p=cfg.sampling.top_p, min_p=cfg.sampling.min_p,
+                        n=cfg.sampling.n)
+    output = Path(cfg.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    items = load_prompts(cfg)
+    done = completed(output, sp.n)
+    todo = [it for it in items if it["id"] not in done]
+    logging.info("%d prompts, %d already complete in %s, %d to do", len(items), len(done), output, len(todo))
+
+    from tqdm import tqdm
+
+    stats = Counter()
+    flops = {"dense": 0, "attention": 0, "total": 0}
+    t0 = time.perf_counter()
+    with tqdm(total=len(todo) * sp.n, desc="samples", unit="sample", disable=not cfg.progress) as bar:
+        for lo in range(0, len(todo), cfg.batch_prompts):
+            batch = todo[lo:lo + cfg.batch_prompts]
+            token_prompts = [tokenizer(fmt.render(it["question"], shots, cfg.instruction))["input_ids"]
+                             for it in batch]
+            res = generate(params, model_cfg, token_prompts, sp, eos_ids=eos_ids, seed=cfg.seed,
+                           key_ids=[it["key"] for it in batch], memory_budget_bytes=int(cfg.memory_budget_gb * 2**30),
+                           progress=bar.update)
+            records = []
+            for r, toks in enumerate(res.tokens):
+                text, stopped = cut_at_stop(tokenizer.decode(toks, skip_special_tokens=True), stops)
+                rec = {"prompt_id": batch[res.prompt_index[r]]["id"], "sample_index": res.sample_index[r],
+                       "text": text, "num_tokens": len(toks),
+                       "finish_reason": "stop" if stopped and res.finish_reasons[r] == "length" else
+                       res.finish_reasons[r]}
+                if cfg.save_logprobs:
+                    rec["logprobs"] = [round(x, 5) for x in res.logprobs[r]]
+                records.append(rec)
+            jsonl.append(output, records)
+            stats.update(prompts=len(batch), samples=len(res.tokens), generated_tokens=res.generated_tokens,
+                         prefill_tokens=res.prefill_tokens)
+            for k, v in budget.realised_flops(model_cfg, res.prompt_lengths, res.prompt_index, res.lengths).items():
+                flops[k] += v
+    wall = time.perf_counter() - t0
+    summary = {"model": str(cfg.model), "model_type": model_cfg.model_type, "output": str(output),
+               "prompts_total": len(items), "prompts_skipped_as_done": len(done), **stats,
+               "flops": flops, "wall_time_s": round(wall, 3),
+               "generated_tokens_per_s": round(stats["generated_tokens"] / wall, 2) if wall > 0 else None,
+               "sampling": sp.__dict__, "seed": cfg.seed, "prompt_format": fmt.name}
+    Path(str(output) + ".summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    cfg = _CONFIG.value
+    if not cfg.model or not cfg.prompts or not cfg.output:
+        raise app.UsageError("--config.model, --config.prompts and --config.output are required")
+    summary = run(cfg)
+    print(json.dumps({k: summary[k] for k in ("samples", "generated_tokens", "wall_time_s",
+                                               "generated_tokens_per_s") if k in summary}))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app.run(main)
