@@ -3,14 +3,17 @@
     python bench/sampler.py [--dtypes float32,bfloat16] [--batches 1,8,64] [--new 64] [--hf_repeats 1]
 
 Greedy, EOS off, every row generates --new tokens; tokens/s counts generated tokens over the whole
-call (prefill included) for both. The machine's limits are measured in the same process:
+call (prefill included) for both. "decode-only" is the steady-state rate of the decode loop:
+(new - 8) tokens per row over the time difference between --new and 8 new tokens. The machine's limits are measured in the same process:
 read bandwidth (sum over a 1 GiB array) and matmul FLOP/s (2048^3 dot). Per decode step the
 sampler reads every parameter once plus the KV cache (it attends over the whole fixed-size cache),
 so the bandwidth limit at batch B is B * bandwidth / (param bytes + B * cache bytes per row); the
-FLOP limit is peak / (2 * matmul params + attention) per token.
+FLOP limit is peak / (2 * matmul params + attention) per token. Both are compared with the
+decode-only rate.
 """
 
 import argparse
+import dataclasses
 import os
 import platform
 import statistics
@@ -77,9 +80,9 @@ def main():
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__} ({jax.devices()[0].platform}); "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads); transformers {transformers.__version__}")
     print(f"measured read bandwidth: {bw / 1e9:.1f} GB/s")
-    print("| dtype | batch | reasonax tok/s | transformers tok/s | ratio | bandwidth limit tok/s | "
-          "of bw limit | FLOP limit tok/s | of FLOP limit |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| dtype | batch | reasonax tok/s | transformers tok/s | ratio | reasonax decode-only tok/s | "
+          "bandwidth limit tok/s | decode of bw limit | FLOP limit tok/s | decode of FLOP limit |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for dtype in args.dtypes.split(","):
         cfg, params = model.load_hf(path, dtype=dtype)
         ref = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype)).eval()
@@ -88,10 +91,13 @@ def main():
         for batch in map(int, args.batches.split(",")):
             prompts = [tok(PROMPTS[i % len(PROMPTS)])["input_ids"] for i in range(batch)]
             sp = sample.SamplingParams(max_new_tokens=args.new, temperature=0.0)
-            run = lambda: sample.generate(params, cfg, prompts, sp, eos_ids=())  # noqa: E731
-            run()  # compile
-            ours = statistics.median(_timed(run) for _ in range(args.repeats))
+            run = lambda s: sample.generate(params, cfg, prompts, s, eos_ids=())  # noqa: E731
+            short = dataclasses.replace(sp, max_new_tokens=8)
+            run(sp), run(short)  # compile
+            ours = statistics.median(_timed(lambda: run(sp)) for _ in range(args.repeats))
+            ours_short = statistics.median(_timed(lambda: run(short)) for _ in range(args.repeats))
             ours_tps = batch * args.new / ours
+            decode_tps = batch * (args.new - 8) / max(ours - ours_short, 1e-9)  # steady-state decode steps
             hf_tps = None
             if batch <= args.skip_hf_above:
                 T = max(map(len, prompts))
@@ -112,8 +118,8 @@ def main():
             per_token = flops.forward_flops(cfg, 1, 1, context=T + args.new // 2, causal=True)["total"]
             flop_limit = peak / per_token
             print(f"| {dtype} | {batch} | {ours_tps:.1f} | {'-' if hf_tps is None else f'{hf_tps:.1f}'} | "
-                  f"{'-' if hf_tps is None else f'{ours_tps / hf_tps:.2f}x'} | {bw_limit:.1f} | "
-                  f"{ours_tps / bw_limit:.0%} | {flop_limit:.1f} | {ours_tps / flop_limit:.0%} |", flush=True)
+                  f"{'-' if hf_tps is None else f'{ours_tps / hf_tps:.2f}x'} | {decode_tps:.1f} | {bw_limit:.1f} | "
+                  f"{decode_tps / bw_limit:.0%} | {flop_limit:.1f} | {decode_tps / flop_limit:.0%} |", flush=True)
 
 
 if __name__ == "__main__":

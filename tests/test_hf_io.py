@@ -57,7 +57,7 @@ def test_half_precision_checkpoints(stored, tmp_path):
     cfg, params = model.load_hf(tmp_path, dtype=stored)
     assert params["embed"].dtype == jnp.dtype(stored)
     want = ref.model.layers[1].self_attn.q_proj.weight.detach().float().numpy()  # [N*H, D]
-    got = np.asarray(params["layers"]["q"][1].astype(jnp.float32)).reshape(cfg.hidden_size, -1).T
+    got = np.asarray(params["layers"]["q"][1].astype(jnp.float32)).reshape(-1, cfg.hidden_size)
     np.testing.assert_array_equal(got, want)  # exact: no rounding on the way in
     _, params32 = model.load_hf(tmp_path, dtype="float32")  # upcast on load
     np.testing.assert_array_equal(np.asarray(params32["embed"]), ref.model.embed_tokens.weight.detach().float().numpy())

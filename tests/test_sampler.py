@@ -194,3 +194,14 @@ def test_bad_requests_are_named(root):
         sample.generate(params, cfg, [[5, 500]], sample.SamplingParams(max_new_tokens=2))
     with pytest.raises(ValueError, match="top_p must be in"):
         sample.SamplingParams(top_p=0.0)
+
+
+def test_unstacked_decode_equals_scanned(root):
+    """The CPU decode path over per-layer weights gives the scanned path's tokens and log-probs."""
+    _, cfg, params = _checkpoint("gemma3", root)
+    prompts = _prompts([7, 12], seed=9)
+    sp = sample.SamplingParams(max_new_tokens=10, temperature=0.8, top_p=0.9, n=2)
+    a = sample.generate(params, cfg, prompts, sp, eos_ids=(), seed=1, unstack_layers=False)
+    b = sample.generate(params, cfg, prompts, sp, eos_ids=(), seed=1, unstack_layers=True)
+    assert a.tokens == b.tokens
+    np.testing.assert_allclose(np.concatenate(a.logprobs), np.concatenate(b.logprobs), atol=1e-5)

@@ -23,7 +23,7 @@ def test_sharded_forward_matches_single_device(family, mesh, tmp_path):
     cfg, single = model.load_hf(tmp_path)
     _, sharded = model.load_hf(tmp_path, mesh=mesh)
     # params really are distributed: q heads over tensor, embed over fsdp
-    assert sharded["layers"]["q"].sharding.spec == P(None, "fsdp", "tensor", None)
+    assert sharded["layers"]["q"].sharding.spec == P(None, "tensor", None, "fsdp")
     assert sharded["embed"].sharding.spec == P("tensor", "fsdp") if R.VOCAB % 2 == 0 else P(None, "fsdp")
     tokens = np.random.default_rng(0).integers(3, R.VOCAB, size=(4, 12)).astype(np.int32)
     want = np.asarray(model.forward(single, tokens, cfg))
@@ -49,10 +49,10 @@ def test_init_params_directly_sharded(mesh):
     want = model.param_shardings(cfg, mesh)
     jax.tree.map(lambda a, s: (a.sharding.is_equivalent_to(s, a.ndim) or pytest.fail(f"{a.sharding} vs {s}")),
                  params, want)
-    assert params["layers"]["gate"].sharding.spec == P(None, "fsdp", "tensor")
+    assert params["layers"]["gate"].sharding.spec == P(None, "tensor", "fsdp")
     # each device holds only its shard of a sharded matrix
     shard = params["layers"]["gate"].addressable_shards[0].data
-    assert shard.shape == (2, 32, 64)
+    assert shard.shape == (2, 64, 32)
     single = model.init_params(cfg, jax.random.key(0))
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, single)
 

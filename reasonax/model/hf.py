@@ -234,23 +234,12 @@ def _name_resolver(stored: dict[str, _Stored], path: Path) -> Callable[[str], st
                           f"language_model.model.embed_tokens.weight and model.language_model.embed_tokens.weight)")
 
 
-def _hf_shape(spec: ParamSpec) -> tuple[int, ...]:
-    shape = spec.layer_shape
-    if spec.hf_in_dims:
-        return (math.prod(shape[spec.hf_in_dims:]), math.prod(shape[:spec.hf_in_dims]))
-    return (math.prod(shape),) if spec.hf_flat else shape
-
-
 def _from_hf(spec: ParamSpec, t: np.ndarray) -> np.ndarray:
-    if spec.hf_in_dims:
-        t = t.T
     return t.reshape(spec.layer_shape)
 
 
 def _to_hf(spec: ParamSpec, t: np.ndarray) -> np.ndarray:
-    if spec.hf_in_dims:
-        t = t.reshape(math.prod(spec.layer_shape[:spec.hf_in_dims]), -1).T
-    return np.ascontiguousarray(t.reshape(_hf_shape(spec)))
+    return np.ascontiguousarray(t.reshape(spec.hf_layer_shape))
 
 
 def _hf_names(spec: ParamSpec) -> list[str]:
@@ -263,7 +252,7 @@ def _check_tensors(cfg: ModelConfig, stored: dict[str, _Stored], resolve, path: 
     expected = {}
     for spec in specs:
         for name in _hf_names(spec):
-            expected[resolve(name)] = _hf_shape(spec)
+            expected[resolve(name)] = spec.hf_layer_shape
     missing = [n for n in expected if n not in stored]
     if missing:
         raise CheckpointError(f"{path}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} "
@@ -283,7 +272,7 @@ def _check_tensors(cfg: ModelConfig, stored: dict[str, _Stored], resolve, path: 
                               f"({len(unexpected)} unexpected)")
 
 
-SLAB_BYTES = 64 << 20  # untransposed tensors (embeddings) are read in row chunks of this size
+SLAB_BYTES = 64 << 20  # unstacked matrices (embeddings) are read in row chunks of this size
 
 
 def _read(stored: _Stored, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
@@ -296,14 +285,14 @@ def _read(stored: _Stored, name: str, rows: tuple[int, int] | None = None) -> np
 
 def _slabs(spec: ParamSpec, stored: dict[str, _Stored], resolve, dtype) -> Iterator[tuple[int, np.ndarray]]:
     """(start, host slab) along axis 0 covering the param: one layer at a time for stacked params,
-    row chunks of <= SLAB_BYTES for untransposed tensors, the whole tensor otherwise."""
+    row chunks of <= SLAB_BYTES for the others (embeddings), vectors whole."""
     if spec.stacked:
         for i, hf_name in enumerate(_hf_names(spec)):
             name = resolve(hf_name)
             yield i, _from_hf(spec, _read(stored[name], name)).astype(dtype, copy=False)[None]
         return
     name = resolve(spec.hf_name)
-    if spec.hf_in_dims or len(spec.shape) < 2:
+    if len(spec.shape) < 2:
         yield 0, _from_hf(spec, _read(stored[name], name)).astype(dtype, copy=False)
         return
     n = spec.shape[0]

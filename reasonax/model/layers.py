@@ -65,6 +65,6 @@ def activation(cfg: ModelConfig, x: jax.Array) -> jax.Array:
 
 def mlp(cfg: ModelConfig, p: dict, x: jax.Array) -> jax.Array:
     """Gated MLP: down(act(gate(x)) * up(x))."""
-    gate = jnp.einsum("BTD,DF->BTF", x, p["gate"])
-    up = jnp.einsum("BTD,DF->BTF", x, p["up"])
-    return jnp.einsum("BTF,FD->BTD", activation(cfg, gate) * up, p["down"])
+    gate = jnp.einsum("BTD,FD->BTF", x, p["gate"])
+    up = jnp.einsum("BTD,FD->BTF", x, p["up"])
+    return jnp.einsum("BTF,DF->BTD", activation(cfg, gate) * up, p["down"])

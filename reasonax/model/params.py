@@ -2,16 +2,18 @@
 
 Shapes, shardings, random init, parameter counts and the HF key map are all derived from
 `param_specs(cfg)`. Layer parameters are stacked on a leading "layers" axis (run by lax.scan).
+Projection weights are stored [out, in], as transformers stores them, so every HF tensor is a
+reshape of ours (no transposes on import or export).
 
 Layout (D hidden, N query heads, K kv heads, H head_dim, F mlp, V vocab, L layers):
 
     embed [V, D]                     model.embed_tokens.weight
     lm_head [V, D] (untied only)     lm_head.weight
     final_norm [D]                   model.norm.weight
-    layers/q [L, D, N, H]            model.layers.{i}.self_attn.q_proj.weight  ([N*H, D] in HF)
-    layers/k, v [L, D, K, H]         ...k_proj / v_proj
-    layers/o [L, N, H, D]            ...o_proj ([D, N*H] in HF)
-    layers/gate, up [L, D, F]; down [L, F, D]
+    layers/q [L, N, H, D]            model.layers.{i}.self_attn.q_proj.weight  ([N*H, D] in HF)
+    layers/k, v [L, K, H, D]         ...k_proj / v_proj
+    layers/o [L, D, N, H]            ...o_proj ([D, N*H] in HF)
+    layers/gate, up [L, F, D]; down [L, D, F]
     layers/*_norm [L, D] or [L, H]; layers/*_bias
 """
 
@@ -30,18 +32,14 @@ from reasonax.model.config import ModelConfig
 
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
-    """One parameter. For stacked layer params, `hf_name` holds '{i}' for the layer index.
-
-    hf_in_dims > 0 marks an nn.Linear weight: HF stores it as [out, in] with the dims flattened;
-    ours is [*in_dims, *out_dims] (after the layer axis), with hf_in_dims leading 'in' dims.
-    """
+    """One parameter. For stacked layer params, `hf_name` holds '{i}' for the layer index and
+    hf_shape is the shape of one layer's HF tensor (a reshape of ours; default: the same)."""
 
     shape: tuple[int, ...]
     axes: tuple[str | None, ...]
     hf_name: str
     init: str = "normal"  # normal | zeros | ones
-    hf_in_dims: int = 0
-    hf_flat: bool = False  # stored flattened in HF (q/k/v biases [N*H])
+    hf_shape: tuple[int, ...] | None = None
 
     @property
     def stacked(self) -> bool:
@@ -50,6 +48,10 @@ class ParamSpec:
     @property
     def layer_shape(self) -> tuple[int, ...]:
         return self.shape[1:] if self.stacked else self.shape
+
+    @property
+    def hf_layer_shape(self) -> tuple[int, ...]:
+        return self.hf_shape or self.layer_shape
 
 
 def is_spec(x: Any) -> bool:
@@ -72,13 +74,13 @@ def param_specs(cfg: ModelConfig) -> dict:
         return layer((dim,), (axis,), name, init=norm_init)
 
     layers = {
-        "q": layer((D, N, H), ("embed", "q_heads", "head_dim"), attn + "q_proj.weight", hf_in_dims=1),
-        "k": layer((D, K, H), ("embed", "kv_heads", "head_dim"), attn + "k_proj.weight", hf_in_dims=1),
-        "v": layer((D, K, H), ("embed", "kv_heads", "head_dim"), attn + "v_proj.weight", hf_in_dims=1),
-        "o": layer((N, H, D), ("q_heads", "head_dim", "embed"), attn + "o_proj.weight", hf_in_dims=2),
-        "gate": layer((D, F), ("embed", "mlp"), mlp + "gate_proj.weight", hf_in_dims=1),
-        "up": layer((D, F), ("embed", "mlp"), mlp + "up_proj.weight", hf_in_dims=1),
-        "down": layer((F, D), ("mlp", "embed"), mlp + "down_proj.weight", hf_in_dims=1),
+        "q": layer((N, H, D), ("q_heads", "head_dim", "embed"), attn + "q_proj.weight", hf_shape=(N * H, D)),
+        "k": layer((K, H, D), ("kv_heads", "head_dim", "embed"), attn + "k_proj.weight", hf_shape=(K * H, D)),
+        "v": layer((K, H, D), ("kv_heads", "head_dim", "embed"), attn + "v_proj.weight", hf_shape=(K * H, D)),
+        "o": layer((D, N, H), ("embed", "q_heads", "head_dim"), attn + "o_proj.weight", hf_shape=(D, N * H)),
+        "gate": layer((F, D), ("mlp", "embed"), mlp + "gate_proj.weight"),
+        "up": layer((F, D), ("mlp", "embed"), mlp + "up_proj.weight"),
+        "down": layer((D, F), ("embed", "mlp"), mlp + "down_proj.weight"),
         "pre_attn_norm": norm(D, "norm", lyr + "input_layernorm.weight"),
     }
     if cfg.sandwich_norm:  # Gemma 2/3 naming: post_attention_layernorm is the post-attention norm
@@ -91,10 +93,9 @@ def param_specs(cfg: ModelConfig) -> dict:
         layers["q_norm"] = norm(H, "head_dim", attn + "q_norm.weight")
         layers["k_norm"] = norm(H, "head_dim", attn + "k_norm.weight")
     if cfg.qkv_bias:
-        bias = dict(init="zeros", hf_flat=True)
-        layers["q_bias"] = layer((N, H), ("q_heads", "head_dim"), attn + "q_proj.bias", **bias)
-        layers["k_bias"] = layer((K, H), ("kv_heads", "head_dim"), attn + "k_proj.bias", **bias)
-        layers["v_bias"] = layer((K, H), ("kv_heads", "head_dim"), attn + "v_proj.bias", **bias)
+        layers["q_bias"] = layer((N, H), ("q_heads", "head_dim"), attn + "q_proj.bias", init="zeros", hf_shape=(N * H,))
+        layers["k_bias"] = layer((K, H), ("kv_heads", "head_dim"), attn + "k_proj.bias", init="zeros", hf_shape=(K * H,))
+        layers["v_bias"] = layer((K, H), ("kv_heads", "head_dim"), attn + "v_proj.bias", init="zeros", hf_shape=(K * H,))
     if cfg.o_bias:
         layers["o_bias"] = layer((D,), ("norm",), attn + "o_proj.bias", init="zeros")
 

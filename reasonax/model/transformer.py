@@ -51,6 +51,19 @@ def _norm(cfg: ModelConfig, x, w):
     return layers.rms_norm(x, w, cfg.rms_norm_eps, cfg.norm_plus_one)
 
 
+def _project_in(h, w):
+    """'BTD,NHD->BTNH' as a 2-D matmul over flattened heads (X = N*H): the reshapes are free, and
+    XLA's CPU dot runs ~10x faster on [X, D] than on an [N, H, D] operand (bench/sampler.py)."""
+    B, T, D = h.shape
+    return jnp.einsum("BTD,XD->BTX", h, w.reshape(-1, D)).reshape(B, T, *w.shape[:-1])
+
+
+def _project_out(a, w):
+    """'BTNH,DNH->BTD' as a 2-D matmul over flattened heads (see _project_in)."""
+    B, T = a.shape[:2]
+    return jnp.einsum("BTX,DX->BTD", a.reshape(B, T, -1), w.reshape(w.shape[0], -1))
+
+
 def _decoder_layer(cfg: ModelConfig, x, p, cos, sin, mask, kv, layer, index):
     """One pre-norm decoder layer.
 
@@ -58,9 +71,7 @@ def _decoder_layer(cfg: ModelConfig, x, p, cos, sin, mask, kv, layer, index):
     and values are written at [layer, :, index] in place and the layer's slice is attended to.
     """
     h = _norm(cfg, x, p["pre_attn_norm"])
-    q = jnp.einsum("BTD,DNH->BTNH", h, p["q"])
-    k = jnp.einsum("BTD,DKH->BTKH", h, p["k"])
-    v = jnp.einsum("BTD,DKH->BTKH", h, p["v"])
+    q, k, v = (_project_in(h, p[name]) for name in ("q", "k", "v"))
     if cfg.qkv_bias:
         q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
     if cfg.qk_norm:
@@ -70,7 +81,7 @@ def _decoder_layer(cfg: ModelConfig, x, p, cos, sin, mask, kv, layer, index):
         start = (layer, 0, index, 0, 0)
         kv = tuple(jax.lax.dynamic_update_slice(c, new[None].astype(c.dtype), start) for c, new in zip(kv, (k, v)))
         k, v = (jax.lax.dynamic_index_in_dim(c, layer, axis=0, keepdims=False) for c in kv)
-    out = jnp.einsum("BTNH,NHD->BTD", attention.attend(cfg, q, k, v, mask), p["o"])
+    out = _project_out(attention.attend(cfg, q, k, v, mask), p["o"])
     if cfg.o_bias:
         out = out + p["o_bias"]
     if cfg.sandwich_norm:
@@ -132,13 +143,30 @@ def hidden_states(params: dict, tokens: jax.Array, cfg: ModelConfig, *, position
 
     if cfg.remat != "none":
         body = jax.checkpoint(body, policy=_REMAT[cfg.remat])
-    kv = None if cache is None else (cache.k, cache.v)
-    layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
-    (x, kv), _ = jax.lax.scan(body, (embed(params, tokens, cfg), kv), (params["layers"], type_ids, layer_ids))
+    carry = (embed(params, tokens, cfg), None if cache is None else (cache.k, cache.v))
+    if isinstance(params["layers"], (list, tuple)):  # unstacked (see unstack_layers): unrolled loop
+        for i, p in enumerate(params["layers"]):
+            carry, _ = body(carry, (p, type_ids[i], i))
+    else:
+        layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+        carry, _ = jax.lax.scan(body, carry, (params["layers"], type_ids, layer_ids))
+    x, kv = carry
     x = _norm(cfg, x, params["final_norm"])
     if cache is None:
         return x, None
     return x, KVCache(k=kv[0], v=kv[1], segment_ids=k_seg, next_pos=positions[:, -1] + 1, index=index + T)
+
+
+def unstack_layers(params: dict) -> dict:
+    """Params whose layers are a tuple of per-layer dicts (hidden_states then unrolls the layers).
+
+    Inside a jitted decode loop, call this once before the loop: on CPU, XLA copies each
+    scanned layer's weights out of the stacked arrays on every step, while per-layer arrays are
+    read in place (bench/sampler.py). Costs one copy of the layer weights per call.
+    """
+    stacked = params["layers"]
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    return {**params, "layers": tuple(jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(n))}
 
 
 def unembed(params: dict, h: jax.Array, cfg: ModelConfig) -> jax.Array:
