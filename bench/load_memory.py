@@ -35,7 +35,6 @@ def main():
     ap.add_argument("--hf", action="store_true", help="measure transformers' from_pretrained instead")
     args = ap.parse_args()
     import jax
-    import numpy as np
 
     from reasonax.model import gguf, hf
 

@@ -67,7 +67,6 @@ def main():
     args = ap.parse_args()
     import jax
     import jax.numpy as jnp
-    import numpy as np
     import torch
     import transformers
 

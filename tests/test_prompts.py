@@ -33,14 +33,23 @@ def test_default_format_per_family(preset, fmt):
 
 class _Tok:
     eos_token_id = 1
+    vocab = {"<eos>": 1, "<end_of_turn>": 106, "hello": 7, "\n\n": 108}
 
     def get_vocab(self):
-        return {"<eos>": 1, "<end_of_turn>": 106, "hello": 7}
+        return self.vocab
+
+    def encode(self, text, add_special_tokens=False):
+        return [self.vocab[text]] if text in self.vocab else [7] * len(text)
 
 
 def test_stop_token_ids_include_turn_end_and_eos():
     ids = prompts.stop_token_ids(_Tok(), prompts.get_format("gemma-chat"), model.get_preset("gemma3-1b"))
     assert ids == (1, 106)
+
+
+def test_few_shot_stops_at_a_blank_line_token():
+    ids = prompts.stop_token_ids(_Tok(), prompts.get_format("few-shot"))
+    assert ids == (1, 108)  # EOS and the single "\n\n" token; "\n\nQuestion:" is several tokens
 
 
 def test_unknown_format_is_named():

@@ -1,7 +1,6 @@
 """Sharded (2x2x2 mesh of 8 fake CPU devices) against a single device."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P

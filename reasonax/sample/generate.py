@@ -26,8 +26,35 @@ from reasonax.model import convert, prompts as prompts_lib
 from reasonax.sample import budget
 from reasonax.sample.sampler import SamplingParams, generate
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file (see configs/generate_*.py).")
-flags.mark_flags_as_required(["config"])
+def default_config():
+    """Every field of a generate config, with its default and meaning."""
+    import ml_collections
+
+    c = ml_collections.ConfigDict()
+    c.model = ""  # HF directory (config.json + safetensors) or reasonax Orbax checkpoint (convert CLI)
+    c.dtype = "float32"  # parameter / activation dtype: float32 or bfloat16
+    c.prompts = ""  # input JSONL, one question per line
+    c.id_field = "id"  # field with a unique prompt id ("" = use the line number)
+    c.question_field = "question"  # field with the question text (dotted names reach nested fields)
+    c.prompt_format = "auto"  # auto (the model family's chat format) | qwen-chat | gemma-chat | few-shot
+    c.instruction = prompts_lib.BOXED_INSTRUCTION  # instruction of the chat formats
+    c.few_shot = ""  # JSONL of {"question", "answer"} worked examples prepended to every prompt
+    c.num_few_shot = 0  # how many of them (0 = all)
+    c.stop_strings = ()  # text that ends a completion; empty = the format's own (e.g. "\n\nQuestion:")
+    c.output = ""  # output JSONL; <output>.summary.json is written next to it
+    c.sampling = ml_collections.ConfigDict()
+    c.sampling.max_new_tokens = 256
+    c.sampling.temperature = 0.7  # 0 = greedy
+    c.sampling.top_k = 0  # 0 = off
+    c.sampling.top_p = 1.0  # 1 = off
+    c.sampling.min_p = 0.0  # 0 = off
+    c.sampling.n = 1  # samples per prompt (the prompt is prefilled once for all of them)
+    c.seed = 0  # sampling seed; each (prompt line, sample index) has its own key
+    c.batch_prompts = 32  # prompts per sampler call; records are appended after each call
+    c.memory_budget_gb = 2.0  # KV cache + logits budget per chunk of rows
+    c.save_logprobs = False  # add per-token log-probs (sampling distribution) to each record
+    c.progress = True  # progress bar
+    return c
 
 
 def load_prompts(cfg) -> list[dict]:
@@ -138,7 +165,9 @@ def run(cfg) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    cfg = _CONFIG.value
+    cfg = flags.FLAGS.config
+    if cfg is None:
+        raise app.UsageError("--config is required (e.g. --config=configs/generate_gemma3_270m.py)")
     if not cfg.model or not cfg.prompts or not cfg.output:
         raise app.UsageError("--config.model, --config.prompts and --config.output are required")
     summary = run(cfg)
@@ -146,6 +175,7 @@ def main(argv):
                                                "generated_tokens_per_s") if k in summary}))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags only for the CLI: config files import this module's default_config
+    config_flags.DEFINE_config_file("config", None, "ml_collections config file (see configs/generate_*.py).")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app.run(main)

