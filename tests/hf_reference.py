@@ -125,3 +125,17 @@ def random_jax_params(cfg, seed: int = 0, dtype=np.float32) -> dict:
             x = rng.normal(size=s.shape) * 0.15
         leaves.append(jnp.asarray(x.astype(dtype)))
     return treedef.unflatten(leaves)
+
+
+def hf_greedy(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """transformers' greedy generate on a left-padded batch (EOS off): the new tokens of each row."""
+    T = max(map(len, prompts))
+    ids = torch.zeros(len(prompts), T, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, T - len(p):] = torch.tensor(p)
+        mask[i, T - len(p):] = 1
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)
+    return out[:, T:].tolist()

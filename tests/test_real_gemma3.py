@@ -16,6 +16,7 @@ import transformers
 
 from reasonax import model
 from reasonax.model import gguf
+from tests import hf_reference as R
 
 pytestmark = pytest.mark.slow
 
@@ -111,15 +112,6 @@ def test_sampler_greedy_matches_transformers_on_four_prompts(real):
     prompts = [tok(t)["input_ids"] for t in texts]
     res = sample.generate(params, cfg, prompts, sample.SamplingParams(max_new_tokens=32, temperature=0.0),
                           eos_ids=())
-    T = max(map(len, prompts))
-    ids = torch.zeros(4, T, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, T - len(p):] = torch.tensor(p)
-        mask[i, T - len(p):] = 1
-    with torch.no_grad():
-        out = ref.generate(ids, attention_mask=mask, max_new_tokens=32, do_sample=False, eos_token_id=None,
-                           pad_token_id=0)
-    for got, want in zip(res.tokens, out[:, T:].tolist()):
+    for got, want in zip(res.tokens, R.hf_greedy(ref, prompts, 32)):
         print(repr(tok.decode(got)))
         assert got == want

@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from reasonax import model, sample
 from reasonax.sample import sampler
@@ -38,16 +37,7 @@ def test_greedy_matches_transformers_generate(family, root):
     prompts = _prompts([9, 3, 14])
     res = sample.generate(params, cfg, prompts, sample.SamplingParams(max_new_tokens=24, temperature=0.0),
                           eos_ids=(), seed=0)
-    T = max(map(len, prompts))
-    ids = torch.zeros(len(prompts), T, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, T - len(p):] = torch.tensor(p)
-        mask[i, T - len(p):] = 1
-    with torch.no_grad():
-        out = ref.generate(ids, attention_mask=mask, max_new_tokens=24, do_sample=False, eos_token_id=None,
-                           pad_token_id=0)
-    assert res.tokens == out[:, T:].tolist()
+    assert res.tokens == R.hf_greedy(ref, prompts, 24)
     assert res.finish_reasons == ["length"] * 3
 
 

@@ -243,8 +243,7 @@ def _to_hf(spec: ParamSpec, t: np.ndarray) -> np.ndarray:
 
 
 def _hf_names(spec: ParamSpec) -> list[str]:
-    n = spec.shape[0] if spec.stacked else 1
-    return [spec.hf_name.format(i=i) for i in range(n)] if spec.stacked else [spec.hf_name]
+    return [spec.hf_name.format(i=i) for i in range(spec.shape[0])] if spec.stacked else [spec.hf_name]
 
 
 def _check_tensors(cfg: ModelConfig, stored: dict[str, _Stored], resolve, path: Path):
