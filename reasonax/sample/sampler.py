@@ -294,8 +294,8 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], s
     any call. progress: optional callable called with the number of rows finished after each
     chunk. Params sharded on a mesh make the rows shard over the mesh's data axes.
     unstack_layers: decode over per-layer copies of the weights (transformer.unstack_layers),
-    which XLA's CPU backend reads ~2x faster than the scanned stack; default: on CPU only (it
-    costs one copy of the layer weights while generating).
+    which XLA's CPU backend runs 1.5-2x faster than the scanned stack (bench/decode_ops.py);
+    default: on CPU only (it costs one copy of the layer weights while generating).
     """
     sp = sampling
     _validate(prompts, cfg, sp)
