@@ -43,13 +43,14 @@ class _Tok:
 
 
 def test_stop_token_ids_include_turn_end_and_eos():
-    ids = prompts.stop_token_ids(_Tok(), prompts.get_format("gemma-chat"), model.get_preset("gemma3-1b"))
+    ids = prompts.stop_token_ids(_Tok(), prompts.get_format("gemma-chat").stop_strings, model.get_preset("gemma3-1b"))
     assert ids == (1, 106)
 
 
 def test_few_shot_stops_at_a_blank_line_token():
-    ids = prompts.stop_token_ids(_Tok(), prompts.get_format("few-shot"))
-    assert ids == (1, 108)  # EOS and the single "\n\n" token; "\n\nQuestion:" is several tokens
+    ids = prompts.stop_token_ids(_Tok(), prompts.get_format("few-shot").stop_strings)
+    assert ids == (1, 108)  # EOS and the single "\n\n" token
+    assert prompts.stop_token_ids(_Tok(), ["\n\nQuestion:"]) == (1,)  # several tokens: cut from text only
 
 
 def test_unknown_format_is_named():

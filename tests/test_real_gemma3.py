@@ -96,7 +96,7 @@ def test_tokenizer_and_stop_tokens_from_the_same_dir(real):
     tok = prompts.load_tokenizer(path)
     fmt = prompts.default_format(cfg)
     assert fmt.name == "gemma-chat"
-    assert prompts.stop_token_ids(tok, fmt, cfg) == (1, 106)  # <eos>, <end_of_turn>
+    assert prompts.stop_token_ids(tok, fmt.stop_strings, cfg) == (1, 106)  # <eos>, <end_of_turn>
     ids = tok(fmt.render("What is 2+3?"))["input_ids"]
     assert ids[0] == cfg.bos_token_id and tok.convert_tokens_to_ids("<start_of_turn>") in ids
 

@@ -85,8 +85,8 @@ def compute_metrics(problems, graded: list[dict], ks, n_boot: int, judge_labels=
         out["by_k"][k] = {"pass@k": _d(metrics.coverage_at_k(correct, k, n_boot=n_boot)),
                           "maj@k": _d(metrics.maj_at_k(answers, golds, k, n_boot=n_boot)),
                           "diversity@k (all)": _d(div["all"]), "diversity@k (solved)": _d(div["solved"])}
-    step_labels = [SolutionLabel(r["prompt_id"], r["sample_index"], r["correct"],
-                                         None if r["steps_ok"] is None else bool(r["steps_ok"]), "step-checker")
+    # the label steps.label_solution makes, from the step check grade_samples already ran
+    step_labels = [SolutionLabel(r["prompt_id"], r["sample_index"], r["correct"], r["steps_ok"], "step_checker")
                    for r in graded]
     out["fpr (step checker)"] = _d(metrics.fpr(step_labels, n_boot=n_boot))
     out["fpr (step checker) judged"] = sum(1 for lab in step_labels if lab.answer_correct and
@@ -152,7 +152,7 @@ def _judge_fn(cfg):
     jcfg, jparams = convert.load_model(cfg.judge_model, dtype=cfg.generate.dtype)
     tok = prompts_lib.load_tokenizer(cfg.judge_model)
     fmt = prompts_lib.default_format(jcfg)
-    eos = prompts_lib.stop_token_ids(tok, fmt, jcfg)
+    eos = prompts_lib.stop_token_ids(tok, fmt.stop_strings, jcfg)
 
     def fn(texts: list[str]) -> list[str]:
         ids = [tok(fmt.render(t, instruction=""))["input_ids"] for t in texts]

@@ -83,15 +83,17 @@ def load_model(path: str | os.PathLike, dtype="float32", mesh=None) -> tuple[Mod
                             f"checkpoint ({CONFIG_FILE})")
 
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("hf_dir", None, "Hugging Face model directory (input for --to=orbax, output for --to=hf).")
-flags.DEFINE_string("orbax_dir", None, "Orbax checkpoint directory (output for --to=orbax, input for --to=hf).")
-flags.DEFINE_enum("to", "orbax", ["orbax", "hf"], "Direction of the conversion.")
-flags.DEFINE_string("dtype", None, "Parameter dtype to store (e.g. bfloat16); default keeps the source dtype.")
+def _define_flags():
+    """CLI flags, defined only when this module runs as the CLI (other CLIs import it)."""
+    flags.DEFINE_string("hf_dir", None, "Hugging Face model directory (input for --to=orbax, output for --to=hf).")
+    flags.DEFINE_string("orbax_dir", None, "Orbax checkpoint directory (output for --to=orbax, input for --to=hf).")
+    flags.DEFINE_enum("to", "orbax", ["orbax", "hf"], "Direction of the conversion.")
+    flags.DEFINE_string("dtype", None, "Parameter dtype to store (e.g. bfloat16); default keeps the source dtype.")
 
 
 def main(argv):
     del argv
+    FLAGS = flags.FLAGS
     if not FLAGS.hf_dir or not FLAGS.orbax_dir:
         raise app.UsageError("--hf_dir and --orbax_dir are both required")
     if FLAGS.to == "orbax":
@@ -115,4 +117,5 @@ def _hf_dtype(path: Path) -> str:
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -17,14 +17,27 @@ def matmul_params(cfg: ModelConfig) -> int:
     return num_params(cfg) - lookup_only  # norms and biases (O(D) per layer) are counted too
 
 
+def _sum_min(a: int, b: int, w: int | None) -> int:
+    """sum_{k=a}^{b} min(k, w) in closed form (w None: no cap)."""
+    if b < a:
+        return 0
+    if w is None or b <= w:
+        return (a + b) * (b - a + 1) // 2
+    if a > w:
+        return (b - a + 1) * w
+    return (a + w) * (w - a + 1) // 2 + (b - w) * w
+
+
 def attended_pairs(cfg: ModelConfig, seq: int, context: int = 0, causal: bool = True) -> int:
     """Sum over layers of (query, key) pairs for `seq` new tokens after `context` cached ones."""
     total = 0
-    for t in cfg.layer_types:
+    for t in set(cfg.layer_types):
         window = cfg.sliding_window if t == SLIDING else None
-        for q in range(context, context + seq):
-            keys = q + 1 if causal else context + seq
-            total += min(keys, window) if window else keys
+        if causal:  # query q (0-based) sees q + 1 keys, capped by the window
+            pairs = _sum_min(context + 1, context + seq, window)
+        else:
+            pairs = seq * (min(context + seq, window) if window else context + seq)
+        total += cfg.layer_types.count(t) * pairs
     return total
 
 

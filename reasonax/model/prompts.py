@@ -27,8 +27,7 @@ class Example:
 @dataclasses.dataclass(frozen=True)
 class PromptFormat:
     name: str
-    stop_strings: tuple[str, ...]  # text that ends a completion (cut from the decoded text)
-    stop_tokens: tuple[str, ...] = ()  # text that also ends generation where it is a single token
+    stop_strings: tuple[str, ...]  # text that ends a completion (also ends generation if one token)
 
     def render(self, question: str, few_shot: Sequence[Example] = (), instruction: str = BOXED_INSTRUCTION) -> str:
         if self.name == "qwen-chat":
@@ -56,7 +55,7 @@ FORMATS = {
     "qwen-chat": PromptFormat("qwen-chat", ("<|im_end|>", "<|endoftext|>")),
     "gemma-chat": PromptFormat("gemma-chat", ("<end_of_turn>", "<eos>")),
     # answers in few-shot blocks never contain a blank line, so one ends the answer
-    "few-shot": PromptFormat("few-shot", ("\n\nQuestion:", "\n\n"), stop_tokens=("\n\n",)),
+    "few-shot": PromptFormat("few-shot", ("\n\n",)),
 }
 
 
@@ -76,15 +75,13 @@ def default_format(cfg: ModelConfig) -> PromptFormat:
     return FORMATS["few-shot"]
 
 
-def stop_token_ids(tokenizer, fmt: PromptFormat, cfg: ModelConfig | None = None) -> tuple[int, ...]:
-    """Token ids that end a completion: EOS, the format's stop strings that are (special) tokens,
-    and its stop_tokens where the tokenizer encodes them as one token."""
+def stop_token_ids(tokenizer, stop_strings: Sequence[str], cfg: ModelConfig | None = None) -> tuple[int, ...]:
+    """Token ids that end generation: EOS, and every stop string the tokenizer encodes as one token
+    (special tokens like <end_of_turn>, or "\n\n"); longer stop strings are cut from the text."""
     ids = set(cfg.eos_token_ids if cfg is not None else ())
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[s] for s in fmt.stop_strings if s in vocab)
-    for s in fmt.stop_tokens:
+    for s in stop_strings:
         enc = tokenizer.encode(s, add_special_tokens=False)
         if len(enc) == 1:
             ids.add(enc[0])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from collections.abc import Sequence
 from fractions import Fraction
 
@@ -72,10 +73,9 @@ def plan(budget_flops: float, models: dict[str, ModelConfig], num_questions: int
     """Samples per question each model can afford within `budget_flops` (each model alone)."""
     out = {}
     for name, cfg in models.items():
-        one = question_flops(cfg, prompt_tokens, 1, tokens_per_sample)
-        base = question_flops(cfg, prompt_tokens, 0, tokens_per_sample)
-        per_sample = one["total"] - base["total"]
-        samples = max(0, math.floor((budget_flops / num_questions - base["total"]) / per_sample))
+        prefill = generation_flops(cfg, prompt_tokens, 0)["total"]
+        per_sample = generation_flops(cfg, prompt_tokens, tokens_per_sample, prefill=False)["total"]
+        samples = max(0, math.floor((budget_flops / num_questions - prefill) / per_sample))
         total = question_flops(cfg, prompt_tokens, samples, tokens_per_sample)
         out[name] = ModelBudget(name, cfg, samples, {k: v * num_questions for k, v in total.items()})
     return out
@@ -84,17 +84,12 @@ def plan(budget_flops: float, models: dict[str, ModelConfig], num_questions: int
 def realised_flops(cfg: ModelConfig, prompt_lengths: Sequence[int], prompt_index: Sequence[int],
                    lengths: Sequence[int]) -> dict:
     """FLOPs the sampler spent: each distinct prompt prefilled once, each row's generated tokens."""
-    total = {"dense": 0, "attention": 0}
+    total = Counter({"dense": 0, "attention": 0, "total": 0})
     for p in prompt_lengths:
-        for k, v in generation_flops(cfg, p, 0).items():
-            if k in total:
-                total[k] += v
+        total.update(generation_flops(cfg, p, 0))
     for i, g in zip(prompt_index, lengths):
-        for k, v in generation_flops(cfg, prompt_lengths[i], g, prefill=False).items():
-            if k in total:
-                total[k] += v
-    total["total"] = total["dense"] + total["attention"]
-    return total
+        total.update(generation_flops(cfg, prompt_lengths[i], g, prefill=False))
+    return dict(total)
 
 
 def report(planned: ModelBudget, result) -> dict:

@@ -40,7 +40,7 @@ def default_config():
     c.instruction = prompts_lib.BOXED_INSTRUCTION  # instruction of the chat formats
     c.few_shot = ""  # JSONL of {"question", "answer"} worked examples prepended to every prompt
     c.num_few_shot = 0  # how many of them (0 = all)
-    c.stop_strings = ()  # text that ends a completion; empty = the format's own (e.g. "\n\nQuestion:")
+    c.stop_strings = ()  # text that ends a completion (single-token ones end generation); empty = the format's
     c.output = ""  # output JSONL; <output>.summary.json is written next to it
     c.sampling = ml_collections.ConfigDict()
     c.sampling.max_new_tokens = 256
@@ -112,7 +112,7 @@ def run(cfg) -> dict:
     fmt = prompts_lib.default_format(model_cfg) if cfg.prompt_format == "auto" else prompts_lib.get_format(
         cfg.prompt_format)
     stops = tuple(cfg.stop_strings) if cfg.stop_strings else fmt.stop_strings
-    eos_ids = prompts_lib.stop_token_ids(tokenizer, fmt, model_cfg)
+    eos_ids = prompts_lib.stop_token_ids(tokenizer, stops, model_cfg)
     shots = few_shot_examples(cfg)
     sp = SamplingParams(max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
                         top_k=cfg.sampling.top_k, top_p=cfg.sampling.top_p, min_p=cfg.sampling.min_p,
