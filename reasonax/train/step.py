@@ -1,0 +1,108 @@
+"""The one train-step builder every recipe uses (SFT, SLM, GRPO differ only in their loss).
+
+    step = build_train_step(loss_fn, optimizer, shardings, mesh, accum_steps=4)
+    state, metrics = step(state, batch)
+
+loss_fn(params, batch) -> (loss_sum, token_count, metrics) with metrics a dict of
+(numerator, denominator) pairs. The step splits the batch into `accum_steps` micro-batches,
+sums loss, count, metrics and float32 gradients over them (lax.scan, one compiled body), and
+divides by the whole batch's count: the true token mean, not a mean of micro-batch means.
+
+A non-finite loss or gradient norm skips the update (params and optimizer state unchanged),
+sets metrics['skipped'] = 1 and increments state.bad_steps; the loop decides when to stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from reasonax.train.state import TrainState, _as_f32, apply_updates
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Rows (the leading dim of every batch array) over the data-parallel axes data x fsdp."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def _split(x: jax.Array, n: int, mesh) -> jax.Array:
+    """[B,...] -> [n, B/n, ...], micro-batch i = rows i, i+n, ... (each device keeps its rows)."""
+    B = x.shape[0]
+    if B % n:
+        raise ValueError(f"batch of {B} rows does not split into accum_steps={n} micro-batches")
+    x = x.reshape(B // n, n, *x.shape[1:]).swapaxes(0, 1)
+    spec = PartitionSpec(None, BATCH_AXES, *([None] * (x.ndim - 2)))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def _add(a, b):
+    return jax.tree.map(jnp.add, a, b)
+
+
+class TrainStep:
+    """A jitted, state-donating train step that traces and runs under its mesh."""
+
+    def __init__(self, fn: Callable, mesh):
+        self.fn, self.mesh = fn, mesh
+
+    def __call__(self, state: TrainState, batch: dict):
+        with jax.set_mesh(self.mesh):
+            return self.fn(state, batch)
+
+    def lower(self, state, batch):
+        with jax.set_mesh(self.mesh):
+            return self.fn.lower(state, batch)
+
+
+def build_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, shardings: TrainState,
+                     mesh: jax.sharding.Mesh, *, accum_steps: int = 1,
+                     lr_schedule: optax.Schedule | None = None) -> TrainStep:
+    """A TrainStep(state, batch) -> (state, metrics). `shardings`: see state.state_shardings."""
+
+    def grads_of(params, mb):
+        def f(p):
+            loss_sum, count, metrics = loss_fn(p, mb)
+            return loss_sum, (count, metrics)
+
+        (loss_sum, (count, metrics)), grads = jax.value_and_grad(f, has_aux=True)(params)
+        return loss_sum.astype(jnp.float32), count.astype(jnp.float32), metrics, _as_f32(grads)
+
+    def step(state: TrainState, batch: dict):
+        if accum_steps == 1:
+            loss_sum, count, metrics, grads = grads_of(state.params, batch)
+        else:
+            mbs = jax.tree.map(lambda x: _split(x, accum_steps, mesh), batch)
+            shapes = jax.eval_shape(grads_of, state.params, jax.tree.map(lambda x: x[0], mbs))
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+            zeros = (*zeros[:3], jax.lax.with_sharding_constraint(zeros[3], shardings.params))
+            total, _ = jax.lax.scan(lambda acc, mb: (_add(acc, grads_of(state.params, mb)), None), zeros, mbs)
+            loss_sum, count, metrics, grads = total
+
+        denom = jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
+        params, opt_state = apply_updates(state.params, grads, state.opt_state, optimizer)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        new_state = TrainState(
+            params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+            step=state.step + 1, updates=state.updates + finite.astype(jnp.int32),
+            bad_steps=jnp.where(finite, 0, state.bad_steps + 1), rng=state.rng)
+        out = {"loss": loss_sum / denom, "tokens": count, "grad_norm": grad_norm,
+               "skipped": 1.0 - finite.astype(jnp.float32), "bad_steps": new_state.bad_steps}
+        if lr_schedule is not None:
+            out["lr"] = jnp.asarray(lr_schedule(state.updates), jnp.float32)
+        for name, (num, den) in metrics.items():
+            out[name] = num / jnp.maximum(den, 1e-9)
+        return new_state, out
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    fn = jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, replicated),
+                 donate_argnums=0)
+    return TrainStep(fn, mesh)
