@@ -1,0 +1,559 @@
+"""Grain pipelines for supervised fine-tuning: records -> tokens -> shifted, packed, batched rows.
+
+    files (.jsonl/.jsonl.gz/.parquet) --load_records--> [(prompt, completion, where)]   (validated once)
+      -> MapDataset: shuffle(seed) -> repeat(num_epochs) -> [process_index::process_count]
+      -> map(encode_record): tokenize, fit to seq_len+1 tokens, shift          (None = dropped)
+      -> to_iter_dataset -> fold dropped markers into the next example
+      -> FirstFitPackIterDataset (pack=True) or pad to seq_len (pack=False)
+      -> batch(global_batch // process_count) -> pad a final short batch, count DataStats
+
+Every row is `seq_len` long: for an example with tokens x0..xn and completion mask m, the row
+holds inputs x[:-1], targets x[1:] and weights m[1:] (a target is trained on only when it is a
+completion token). Padding has segment id 0, weight 0, input and target 0.
+
+The pipeline runs in-process (tokenization may use a few reader threads) and is deterministic for
+a seed. The iterator is checkpointable: `get_state()` is a JSON-able dict (grain's
+CheckpointSave/CheckpointRestore store it with Orbax) and `set_state()` resumes exactly,
+DataStats included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from reasonax import jsonl
+from reasonax.model import prompts as prompts_lib
+
+TEMPLATES = ("raw", "tokenizer", *prompts_lib.FORMATS)
+OVERLONG = ("truncate", "drop")
+ON_MALFORMED = ("raise", "skip")
+BATCH_AXES = ("data", "fsdp")
+
+# per-example features that travel through packing; the two flags are summed into DataStats at
+# the output and removed (value at index 0 of each example, 0 elsewhere)
+_ROW_FEATURES = ("inputs", "targets", "weights", "_truncated", "_dropped")
+_FLAGS = ("_truncated", "_dropped")
+_OUTPUT_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")
+# reader threads take turns on the tokenizer: HF fast tokenizers may raise "RuntimeError: Already
+# borrowed" when one object is used from several threads at once (huggingface/tokenizers#537)
+_TOKENIZER_LOCK = threading.Lock()
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """Defaults of the SFT data pipeline.
+
+    Fields:
+      files            list of paths or glob patterns: .jsonl, .jsonl.gz, .parquet (default []).
+      prompt_field     record field holding the prompt (a string; dotted names reach nested JSON
+                       objects). Default 'prompt'.
+      completion_field record field holding the completion (a non-empty string). Default 'completion'.
+      template         how a record becomes text:
+                       'raw'        prompt and completion as they are, the tokenizer's BOS (if it
+                                    has one) before the prompt and, with add_eos, its EOS after
+                                    the completion;
+                       'qwen-chat' | 'gemma-chat' | 'few-shot'  (reasonax.model.prompts formats):
+                                    the prompt rendered by PromptFormat.render(prompt,
+                                    instruction=instruction) after the tokenizer's BOS (as
+                                    reasonax.sample.generate tokenizes prompts), the completion
+                                    followed by the format's first stop string (few-shot: with a
+                                    leading space, as in its "Answer: ..." blocks);
+                       'tokenizer'  tokenizer.apply_chat_template with a user turn
+                                    (instruction + blank line + prompt) and an assistant turn;
+                                    the completion is the conversation text after the rendered
+                                    generation prompt. No BOS is added (the template writes it).
+                       Default 'raw'.
+      instruction      text used by the chat templates (default prompts.BOXED_INSTRUCTION).
+      add_eos          'raw' only: append tokenizer.eos_token_id after the completion (True).
+      seq_len          tokens per row (512). An example uses len(tokens) - 1 slots (the shift).
+      pack             True: first-fit several examples per row (segment_ids 1, 2, ...);
+                       False: one example per row. Default True.
+      overlong         an example of more than seq_len + 1 tokens: 'truncate' keeps its first
+                       seq_len + 1 tokens, 'drop' removes it. Default 'truncate'.
+      on_malformed     a bad record (invalid JSON, missing / non-string / empty field):
+                       'raise' a ValueError naming file, line and field, or 'skip' it (counted).
+                       Default 'raise'.
+      shuffle          shuffle examples (a different order every epoch). Default True.
+      seed             shuffle seed, 0 <= seed < 2**32 (0).
+      num_epochs       passes over the data; None repeats forever (default None).
+      num_threads      reader threads that tokenize ahead of the consumer; 0 tokenizes in the
+                       calling thread (default 2). Results do not depend on it.
+    """
+    c = ml_collections.ConfigDict()
+    c.files = []
+    c.prompt_field = "prompt"
+    c.completion_field = "completion"
+    c.template = "raw"
+    c.instruction = prompts_lib.BOXED_INSTRUCTION
+    c.add_eos = True
+    c.seq_len = 512
+    c.pack = True
+    c.overlong = "truncate"
+    c.on_malformed = "raise"
+    c.shuffle = True
+    c.seed = 0
+    c.num_epochs = ml_collections.FieldReference(None, field_type=int)
+    c.num_threads = 2
+    return c
+
+
+@dataclasses.dataclass
+class DataStats:
+    """Counters of what the iterator has emitted (all but skipped_malformed, a property of the
+    files counted once when the dataset is built). Updated in place as batches come out; saved in
+    the iterator state, so after set_state they equal those of the uninterrupted run.
+
+      examples          examples emitted (segments)
+      tokens            non-padding input tokens emitted (len(tokens) - 1 per example)
+      loss_tokens       tokens with weight 1 (completion targets)
+      padding_tokens    padding slots emitted (including all-padding rows of a final short batch)
+      truncated         examples cut to seq_len + 1 tokens (overlong='truncate')
+      dropped_overlong  examples removed for being too long (overlong='drop')
+      skipped_malformed records skipped as malformed (on_malformed='skip'), over all files
+      batches           batches emitted
+    """
+
+    examples: int = 0
+    tokens: int = 0
+    loss_tokens: int = 0
+    padding_tokens: int = 0
+    truncated: int = 0
+    dropped_overlong: int = 0
+    skipped_malformed: int = 0
+    batches: int = 0
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def load(self, d: dict) -> None:
+        """Set every counter from a dict made by as_dict (missing counters become 0)."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, int(d.get(f.name, 0)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Config checks and records
+
+
+def check_config(config) -> None:
+    """ValueError naming the first bad field of a data config."""
+    if config.template not in TEMPLATES:
+        raise ValueError(f"data.template={config.template!r}; expected one of {TEMPLATES}")
+    if config.overlong not in OVERLONG:
+        raise ValueError(f"data.overlong={config.overlong!r}; expected one of {OVERLONG}")
+    if config.on_malformed not in ON_MALFORMED:
+        raise ValueError(f"data.on_malformed={config.on_malformed!r}; expected one of {ON_MALFORMED}")
+    if not isinstance(config.seq_len, int) or config.seq_len < 1:
+        raise ValueError(f"data.seq_len={config.seq_len!r} must be a positive integer")
+    if config.num_epochs is not None and config.num_epochs < 1:
+        raise ValueError(f"data.num_epochs={config.num_epochs!r} must be None (forever) or >= 1")
+    if not 0 <= config.seed < 2**32:
+        raise ValueError(f"data.seed={config.seed!r} must be in [0, 2**32)")
+    if config.num_threads < 0:
+        raise ValueError(f"data.num_threads={config.num_threads!r} must be >= 0")
+    if isinstance(config.files, (str, os.PathLike)) or not config.files:
+        raise ValueError(f"data.files={config.files!r} must be a non-empty list of paths")
+
+
+def expand_files(files: Sequence[str | os.PathLike]) -> list[str]:
+    """Paths in order, glob patterns expanded (sorted); FileNotFoundError for a pattern or path
+    that matches nothing."""
+    out = []
+    for f in files:
+        f = os.fspath(f)
+        if glob.has_magic(f):
+            matches = sorted(glob.glob(f))
+            if not matches:
+                raise FileNotFoundError(f"data.files: pattern {f!r} matches no file")
+            out.extend(matches)
+        elif not os.path.isfile(f):
+            raise FileNotFoundError(f"data.files: {f}: no such file")
+        else:
+            out.append(f)
+    return out
+
+
+def _text_field(rec: dict, name: str, where: str, allow_empty: bool) -> str:
+    """rec[name] as a string, or ValueError naming where and the field."""
+    value = jsonl.field(rec, name, where, error=ValueError)
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: field {name!r} is not a string (got {type(value).__name__})")
+    if not allow_empty and not value.strip():
+        raise ValueError(f"{where}: field {name!r} is empty")
+    return value
+
+
+def _jsonl_records(path: str, prompt_field: str, completion_field: str, skip: bool):
+    """(records, skipped) of one JSONL file; records are (prompt, completion, 'file:line')."""
+    records, bad_lines = [], []
+    for lineno, rec in jsonl.read(path, skip_bad=skip, bad_lines=bad_lines, error=ValueError):
+        where = f"{path}:{lineno}"
+        try:
+            prompt = _text_field(rec, prompt_field, where, allow_empty=True)
+            completion = _text_field(rec, completion_field, where, allow_empty=False)
+        except ValueError:
+            if not skip:
+                raise
+            bad_lines.append(lineno)
+            continue
+        records.append((prompt, completion, where))
+    return records, len(bad_lines)
+
+
+def _parquet_records(path: str, prompt_field: str, completion_field: str, skip: bool):
+    """(records, skipped) of one Parquet file; records are (prompt, completion, 'file: row N')
+    with 1-based row numbers. A missing column is always an error."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        raise ValueError(f"{path}: unreadable Parquet file ({e})") from None
+    for col in (prompt_field, completion_field):
+        if col not in names:
+            raise ValueError(f"{path}: missing column {col!r} (columns: {names[:20]})")
+    table = pq.read_table(path, columns=[prompt_field, completion_field])
+    prompts, completions = (table.column(c).to_pylist() for c in (prompt_field, completion_field))
+    records, skipped = [], 0
+    for i, (p, c) in enumerate(zip(prompts, completions), 1):
+        where = f"{path}: row {i}"
+        try:
+            prompt = _text_field({prompt_field: p}, prompt_field, where, allow_empty=True)
+            completion = _text_field({completion_field: c}, completion_field, where, allow_empty=False)
+        except ValueError:
+            if not skip:
+                raise
+            skipped += 1
+            continue
+        records.append((prompt, completion, where))
+    return records, skipped
+
+
+def load_records(files: Sequence[str | os.PathLike], prompt_field: str = "prompt",
+                 completion_field: str = "completion",
+                 on_malformed: str = "raise") -> tuple[list[tuple[str, str, str]], int]:
+    """All (prompt, completion, where) records of the files in order, and the number skipped.
+
+    Every record is validated here, once, so skip counts are exact and a bad record fails before
+    training starts. where is 'file:line' (JSONL) or 'file: row N' (Parquet), for messages.
+    """
+    if on_malformed not in ON_MALFORMED:
+        raise ValueError(f"on_malformed={on_malformed!r}; expected one of {ON_MALFORMED}")
+    skip = on_malformed == "skip"
+    records, skipped = [], 0
+    for path in expand_files(files):
+        if path.endswith((".jsonl", ".jsonl.gz")):
+            recs, n = _jsonl_records(path, prompt_field, completion_field, skip)
+        elif path.endswith(".parquet"):
+            recs, n = _parquet_records(path, prompt_field, completion_field, skip)
+        else:
+            raise ValueError(f"{path}: unsupported file type (expected .jsonl, .jsonl.gz or .parquet)")
+        records.extend(recs)
+        skipped += n
+    return records, skipped
+
+
+# ----------------------------------------------------------------------------------------------
+# One example: text -> tokens -> fitted -> shifted
+
+
+def render_texts(prompt: str, completion: str, config, tokenizer) -> tuple[str, str, bool]:
+    """(prompt text, completion text, prepend BOS) for the config's template (see
+    default_data_config). The EOS of 'raw' is added at tokenization, not here."""
+    template = config.template
+    if template == "raw":
+        return prompt, completion, True
+    if template == "tokenizer":
+        user = f"{config.instruction}\n\n{prompt}" if config.instruction else prompt
+        turns = [{"role": "user", "content": user}]
+        head = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(turns + [{"role": "assistant", "content": completion}],
+                                             tokenize=False)
+        if not full.startswith(head):
+            raise ValueError("data.template='tokenizer': the chat template does not render the generation "
+                             "prompt as a prefix of the conversation; use a named template instead")
+        return head, full[len(head):], False
+    fmt = prompts_lib.get_format(template)
+    if template == "few-shot" and completion[:1] not in (" ", "\n"):
+        completion = " " + completion
+    return fmt.render(prompt, instruction=config.instruction), completion + fmt.stop_strings[0], True
+
+
+def tokenize_example(prompt: str, completion: str, config, tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens int32 [n], completion mask int32 [n]) of one record.
+
+    Prompt and completion are tokenized separately with add_special_tokens=False (no merge across
+    the boundary, as at generation); the tokenizer's BOS, if it has one, goes before the prompt
+    (not for template='tokenizer'), and for 'raw' with add_eos its EOS after the completion.
+    """
+    prompt_text, completion_text, bos = render_texts(prompt, completion, config, tokenizer)
+    with _TOKENIZER_LOCK:
+        head = tokenizer.encode(prompt_text, add_special_tokens=False) if prompt_text else []
+        tail = tokenizer.encode(completion_text, add_special_tokens=False)
+    if bos and tokenizer.bos_token_id is not None:
+        head = [tokenizer.bos_token_id, *head]
+    if config.template == "raw" and config.add_eos:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("data.add_eos=True but the tokenizer has no eos_token_id")
+        tail = [*tail, tokenizer.eos_token_id]
+    tokens = np.asarray(head + tail, np.int32)
+    mask = np.concatenate([np.zeros(len(head), np.int32), np.ones(len(tail), np.int32)])
+    return tokens, mask
+
+
+def fit_length(tokens: np.ndarray, mask: np.ndarray, seq_len: int, overlong: str):
+    """(tokens, mask, truncated) with at most seq_len + 1 tokens, or None when overlong='drop'
+    removes the example."""
+    if len(tokens) <= seq_len + 1:
+        return tokens, mask, False
+    if overlong == "drop":
+        return None
+    return tokens[: seq_len + 1], mask[: seq_len + 1], True
+
+
+def shift_example(tokens: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """inputs x[:-1], targets x[1:], weights m[1:] (float32) of one example."""
+    return {"inputs": np.asarray(tokens[:-1], np.int32), "targets": np.asarray(tokens[1:], np.int32),
+            "weights": np.asarray(mask[1:], np.float32)}
+
+
+def encode_record(record: tuple[str, str, str], config, tokenizer) -> dict[str, np.ndarray] | None:
+    """A shifted example with its stats flags, or None if overlong='drop' removed it.
+
+    The flags `_truncated` and `_dropped` (int32, value at index 0) travel with the example
+    through packing so DataStats count what is emitted.
+    """
+    prompt, completion, where = record
+    try:
+        tokens, mask = tokenize_example(prompt, completion, config, tokenizer)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    if len(tokens) < 2:
+        raise ValueError(f"{where}: the example has {len(tokens)} token(s); training needs at least 2")
+    fitted = fit_length(tokens, mask, config.seq_len, config.overlong)
+    if fitted is None:
+        return None
+    tokens, mask, truncated = fitted
+    ex = shift_example(tokens, mask)
+    ex["_truncated"] = np.zeros(len(tokens) - 1, np.int32)
+    ex["_truncated"][0] = int(truncated)
+    ex["_dropped"] = np.zeros(len(tokens) - 1, np.int32)
+    return ex
+
+
+def pad_example(ex: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
+    """One example as a padded row: segment_ids 1 on its tokens, positions 0..n-1, zeros after."""
+    n = len(ex["inputs"])
+    row = {k: np.pad(ex[k], (0, seq_len - n)) for k in _ROW_FEATURES}
+    row["segment_ids"] = np.pad(np.ones(n, np.int32), (0, seq_len - n))
+    row["positions"] = np.pad(np.arange(n, dtype=np.int32), (0, seq_len - n))
+    return row
+
+
+def _from_packed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A row of FirstFitPackIterDataset with its segment ids / positions under our names."""
+    out = {k: row[k] for k in _ROW_FEATURES}
+    out["segment_ids"] = row["inputs_segment_ids"]
+    out["positions"] = row["inputs_positions"]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Datasets
+
+
+def examples_dataset(config, tokenizer, *, process_index: int = 0, process_count: int = 1,
+                     records: list | None = None) -> grain.MapDataset:
+    """The shuffled, repeated, process-sharded MapDataset of encoded examples (encode_record):
+    dicts of 1-D arrays, None where an overlong example was dropped.
+
+    Order: shuffle(seed) over all records (grain reseeds it every epoch), repeat(num_epochs),
+    then process p takes elements p, p + P, p + 2P, ... of that global stream, so shards are
+    disjoint and together cover every example of every epoch.
+    """
+    if records is None:
+        records, _ = load_records(config.files, config.prompt_field, config.completion_field,
+                                  config.on_malformed)
+    if not records:
+        raise ValueError(f"data.files={list(config.files)!r}: no usable records")
+    ds = grain.MapDataset.source(records)
+    if config.shuffle:
+        ds = ds.shuffle(seed=config.seed)
+    ds = ds.repeat(config.num_epochs)
+    ds = ds[process_index::process_count]
+    return ds.map(functools.partial(encode_record, config=config, tokenizer=tokenizer))
+
+
+class _FoldDroppedIterator(grain.DatasetIterator):
+    """Skips None (dropped) elements, adding their count to the next example's `_dropped` flag.
+
+    Between two calls no count is pending, so the state is the parent's. Drops after the last
+    example of a finite stream go straight into `stats` when the end is reached.
+    """
+
+    def __init__(self, parent: grain.DatasetIterator, stats: DataStats):
+        super().__init__(parent)
+        self._counters = stats
+
+    def __next__(self):
+        dropped = 0
+        while True:
+            try:
+                ex = next(self._parent)
+            except StopIteration:
+                self._counters.dropped_overlong += dropped
+                raise
+            if ex is None:
+                dropped += 1
+                continue
+            ex["_dropped"][0] += dropped
+            return ex
+
+    def get_state(self) -> dict[str, Any]:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state)
+
+
+class _FoldDropped(grain.IterDataset):
+    def __init__(self, parent: grain.IterDataset, stats: DataStats):
+        super().__init__(parent)
+        self._counters = stats
+
+    def __iter__(self) -> _FoldDroppedIterator:
+        return _FoldDroppedIterator(self._parent.__iter__(), self._counters)
+
+
+def count_batch(batch: dict[str, np.ndarray], stats: DataStats) -> None:
+    """Add one padded batch (with its flag features) to the counters."""
+    real = batch["segment_ids"] > 0
+    stats.examples += int(np.sum(real & (batch["positions"] == 0)))
+    stats.tokens += int(real.sum())
+    stats.padding_tokens += int(real.size - real.sum())
+    stats.loss_tokens += int(batch["weights"].sum())
+    stats.truncated += int(batch["_truncated"].sum())
+    stats.dropped_overlong += int(batch["_dropped"].sum())
+    stats.batches += 1
+
+
+def pad_batch(batch: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """A short final batch completed with all-padding rows (zeros everywhere)."""
+    n = len(batch["inputs"])
+    if n == rows:
+        return batch
+    return {k: np.concatenate([v, np.zeros((rows - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+
+
+class SftIterator(grain.DatasetIterator):
+    """The output iterator: fixed-shape batches, DataStats updated, state = pipeline + stats."""
+
+    def __init__(self, parent: grain.DatasetIterator, rows: int, stats: DataStats):
+        super().__init__(parent)
+        self._rows = rows
+        self.stats = stats
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = pad_batch(next(self._parent), self._rows)
+        count_batch(batch, self.stats)
+        return {k: batch[k] for k in _OUTPUT_KEYS}
+
+    def get_state(self) -> dict[str, Any]:
+        return {"pipeline": self._parent.get_state(), "stats": self.stats.as_dict()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state["pipeline"])
+        self.stats.load(state["stats"])
+
+
+class SftDataset(grain.IterDataset):
+    """IterDataset whose iterator is an SftIterator (see sft_dataset)."""
+
+    def __init__(self, parent: grain.IterDataset, rows: int, stats: DataStats):
+        super().__init__(parent)
+        self._rows = rows
+        self.stats = stats
+
+    def __iter__(self) -> SftIterator:
+        return SftIterator(self._parent.__iter__(), self._rows, self.stats)
+
+
+def _process_layout(global_batch: int, process_index: int | None, process_count: int | None):
+    """(process_index, process_count, local rows), checked."""
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count})")
+    if global_batch < 1 or global_batch % process_count:
+        raise ValueError(f"global_batch={global_batch} must be a positive multiple of "
+                         f"process_count={process_count}")
+    return process_index, process_count, global_batch // process_count
+
+
+def sft_dataset(config, tokenizer, *, global_batch: int, process_index: int | None = None,
+                process_count: int | None = None, stats: DataStats | None = None) -> SftDataset:
+    """Batches of this process's examples, each array [global_batch // process_count, seq_len]:
+
+      inputs int32, targets int32 (next tokens), weights float32 (1 on completion targets),
+      segment_ids int32 (1, 2, ... per example in the row, 0 = padding), positions int32
+      (0.. within each example).
+
+    process_index / process_count default to jax's. With finite num_epochs the last batch is
+    completed with all-padding rows and iteration then stops; shards may differ by a few
+    examples, so processes can end a batch apart (count steps, not batches, in a loop).
+    `stats` (also the dataset's and its iterators' `.stats`) is updated as batches come out;
+    build one dataset, and one iterator at a time, per DataStats.
+    """
+    check_config(config)
+    if config.template == "raw" and config.add_eos and tokenizer.eos_token_id is None:
+        raise ValueError("data.add_eos=True but the tokenizer has no eos_token_id")
+    process_index, process_count, rows = _process_layout(global_batch, process_index, process_count)
+    stats = DataStats() if stats is None else stats
+    records, skipped = load_records(config.files, config.prompt_field, config.completion_field,
+                                    config.on_malformed)
+    stats.skipped_malformed = skipped
+    examples = examples_dataset(config, tokenizer, process_index=process_index, process_count=process_count,
+                                records=records)
+    read = grain.ReadOptions(num_threads=config.num_threads,
+                             prefetch_buffer_size=64 if config.num_threads else 0)
+    ds = _FoldDropped(examples.to_iter_dataset(read, allow_nones=True), stats)
+    if config.pack:
+        ds = grain.experimental.FirstFitPackIterDataset(
+            ds, length_struct={k: config.seq_len for k in _ROW_FEATURES}, num_packing_bins=rows,
+            shuffle_bins=False)
+        ds = ds.map(_from_packed)
+    else:
+        ds = ds.map(functools.partial(pad_example, seq_len=config.seq_len))
+    return SftDataset(ds.batch(rows, drop_remainder=False), rows, stats)
+
+
+# ----------------------------------------------------------------------------------------------
+# Device placement
+
+
+def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """The process-local batch as global jax.Arrays, rows sharded over mesh axes ('data', 'fsdp').
+
+    The global leading dim is local rows * process_count; it must divide by the data * fsdp size.
+    """
+    sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+    shards = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+    out = {}
+    for name, local in batch.items():
+        global_shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
+        if global_shape[0] % shards:
+            raise ValueError(f"batch[{name!r}]: {global_shape[0]} global rows do not divide over the "
+                             f"mesh's data*fsdp = {shards} shards")
+        out[name] = jax.make_array_from_process_local_data(sharding, local, global_shape)
+    return out
