@@ -46,3 +46,16 @@ def forward_flops(cfg: ModelConfig, batch: int, seq: int, context: int = 0, caus
     dense = 2 * matmul_params(cfg) * batch * seq
     attn = 4 * cfg.num_heads * cfg.head_dim * batch * attended_pairs(cfg, seq, context, causal)
     return {"dense": dense, "attention": attn, "total": dense + attn}
+
+
+def train_flops(cfg: ModelConfig, batch: int, seq: int, causal: bool = True) -> dict:
+    """FLOPs of one training step (forward + backward) over `batch` rows of `seq` tokens.
+
+    The backward costs twice the forward (gradients w.r.t. activations and weights), so this is
+    3x forward_flops: 6·P·tokens (P = matmul params incl. the unembedding) plus 3x the causal
+    attention term over full rows of `seq`. Packed rows are counted as one causal sequence, an
+    upper bound of the attended pairs (the segment mask attends fewer). Returns
+    {'dense', 'attention', 'total'}.
+    """
+    fwd = forward_flops(cfg, batch, seq, causal=causal)
+    return {k: 3 * v for k, v in fwd.items()}
