@@ -72,6 +72,17 @@ def tokenizer_path(path: str | os.PathLike) -> Path:
     return path / TOKENIZER_DIR if (path / CONFIG_FILE).is_file() else path
 
 
+def model_config(path: str | os.PathLike) -> ModelConfig:
+    """The ModelConfig of an HF directory or a reasonax Orbax checkpoint, without loading params."""
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file():
+        return config_from_dict(json.loads((path / CONFIG_FILE).read_text()))
+    if (path / "config.json").is_file():
+        return hf.read_config(path)
+    raise FileNotFoundError(f"{path}: neither an HF model directory (config.json) nor a reasonax Orbax "
+                            f"checkpoint ({CONFIG_FILE})")
+
+
 def load_model(path: str | os.PathLike, dtype="float32", mesh=None) -> tuple[ModelConfig, dict]:
     """Load an HF directory (config.json + safetensors) or a reasonax Orbax checkpoint."""
     path = Path(path)

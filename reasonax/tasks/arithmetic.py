@@ -1,0 +1,39 @@
+"""Multi-step integer arithmetic word problems with worked solutions ending in \\boxed{answer}.
+
+    records(n=1000, seed=0) -> [{'id', 'question', 'prompt', 'completion', 'answer'}]
+
+Each problem chains `steps` additions, subtractions or multiplications by a small factor; the
+solution writes one intermediate result per step, so a model must carry state to be right.
+The same seed gives the same records on every machine (numpy's PCG64).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+OPS = ("+", "-", "*")
+
+
+def problem(rng: np.random.Generator, steps: int = 2, max_value: int = 99) -> dict:
+    value = int(rng.integers(2, max_value + 1))
+    terms, lines = [str(value)], []
+    for _ in range(steps):
+        op = OPS[int(rng.integers(len(OPS)))]
+        operand = int(rng.integers(2, 10)) if op == "*" else int(rng.integers(1, max_value + 1))
+        result = value + operand if op == "+" else value - operand if op == "-" else value * operand
+        lines.append(f"{value} {op} {operand} = {result}.")
+        terms.append(f"{op} {operand}")
+        value = result
+    question = f"Compute {' '.join(terms)}, working left to right."
+    return {"question": question, "completion": " ".join(lines) + f" The answer is \\boxed{{{value}}}.",
+            "answer": str(value)}
+
+
+def records(n: int = 1000, seed: int = 0, steps: int = 2, max_value: int = 99) -> list[dict]:
+    """n problems; 'prompt' is the question followed by a newline (raw template)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        p = problem(rng, steps, max_value)
+        out.append({"id": f"arith-{seed}-{i}", "prompt": p["question"] + "\n", **p})
+    return out

@@ -1,0 +1,186 @@
+"""The one training loop: restore or init, step, log, checkpoint, guard, export.
+
+Recipes differ only in their loss function and their batch source:
+
+    state = loop.run(config, model_cfg, init_params, loss_fn, source)
+
+`source.next(state) -> batch` returns the next global batch (dict of jax.Arrays sharded over the
+batch axes); `source.iterator` is its checkpointable grain iterator (or None). SFT and SLM read
+a grain pipeline (DataSource); GRPO samples rollouts from state.params inside next().
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from reasonax.model import flops as flops_lib
+from reasonax.model import sharding
+from reasonax.model.config import ModelConfig, config_to_dict
+from reasonax.train import monitor
+from reasonax.train import state as state_lib
+from reasonax.train.checkpoint import Checkpointer
+from reasonax.train.step import build_train_step
+
+
+class NonFiniteError(RuntimeError):
+    """Too many non-finite steps in a row; the last good checkpoint is left intact."""
+
+
+def default_train_config() -> ml_collections.ConfigDict:
+    """Fields shared by every recipe (see each field's comment)."""
+    return ml_collections.ConfigDict(dict(
+        workdir="",            # checkpoints/, metrics.jsonl, tensorboard/, hf/ go here (required)
+        num_steps=100,         # optimizer steps (batches) to run; resume continues to this count
+        batch_size=8,          # global rows per step (all processes, all micro-batches)
+        accum_steps=1,         # micro-batches per step (gradient accumulation)
+        seq_len=512,           # tokens per row
+        seed=0,                # params init (when not loading), data order, RNG state
+        param_dtype="float32",  # float32 | bfloat16 (optimizer state is float32 either way)
+        remat="none",          # rematerialise each scanned layer: none | full | dots
+        loss_chunk=0,          # positions per chunk of the cross-entropy (0: fit a 256 MiB budget)
+        mesh=dict(data=1, fsdp=-1, tensor=1),  # device mesh; -1 takes the remaining devices
+        optim=state_lib.default_optim_config(),
+        checkpoint=dict(every=100, keep=3, async_save=True),
+        log_every=10,          # console / metrics.jsonl / TensorBoard every N steps
+        peak_flops="auto",     # MFU peak per device: 'auto', a key of monitor.PEAK_FLOPS, or FLOP/s
+        tensorboard=True,
+        max_bad_steps=5,       # stop after this many non-finite steps in a row
+        export_hf="",          # write the final params as HF safetensors here ('' : <workdir>/hf; 'none': skip)
+        distributed=dict(coordinator_address="", num_processes=1, process_id=0, local_device_ids=""),
+    ))
+
+
+def init_distributed(dist: ml_collections.ConfigDict) -> None:
+    """jax.distributed.initialize from config (no-op without a coordinator address)."""
+    if not dist.coordinator_address:
+        return
+    local = [int(i) for i in str(dist.local_device_ids).split(",") if i.strip()] or None
+    jax.distributed.initialize(dist.coordinator_address, num_processes=dist.num_processes,
+                               process_id=dist.process_id, local_device_ids=local)
+
+
+def make_mesh(config) -> jax.sharding.Mesh:
+    m = config.mesh
+    return sharding.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
+
+
+@dataclasses.dataclass
+class DataSource:
+    """Batches from a grain iterator of process-local numpy batches, placed as global arrays."""
+
+    iterator: Any
+    mesh: jax.sharding.Mesh
+
+    def next(self, state) -> dict:
+        from reasonax.train.data import to_global
+
+        return to_global(next(self.iterator), self.mesh)
+
+
+def run(config: ml_collections.ConfigDict, model_cfg: ModelConfig, init_params: Callable, loss_fn: Callable,
+        source, *, mesh: jax.sharding.Mesh | None = None, extra_config: dict | None = None):
+    """Train to config.num_steps from the latest checkpoint in workdir (or from init_params(mesh)).
+
+    loss_fn(params, batch) -> (loss_sum, count, metrics), built on model_cfg (whose remat the
+    recipe sets from config.remat). Returns the final TrainState.
+    """
+    if not config.workdir:
+        raise ValueError("config.workdir is required")
+    workdir = Path(config.workdir)
+    mesh = mesh or make_mesh(config)
+    dtype = jnp.dtype(config.param_dtype)
+    optimizer = state_lib.make_optimizer(config.optim, model_cfg)
+    abstract = state_lib.abstract_state(model_cfg, optimizer, mesh, dtype, config.seed)
+    shardings = jax.tree.map(lambda a: a.sharding, abstract)
+    ckpt = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep, every=config.checkpoint.every,
+                        async_save=config.checkpoint.async_save)
+    start = ckpt.latest_step()
+    if start is None:
+        params = jax.tree.map(lambda x: x.astype(dtype), init_params(mesh))
+        state = state_lib.create_state(params, model_cfg, optimizer, mesh, config.seed)
+    else:
+        state = ckpt.restore(abstract, source.iterator)
+    logger = monitor.MetricsLogger(workdir, resume_step=start, tensorboard=config.tensorboard)
+    if start is not None:
+        logger.log_event(start, f"resumed from checkpoint {start}")
+
+    step_fn = build_train_step(loss_fn, optimizer, shardings, mesh, accum_steps=config.accum_steps,
+                               lr_schedule=state_lib.schedule(config.optim))
+    saved_config = {"run": config.to_dict(), "model": config_to_dict(model_cfg), **(extra_config or {})}
+    step_flops = flops_lib.train_flops(model_cfg, config.batch_size, config.seq_len)["total"]
+    peak, peak_desc = monitor.resolve_peak(config.peak_flops)
+    if start is None:
+        logger.log_event(0, f"MFU peak: {peak:.3g} FLOP/s per device ({peak_desc}); model FLOPs per step "
+                            f"{step_flops:.3g} = 6*P*tokens + causal attention over full rows")
+
+    step = int(state.step)
+    timer = _Timer()
+    pending = None
+    try:
+        while step < config.num_steps:
+            batch = source.next(state)
+            state, metrics = step_fn(state, batch)
+            step += 1
+            if pending is not None:  # read the previous step's metrics while this one runs
+                _guard(*pending, config, logger)
+            pending = (step, metrics)
+            ckpt.save(step, state, source.iterator, saved_config)
+            timer.tick(metrics)
+            if step % config.log_every == 0 or step == config.num_steps:
+                out = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                seconds = timer.lap()
+                if seconds:
+                    out["step_seconds"] = seconds
+                    out["tokens_per_sec"] = config.batch_size * config.seq_len / seconds
+                    out["mfu"] = monitor.mfu(step_flops, seconds, peak, jax.device_count())
+                logger.log(step, out)
+        if pending is not None:
+            _guard(*pending, config, logger)
+        if step not in ckpt.all_steps():
+            ckpt.save(step, state, source.iterator, saved_config, force=True)
+        ckpt.wait()
+    finally:
+        ckpt.close()
+        logger.close()
+    return state
+
+
+class _Timer:
+    """Mean seconds per step since the last lap, excluding the first step (compilation)."""
+
+    def __init__(self):
+        self.start, self.steps = None, 0
+
+    def tick(self, metrics):
+        if self.start is None:
+            jax.block_until_ready(metrics)
+            self.start = time.perf_counter()
+        else:
+            self.steps += 1
+
+    def lap(self) -> float | None:
+        if not self.steps:
+            return None
+        seconds = (time.perf_counter() - self.start) / self.steps
+        self.start, self.steps = time.perf_counter(), 0
+        return seconds
+
+
+def _guard(step: int, metrics: dict, config, logger) -> None:
+    """Log a skipped (non-finite) step; stop after config.max_bad_steps of them in a row."""
+    if not float(metrics["skipped"]):
+        return
+    logger.log_event(step, f"non-finite loss or gradient (loss {float(metrics['loss'])}, grad_norm "
+                           f"{float(metrics['grad_norm'])}): update skipped")
+    bad = int(metrics["bad_steps"])
+    if bad >= config.max_bad_steps:
+        raise NonFiniteError(f"step {step}: {bad} non-finite steps in a row (max_bad_steps="
+                             f"{config.max_bad_steps}); params and checkpoints hold the last finite update")

@@ -1,0 +1,183 @@
+"""Supervised fine-tuning: the shared loop with the weighted next-token loss on completion tokens.
+
+    python -m reasonax.train.sft --config=configs/sft_tiny_cpu.py --config.workdir=/tmp/sft
+    python -m reasonax.train.sft --config=configs/sft_qwen25_math_1p5b_v5e8.py --dry_run
+
+Every config field (and its default) is in default_config(); override any with
+--config.<path>=value (e.g. --config.optim.lr=1e-5). Re-running with the same workdir resumes
+from its latest checkpoint. --dry_run compiles the step for the configured mesh on fake CPU
+devices and prints per-device memory instead of training (reasonax.train.dry_run).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from reasonax.model import config as config_lib
+from reasonax.model import convert, params as params_lib
+from reasonax.model.config import ModelConfig
+from reasonax.train import data as data_lib
+from reasonax.train import loop
+from reasonax.train.loss import sft_loss
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = loop.default_train_config()
+    c.model = ml_collections.ConfigDict(dict(
+        path="",        # HF directory or reasonax Orbax checkpoint to start from
+        preset="",      # or: a preset name (reasonax.model.PRESETS), randomly initialised
+        overrides={},   # ModelConfig fields replaced on the preset (e.g. num_layers=2)
+        init_std=0.02,  # std of the random init (preset only)
+    ))
+    c.tokenizer = ""  # tokenizer directory (default: the model's); 'bytes': the built-in byte tokenizer
+    c.data = data_lib.default_data_config()  # data.seq_len is taken from seq_len
+    c.synthetic = ml_collections.ConfigDict(dict(
+        task="",            # 'arithmetic': write reasonax.tasks.arithmetic records as the training JSONL
+        num_examples=2000,
+        steps=2,            # operations per arithmetic problem
+    ))
+    return c
+
+
+def model_config(c) -> ModelConfig:
+    """The ModelConfig of the run: from model.path or model.preset, overrides and remat applied."""
+    if bool(c.model.path) == bool(c.model.preset):
+        raise ValueError("set exactly one of config.model.path and config.model.preset")
+    cfg = convert.model_config(c.model.path) if c.model.path else config_lib.get_preset(c.model.preset)
+    overrides = dict(c.model.overrides)
+    if overrides and c.model.path:
+        shape_fields = {"vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                        "num_kv_heads", "head_dim", "tie_embeddings", "qkv_bias", "o_bias", "qk_norm",
+                        "sandwich_norm"}
+        if shape_fields & set(overrides):
+            raise ValueError(f"model.overrides {sorted(shape_fields & set(overrides))} change parameter shapes "
+                             f"of the checkpoint at {c.model.path}")
+    for key in ("layer_types",):
+        if key in overrides:
+            overrides[key] = tuple(overrides[key])
+    return cfg.replace(**overrides, remat=c.remat)
+
+
+def init_params_fn(c, cfg: ModelConfig):
+    """mesh -> params: loaded from model.path, or random from model.preset (seeded)."""
+    if c.model.path:
+        return lambda mesh: convert.load_model(c.model.path, c.param_dtype, mesh)[1]
+    return lambda mesh: params_lib.init_params(cfg, jax.random.key(c.seed), c.param_dtype, mesh,
+                                               std=c.model.init_std)
+
+
+def tokenizer_dir(c) -> Path | None:
+    """Directory of the tokenizer files ('bytes' writes the byte tokenizer under workdir)."""
+    if c.tokenizer == "bytes":
+        from reasonax.tasks.byte_tokenizer import byte_tokenizer
+
+        out = Path(c.workdir) / "tokenizer"
+        if jax.process_index() == 0 and not (out / "tokenizer.json").is_file():
+            byte_tokenizer(out)
+        return out
+    if c.tokenizer:
+        return Path(c.tokenizer)
+    return convert.tokenizer_path(c.model.path) if c.model.path else None
+
+
+def load_tokenizer(c):
+    path = tokenizer_dir(c)
+    if path is None:
+        raise ValueError("config.tokenizer is required with a preset model (a directory, or 'bytes')")
+    if c.tokenizer == "bytes":
+        from reasonax.tasks.byte_tokenizer import byte_tokenizer
+
+        return byte_tokenizer()
+    from reasonax.model.prompts import load_tokenizer as load
+
+    return load(path)
+
+
+def data_config(c) -> ml_collections.ConfigDict:
+    """c.data with seq_len from the run, and the synthetic task's JSONL as files when one is set."""
+    d = ml_collections.ConfigDict(c.data.to_dict())
+    d.seq_len = c.seq_len
+    if c.synthetic.task:
+        d.files = [str(write_synthetic(c))]
+    if not d.files:
+        raise ValueError("config.data.files is empty (or set config.synthetic.task)")
+    return d
+
+
+def write_synthetic(c) -> Path:
+    """Write the synthetic task's records to <workdir>/data/<task>.jsonl (once; same seed, same file)."""
+    if c.synthetic.task != "arithmetic":
+        raise ValueError(f"unknown synthetic task {c.synthetic.task!r} (known: arithmetic)")
+    from reasonax import jsonl
+    from reasonax.tasks import arithmetic
+
+    path = Path(c.workdir) / "data" / "arithmetic.jsonl"
+    if jax.process_index() == 0 and not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        jsonl.rewrite(path, arithmetic.records(c.synthetic.num_examples, c.seed, c.synthetic.steps))
+    if jax.process_count() > 1:  # the others read it next
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("reasonax.sft.write_synthetic")
+    return path
+
+
+def run(c: ml_collections.ConfigDict):
+    """Train (or resume) per config; export HF safetensors at the end. Returns the final state."""
+    loop.init_distributed(c.distributed)
+    cfg = model_config(c)
+    mesh = loop.make_mesh(c)
+    tokenizer = load_tokenizer(c)
+    dataset = data_lib.sft_dataset(data_config(c), tokenizer, global_batch=c.batch_size)
+    source = loop.DataSource(iter(dataset), mesh)
+    loss_fn = functools.partial(sft_loss, cfg=cfg, chunk=c.loss_chunk or None)
+    state = loop.run(c, cfg, init_params_fn(c, cfg), loss_fn, source, mesh=mesh)
+    export(c, cfg, state.params)
+    return state
+
+
+def export(c, cfg: ModelConfig, params) -> Path | None:
+    """Final params as HF safetensors (+ tokenizer files) in export_hf (default <workdir>/hf)."""
+    if c.export_hf == "none":
+        return None
+    from reasonax.model import hf
+
+    out = Path(c.export_hf or Path(c.workdir) / "hf")
+    return hf.save_hf(params, cfg.replace(remat="none"), out, tokenizer_dir=tokenizer_dir(c))
+
+
+def main(argv):
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    c = flags.FLAGS.config
+    if c is None:
+        raise app.UsageError("--config is required (e.g. --config=configs/sft_tiny_cpu.py)")
+    if flags.FLAGS.dry_run:
+        from reasonax.train import dry_run
+
+        dry_run.main_sft(c)
+        return
+    if not c.workdir:
+        raise app.UsageError("--config.workdir is required")
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; progress lines are ours
+    run(c)
+
+
+if __name__ == "__main__":  # flags only for the CLI: config files import this module's default_config
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "ml_collections config file (see configs/sft_*.py).")
+    flags.DEFINE_bool("dry_run", False, "compile the train step for config.mesh on fake CPU devices and print "
+                      "per-device memory of params, optimizer state and the compiled step; no training")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app.run(main)

@@ -1,0 +1,68 @@
+"""One process of the multi-host SFT test (tests/test_multihost.py); not a test module itself.
+
+    python tests/multihost_worker.py LOCAL_DEVICES WORKDIR [PROCESS_ID NUM_PROCESSES COORDINATOR]
+
+Fakes LOCAL_DEVICES CPU devices (XLA_FLAGS, set before jax is imported), builds
+configs/sft_tiny_cpu.py for a 5-step run on an 8-device (data=2, fsdp=4) mesh with one example
+per row (data.pack=False) and calls reasonax.train.sft.run. With a coordinator address the run
+is one of NUM_PROCESSES processes joined by jax.distributed.initialize (config.distributed).
+Writes WORKDIR/worker_<process_id>.json describing what jax saw; metrics.jsonl (process 0) and
+checkpoints/ are written by the run itself.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+NUM_STEPS = 5
+
+
+def main(argv):
+    local_devices, workdir = int(argv[1]), Path(argv[2])
+    process_id, num_processes, coordinator = 0, 1, ""
+    if len(argv) > 3:
+        process_id, num_processes, coordinator = int(argv[3]), int(argv[4]), argv[5]
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local_devices}"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))
+
+    import importlib.util
+
+    import jax
+
+    spec = importlib.util.spec_from_file_location("sft_tiny_cpu", root / "configs" / "sft_tiny_cpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    c.workdir = str(workdir)
+    c.num_steps = NUM_STEPS
+    c.optim.total_steps = NUM_STEPS
+    c.optim.warmup_steps = 2
+    c.log_every = 1
+    c.checkpoint.every = NUM_STEPS
+    c.checkpoint.async_save = False
+    c.export_hf = "none"
+    c.tensorboard = False
+    c.peak_flops = "1e12"  # a given peak: no matmul measurement
+    c.mesh = dict(data=2, fsdp=4, tensor=1)
+    c.data.pack = False  # see tests/test_multihost.py: packing is per process
+    c.distributed.coordinator_address = coordinator
+    c.distributed.num_processes = num_processes
+    c.distributed.process_id = process_id
+
+    from reasonax.train import sft
+
+    sft.run(c)
+    info = dict(process_index=jax.process_index(), process_count=jax.process_count(),
+                device_count=jax.device_count(), local_device_count=jax.local_device_count(),
+                cpu_collectives=jax.config.jax_cpu_collectives_implementation)
+    (workdir / f"worker_{process_id}.json").write_text(json.dumps(info))
+    if coordinator:
+        jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
