@@ -1,0 +1,268 @@
+"""Dry run: compile a recipe's train step for the target mesh on fake CPU devices and report memory.
+
+    python -m reasonax.train.sft --config=configs/sft_gemma2_9b_v5p64.py --dry_run
+
+Nothing is allocated: the params and optimizer state are ShapeDtypeStructs carrying their
+shardings (state.abstract_state) and the batch is one too (sft_batch_spec). The step
+(step.build_train_step, the same jitted function training runs) is lowered and compiled for a
+mesh of config.mesh's shape made of fake CPU devices (the CLI re-executes itself with
+XLA_FLAGS=--xla_force_host_platform_device_count=N and JAX_PLATFORMS=cpu when needed).
+
+The report gives, per device:
+
+  params, optimizer state  exact: each leaf's shard shape (sharding.shard_shape) x itemsize, summed.
+  argument, output, alias, temp, generated code
+                           compiled.memory_analysis() of the SPMD-partitioned (per-device) program.
+  total                    argument + output - alias + temp: the live state in and out (the
+                           donated state is aliased, so it is counted once) plus XLA's scratch
+                           buffers. Generated code and host memory are not counted.
+
+These compiled figures come from XLA:CPU's compilation of the same sharded program. Buffer
+assignment on TPU/GPU differs (fusion, layouts and padding, bfloat16 handling, collective
+buffers, rematerialisation decisions), so treat them as an estimate of the real footprint, not a
+guarantee; the params and optimizer-state figures are exact.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from reasonax.model import num_params
+from reasonax.model import sharding as sharding_lib
+from reasonax.model.config import ModelConfig
+from reasonax.train import state as state_lib
+from reasonax.train.step import BATCH_AXES, batch_sharding, build_train_step
+
+GIB = 1 << 30
+REEXEC_ENV = "REASONAX_DRY_RUN_REEXEC"  # set in the re-executed process: never re-exec twice
+_COUNT_FLAG = "--xla_force_host_platform_device_count"
+_AXES = sharding_lib.MESH_AXES  # ("data", "fsdp", "tensor")
+
+
+# ----------------------------------------------------------------------------------------------
+# Mesh and batch
+
+
+def mesh_shape(config, num_devices: int | None = None) -> dict[str, int]:
+    """config.mesh as {axis: size}; a -1 axis takes num_devices / (the others) (ValueError without it)."""
+    shape = {a: int(config.mesh[a]) for a in _AXES}
+    free = [a for a, n in shape.items() if n == -1]
+    if bad := [a for a, n in shape.items() if n == 0 or n < -1]:
+        raise ValueError(f"config.mesh {shape}: axes {bad} must be >= 1 (or -1)")
+    if len(free) > 1:
+        raise ValueError(f"config.mesh {shape}: at most one axis may be -1")
+    if free:
+        axis = free[0]
+        if num_devices is None:
+            raise ValueError(f"config.mesh {shape} has {axis}=-1, which a dry run cannot size: give the target "
+                             f"mesh explicitly, e.g. --config.mesh.{axis}=64 (devices = data*fsdp*tensor)")
+        rest = math.prod(n for n in shape.values() if n != -1)
+        if num_devices % rest:
+            raise ValueError(f"config.mesh {shape}: {num_devices} devices do not divide by the fixed axes ({rest})")
+        shape[axis] = num_devices // rest
+    return shape
+
+
+def mesh_devices(config, num_devices: int | None = None) -> int:
+    """Devices the config's mesh needs: data * fsdp * tensor (see mesh_shape for -1)."""
+    return math.prod(mesh_shape(config, num_devices).values())
+
+
+def check_batch(config, shape: dict[str, int]) -> None:
+    """ValueError unless batch_size splits into accum_steps micro-batches whose rows divide over data*fsdp."""
+    rows, accum = int(config.batch_size), int(config.accum_steps)
+    shards = math.prod(shape[a] for a in BATCH_AXES)
+    if accum < 1 or rows % accum:
+        raise ValueError(f"batch_size={rows} does not split into accum_steps={accum} micro-batches")
+    if (rows // accum) % shards:
+        raise ValueError(f"micro-batches of {rows // accum} rows (batch_size / accum_steps) do not divide over "
+                         f"the mesh's data*fsdp = {shards} devices")
+
+
+def sft_batch_spec(config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+    """The SFT batch as ShapeDtypeStructs [batch_size, seq_len], rows sharded over data x fsdp."""
+    shape, s = (int(config.batch_size), int(config.seq_len)), batch_sharding(mesh)
+    ints = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=s)
+            for k in ("inputs", "targets", "segment_ids", "positions")}
+    return {**ints, "weights": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=s)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory
+
+
+def per_device_bytes(tree) -> int:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs / arrays (the largest shard)."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shard = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+        total += math.prod(shard) * jnp.dtype(leaf.dtype).itemsize
+    return total
+
+
+def compiled_memory(compiled) -> dict[str, int] | None:
+    """Per-device byte counts of compiled.memory_analysis() (None if the backend gives none)."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return None
+    fields = {"argument": "argument_size_in_bytes", "output": "output_size_in_bytes",
+              "alias": "alias_size_in_bytes", "temp": "temp_size_in_bytes",
+              "generated_code": "generated_code_size_in_bytes"}
+    out = {k: int(getattr(stats, f)) for k, f in fields.items() if getattr(stats, f, None) is not None}
+    if {"argument", "output", "temp"} <= set(out):
+        out["total"] = out["argument"] + out["output"] - out.get("alias", 0) + out["temp"]
+    return out
+
+
+def fit(total_bytes: int, device_memory_gib: float) -> dict:
+    """Whether total_bytes fits in device_memory_gib, with the headroom (negative: the shortfall)."""
+    capacity = device_memory_gib * GIB
+    return {"device_memory_gib": float(device_memory_gib), "fits": total_bytes <= capacity,
+            "headroom_bytes": int(capacity - total_bytes), "headroom_fraction": (capacity - total_bytes) / capacity}
+
+
+# ----------------------------------------------------------------------------------------------
+# The dry run
+
+
+def dry_run(config, model_cfg: ModelConfig, loss_fn: Callable,
+            batch_spec_fn: Callable = sft_batch_spec, device_memory_gib: float | None = None) -> dict:
+    """Lower and compile the train step for config.mesh on this process's devices; return the report.
+
+    loss_fn(params, batch) as for loop.run; batch_spec_fn(config, mesh) -> dict of sharded
+    ShapeDtypeStructs. Needs at least data*fsdp*tensor devices (uses the first ones). See the
+    module docstring for what each figure counts and how far to trust it.
+    """
+    shape = mesh_shape(config)
+    n = math.prod(shape.values())
+    if jax.device_count() < n:
+        raise ValueError(f"config.mesh {shape} needs {n} devices, this process has {jax.device_count()} "
+                         f"(run with XLA_FLAGS={_COUNT_FLAG}={n} JAX_PLATFORMS=cpu)")
+    check_batch(config, shape)
+    mesh = sharding_lib.make_mesh(**shape, devices=jax.devices()[:n])
+    optimizer = state_lib.make_optimizer(config.optim, model_cfg)
+    abstract = state_lib.abstract_state(model_cfg, optimizer, mesh, jnp.dtype(config.param_dtype), config.seed)
+    shardings = jax.tree.map(lambda a: a.sharding, abstract)
+    batch = batch_spec_fn(config, mesh)
+    step = build_train_step(loss_fn, optimizer, shardings, mesh, accum_steps=int(config.accum_steps),
+                            lr_schedule=state_lib.schedule(config.optim))
+
+    start = time.perf_counter()
+    lowered = step.lower(abstract, batch)
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+    done = time.perf_counter()
+
+    report = {
+        "model": {"model_type": model_cfg.model_type, "num_layers": model_cfg.num_layers,
+                  "hidden_size": model_cfg.hidden_size, "num_params": num_params(model_cfg)},
+        "mesh": shape, "num_devices": n, "backend": jax.default_backend(),
+        "batch": {"batch_size": int(config.batch_size), "accum_steps": int(config.accum_steps),
+                  "seq_len": int(config.seq_len)},
+        "param_dtype": str(jnp.dtype(config.param_dtype)), "remat": model_cfg.remat,
+        "per_device_bytes": {"params": per_device_bytes(abstract.params),
+                             "opt_state": per_device_bytes(abstract.opt_state),
+                             "batch": per_device_bytes(batch)},
+        "compiled": compiled_memory(compiled),
+        "lower_seconds": lowered_at - start, "compile_seconds": done - lowered_at,
+    }
+    if device_memory_gib is not None and report["compiled"] and "total" in report["compiled"]:
+        report["fit"] = fit(report["compiled"]["total"], device_memory_gib)
+    return report
+
+
+def _gib(b: int | None) -> str:
+    return "n/a" if b is None else f"{b / GIB:9.3f} GiB"
+
+
+def format_report(report: dict) -> str:
+    """The report as a text table (per-device figures in GiB)."""
+    m, b = report["model"], report["batch"]
+    mesh = " x ".join(f"{a}={n}" for a, n in report["mesh"].items())
+    rows = [
+        f"dry run: {m['model_type']}, {m['num_params'] / 1e9:.3f}B params, {m['num_layers']} layers, "
+        f"{report['param_dtype']} params, remat={report['remat']}",
+        f"mesh {mesh} ({report['num_devices']} {report['backend']} devices); batch {b['batch_size']} rows x "
+        f"{b['seq_len']} tokens, accum_steps={b['accum_steps']}",
+        f"lower {report['lower_seconds']:.1f} s, compile {report['compile_seconds']:.1f} s",
+        "",
+        f"{'per device':<44}{'memory':>13}",
+    ]
+    d = report["per_device_bytes"]
+    rows += [f"  {'params (exact)':<42}{_gib(d['params'])}",
+             f"  {'optimizer state (exact)':<42}{_gib(d['opt_state'])}",
+             f"  {'batch (exact)':<42}{_gib(d['batch'])}"]
+    c = report["compiled"]
+    if c is None:
+        rows.append("  compiled step: no memory analysis from this backend")
+    else:
+        labels = [("argument", "compiled: arguments"), ("output", "compiled: outputs"),
+                  ("alias", "compiled: aliased (donated state)"), ("temp", "compiled: temporaries"),
+                  ("generated_code", "compiled: generated code (not in total)")]
+        rows += [f"  {label:<42}{_gib(c[k])}" for k, label in labels if k in c]
+        if "total" in c:
+            rows.append(f"  {'total = args + outputs - alias + temp':<42}{_gib(c['total'])}")
+    if f := report.get("fit"):
+        verdict = "fits" if f["fits"] else "DOES NOT FIT"
+        rows += ["", f"{verdict} in {f['device_memory_gib']:g} GiB per device: headroom "
+                     f"{f['headroom_bytes'] / GIB:.2f} GiB ({100 * f['headroom_fraction']:.0f}%)"]
+    rows += ["", "compiled figures: XLA:CPU's buffer assignment of the same sharded program; TPU/GPU differ "
+                 "(fusion, layouts, bf16), so treat them as an estimate."]
+    return "\n".join(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def fake_device_env(env: dict[str, str], num_devices: int) -> dict[str, str]:
+    """env with JAX on num_devices fake CPU devices (any earlier device-count flag replaced)."""
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(_COUNT_FLAG)]
+    return {**env, "XLA_FLAGS": " ".join([*flags, f"{_COUNT_FLAG}={num_devices}"]), "JAX_PLATFORMS": "cpu",
+            REEXEC_ENV: "1"}
+
+
+def _has_fake_devices(env: dict[str, str], num_devices: int) -> bool:
+    """Whether env already gives JAX at least num_devices CPU devices (decided without starting JAX)."""
+    if env.get("JAX_PLATFORMS", "").strip().lower() != "cpu":
+        return False
+    counts = [f.split("=", 1)[1] for f in env.get("XLA_FLAGS", "").split() if f.startswith(_COUNT_FLAG + "=")]
+    return bool(counts) and counts[-1].isdigit() and int(counts[-1]) >= num_devices
+
+
+def main_sft(c) -> None:
+    """--dry_run of reasonax.train.sft: re-exec on fake CPU devices if needed, then print the report.
+
+    Exits with status 1 (after the report) when config.device_memory_gib is set and the estimate
+    does not fit.
+    """
+    from reasonax.train import sft
+    from reasonax.train.loss import sft_loss
+
+    try:
+        n = mesh_devices(c)
+        check_batch(c, mesh_shape(c))
+        model_cfg = sft.model_config(c)
+    except (ValueError, KeyError) as e:
+        raise SystemExit(f"--dry_run: {e}") from None
+    if not os.environ.get(REEXEC_ENV) and not _has_fake_devices(os.environ, n):
+        # before JAX starts a backend: a TPU/GPU host would otherwise be claimed for nothing
+        print(f"dry run: re-executing on {n} fake CPU devices", flush=True)
+        argv = [sys.executable, "-m", "reasonax.train.sft", *sys.argv[1:]]
+        os.execve(sys.executable, argv, fake_device_env(dict(os.environ), n))
+    if jax.default_backend() != "cpu" or jax.device_count() < n:
+        raise SystemExit(f"--dry_run: needs {n} CPU devices, have {jax.device_count()} "
+                         f"{jax.default_backend()} devices (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})")
+    loss_fn = functools.partial(sft_loss, cfg=model_cfg, chunk=c.loss_chunk or None)
+    report = dry_run(c, model_cfg, loss_fn, sft_batch_spec, device_memory_gib=c.get("device_memory_gib"))
+    print(format_report(report), flush=True)
+    if report.get("fit") and not report["fit"]["fits"]:
+        raise SystemExit(1)

@@ -1,0 +1,131 @@
+"""--dry_run: abstract state, compiled train step on fake CPU devices, per-device memory report."""
+
+import functools
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import ml_collections
+import pytest
+
+from reasonax.model.params import is_spec, num_params, param_specs
+from reasonax.train import dry_run, sft
+from reasonax.train.loss import sft_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_config(name: str) -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def mesh_config(**mesh) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(mesh=dict(dict(data=1, fsdp=1, tensor=1), **mesh)))
+
+
+# ----------------------------------------------------------------------------------------------
+# pure helpers
+
+
+def test_mesh_devices_is_the_product_of_the_axes():
+    assert dry_run.mesh_devices(mesh_config(data=2, fsdp=16, tensor=2)) == 64
+    assert dry_run.mesh_shape(mesh_config(data=2, fsdp=-1), num_devices=64) == {"data": 2, "fsdp": 32, "tensor": 1}
+
+
+def test_mesh_devices_rejects_an_unsized_axis_with_the_fix():
+    with pytest.raises(ValueError, match=r"fsdp=-1.*--config\.mesh\.fsdp="):
+        dry_run.mesh_devices(mesh_config(fsdp=-1))
+    with pytest.raises(ValueError, match="do not divide"):
+        dry_run.mesh_devices(mesh_config(data=3, fsdp=-1), num_devices=64)
+
+
+def test_check_batch_names_the_bad_split():
+    c = ml_collections.ConfigDict(dict(batch_size=64, accum_steps=8))
+    dry_run.check_batch(c, {"data": 1, "fsdp": 8, "tensor": 1})
+    with pytest.raises(ValueError, match="accum_steps=8"):
+        dry_run.check_batch(ml_collections.ConfigDict(dict(batch_size=60, accum_steps=8)), {"data": 1, "fsdp": 8})
+    with pytest.raises(ValueError, match="data\\*fsdp = 16"):
+        dry_run.check_batch(c, {"data": 2, "fsdp": 8, "tensor": 1})
+
+
+def test_fake_device_env_appends_and_replaces_the_device_count():
+    env = dry_run.fake_device_env({"XLA_FLAGS": "--xla_foo=1 --xla_force_host_platform_device_count=8"}, 32)
+    assert env["XLA_FLAGS"] == "--xla_foo=1 --xla_force_host_platform_device_count=32"
+    assert env["JAX_PLATFORMS"] == "cpu" and env[dry_run.REEXEC_ENV] == "1"
+    assert dry_run.fake_device_env({}, 4)["XLA_FLAGS"] == "--xla_force_host_platform_device_count=4"
+
+
+def test_fit_reports_headroom_and_shortfall():
+    assert dry_run.fit(12 * dry_run.GIB, 16)["fits"] and dry_run.fit(12 * dry_run.GIB, 16)["headroom_bytes"] == 4 << 30
+    assert not dry_run.fit(17 * dry_run.GIB, 16)["fits"]
+
+
+def test_cli_rejects_an_unsized_mesh_before_starting_anything():
+    c = load_config("sft_tiny_cpu")  # mesh fsdp=-1
+    with pytest.raises(SystemExit, match=r"--config\.mesh\.fsdp="):
+        dry_run.main_sft(c)
+
+
+# ----------------------------------------------------------------------------------------------
+# the realistic configs
+
+
+def test_qwen25_math_1p5b_v5e8_dry_run_fits_with_exact_state_figures():
+    assert jax.device_count() >= 8
+    c = load_config("sft_qwen25_math_1p5b_v5e8")
+    cfg = sft.model_config(c)
+    loss = functools.partial(sft_loss, cfg=cfg, chunk=c.loss_chunk or None)
+    report = dry_run.dry_run(c, cfg, loss, device_memory_gib=c.device_memory_gib)
+    print(dry_run.format_report(report))
+
+    # independently of the shardings: a leaf with an 'embed' dim is split 8 ways (1536 / 8), the rest
+    # (norms, biases) is replicated on every device
+    elems = sum(math.prod(s.shape) // (8 if "embed" in s.axes else 1)
+                for s in jax.tree.leaves(param_specs(cfg), is_leaf=is_spec))
+    d = report["per_device_bytes"]
+    assert report["model"]["num_params"] == num_params(cfg)
+    assert d["params"] == 2 * elems  # bfloat16
+    assert abs(d["params"] - num_params(cfg) * 2 / 8) < 0.01 * d["params"]  # replicated leaves are tiny
+    assert 0 <= d["opt_state"] - 2 * 4 * elems <= 16  # float32 mu + nu, plus int32 step counts
+    assert d["batch"] == 64 * 4096 * 4 * 5 // 8
+
+    m = report["compiled"]
+    assert report["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert m["total"] == m["argument"] + m["output"] - m["alias"] + m["temp"]
+    state_bytes = d["params"] + d["opt_state"]
+    assert state_bytes <= m["argument"] - d["batch"] <= state_bytes + 64  # + step/updates/bad_steps/rng
+    assert m["alias"] >= state_bytes  # the donated state is updated in place
+    assert report["fit"]["fits"] and report["fit"]["device_memory_gib"] == 16.0
+    text = dry_run.format_report(report)
+    assert "fits in 16 GiB per device" in text and "optimizer state (exact)" in text
+
+
+def test_sft_cli_dry_run_reexecs_on_the_pod_mesh(tmp_path):
+    """The Gemma2-9B v5p-64 config cut to 2 layers: the CLI restarts itself on 32 fake devices."""
+    cfg_file = tmp_path / "gemma_2_layers.py"
+    cfg_file.write_text(
+        "import importlib.util\n"
+        "from reasonax.model.config import FULL, SLIDING\n"
+        f"spec = importlib.util.spec_from_file_location('base', {str(ROOT / 'configs' / 'sft_gemma2_9b_v5p64.py')!r})\n"
+        "base = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(base)\n\n"
+        "def get_config():\n"
+        "    c = base.get_config()\n"
+        "    c.model.overrides = dict(num_layers=2, layer_types=(SLIDING, FULL))\n"
+        "    return c\n")
+    env = {k: v for k, v in os.environ.items() if k != dry_run.REEXEC_ENV}  # conftest's 8 devices
+    proc = subprocess.run([sys.executable, "-m", "reasonax.train.sft", f"--config={cfg_file}", "--dry_run"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "re-executing on 32 fake CPU devices" in out
+    assert "mesh data=1 x fsdp=32 x tensor=1 (32 cpu devices)" in out
+    assert "2 layers" in out and "total = args + outputs - alias + temp" in out
+    assert "fits in 95 GiB per device" in out
