@@ -62,6 +62,8 @@ def test_sft_learns_and_its_export_loads_in_transformers_and_the_sampler(tmp_pat
     sft.run(c)
     losses = _losses(tmp_path)
     assert losses[80] < 0.3 * losses[1], losses  # ln(259) = 5.6 at the start
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["data/examples"] >= 80 * 8 and last["data/skipped_malformed"] == 0  # data counters logged
     cfg, params = model.load_hf(tmp_path / "hf")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", torch_dtype=torch.float32).eval()
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")

@@ -74,10 +74,12 @@ def make_mesh(config) -> jax.sharding.Mesh:
 
 @dataclasses.dataclass
 class DataSource:
-    """Batches from a grain iterator of process-local numpy batches, placed as global arrays."""
+    """Batches from a grain iterator of process-local numpy batches, placed as global arrays.
+    `stats` (data.DataStats, optional) is logged as data/* metrics."""
 
     iterator: Any
     mesh: jax.sharding.Mesh
+    stats: Any = None
 
     def next(self, state) -> dict:
         from reasonax.train.data import to_global
@@ -141,6 +143,8 @@ def run(config: ml_collections.ConfigDict, model_cfg: ModelConfig, init_params: 
                     out["step_seconds"] = seconds
                     out["tokens_per_sec"] = config.batch_size * config.seq_len / seconds
                     out["mfu"] = monitor.mfu(step_flops, seconds, peak, jax.device_count())
+                if getattr(source, "stats", None) is not None:  # this process's data counters
+                    out.update({f"data/{k}": v for k, v in source.stats.as_dict().items()})
                 logger.log(step, out)
         if pending is not None:
             _guard(*pending, config, logger)

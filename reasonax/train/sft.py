@@ -133,8 +133,9 @@ def run(c: ml_collections.ConfigDict):
     cfg = model_config(c)
     mesh = loop.make_mesh(c)
     tokenizer = load_tokenizer(c)
-    dataset = data_lib.sft_dataset(data_config(c), tokenizer, global_batch=c.batch_size)
-    source = loop.DataSource(iter(dataset), mesh)
+    stats = data_lib.DataStats()  # truncated / dropped / malformed counts, logged as data/*
+    dataset = data_lib.sft_dataset(data_config(c), tokenizer, global_batch=c.batch_size, stats=stats)
+    source = loop.DataSource(iter(dataset), mesh, stats)
     loss_fn = functools.partial(sft_loss, cfg=cfg, chunk=c.loss_chunk or None)
     state = loop.run(c, cfg, init_params_fn(c, cfg), loss_fn, source, mesh=mesh)
     export(c, cfg, state.params)
