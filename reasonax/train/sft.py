@@ -86,13 +86,13 @@ def tokenizer_dir(c) -> Path | None:
 
 
 def load_tokenizer(c):
-    path = tokenizer_dir(c)
-    if path is None:
-        raise ValueError("config.tokenizer is required with a preset model (a directory, or 'bytes')")
-    if c.tokenizer == "bytes":
+    if c.tokenizer == "bytes":  # built in memory; its files are written only for the HF export
         from reasonax.tasks.byte_tokenizer import byte_tokenizer
 
         return byte_tokenizer()
+    path = tokenizer_dir(c)
+    if path is None:
+        raise ValueError("config.tokenizer is required with a preset model (a directory, or 'bytes')")
     from reasonax.model.prompts import load_tokenizer as load
 
     return load(path)
