@@ -90,8 +90,17 @@ def stop_token_ids(tokenizer, stop_strings: Sequence[str], cfg: ModelConfig | No
 
 def load_tokenizer(path: str | os.PathLike):
     """transformers tokenizer from a model directory (HF dir, or the tokenizer/ of an Orbax checkpoint)."""
+    import json
+
     import transformers
 
     from reasonax.model.convert import tokenizer_path
 
-    return transformers.AutoTokenizer.from_pretrained(str(tokenizer_path(path)))
+    path = tokenizer_path(path)
+    tok_cfg = path / "tokenizer_config.json"
+    generic = ("TokenizersBackend", "PreTrainedTokenizerFast")
+    if tok_cfg.is_file() and json.loads(tok_cfg.read_text()).get("tokenizer_class") in generic:
+        # a plain tokenizer.json (e.g. reasonax.tasks.byte_tokenizer): AutoTokenizer would pick the
+        # class of config.json's model_type, which may add tokens of its own (Qwen2's unk)
+        return transformers.PreTrainedTokenizerFast.from_pretrained(str(path))
+    return transformers.AutoTokenizer.from_pretrained(str(path))

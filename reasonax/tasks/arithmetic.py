@@ -37,3 +37,30 @@ def records(n: int = 1000, seed: int = 0, steps: int = 2, max_value: int = 99) -
         p = problem(rng, steps, max_value)
         out.append({"id": f"arith-{seed}-{i}", "prompt": p["question"] + "\n", **p})
     return out
+
+
+JUNK = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789#$%&@!?~^"
+
+
+def add_noise(recs: list[dict], share: float, seed: int = 0, span: tuple[int, int] = (3, 10)) -> list[dict]:
+    """Copies of `recs` whose completions carry random junk spans (one space after each) inserted
+    between words, sized so that noise is `share` of each completion's characters (to within one
+    character). Each copy records its count in 'noise_chars'. share = 0 returns plain copies."""
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"noise share {share}: expected 0 <= share < 1")
+    rng = np.random.default_rng(seed)
+    out = []
+    for rec in recs:
+        words = rec["completion"].split(" ")
+        target = round(share / (1.0 - share) * len(rec["completion"]))
+        spans = [[] for _ in words]  # junk inserted before word i
+        added = 0
+        while added < target:
+            n = min(int(rng.integers(span[0], span[1] + 1)), max(target - added - 1, 1))
+            junk = "".join(JUNK[j] for j in rng.integers(len(JUNK), size=n))
+            spans[int(rng.integers(len(words)))].append(junk + " ")
+            added += n + 1
+        text = "".join("".join(s) + w + (" " if i + 1 < len(words) else "")
+                       for i, (s, w) in enumerate(zip(spans, words)))
+        out.append({**rec, "completion": text, "noise_chars": added})
+    return out

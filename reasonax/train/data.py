@@ -46,6 +46,7 @@ BATCH_AXES = ("data", "fsdp")
 _ROW_FEATURES = ("inputs", "targets", "weights", "_truncated", "_dropped")
 _FLAGS = ("_truncated", "_dropped")
 _OUTPUT_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")
+REF_LOSS = "ref_loss"  # optional per-target float32 feature: a reference model's loss (SLM)
 # reader threads take turns on the tokenizer: HF fast tokenizers may raise "RuntimeError: Already
 # borrowed" when one object is used from several threads at once (huggingface/tokenizers#537)
 _TOKENIZER_LOCK = threading.Lock()
@@ -328,11 +329,14 @@ def shift_example(tokens: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]
             "weights": np.asarray(mask[1:], np.float32)}
 
 
-def encode_record(record: tuple[str, str, str], config, tokenizer) -> dict[str, np.ndarray] | None:
+def encode_record(record: tuple[str, str, str], config, tokenizer, index: int | None = None,
+                  ref_scores=None) -> dict[str, np.ndarray] | None:
     """A shifted example with its stats flags, or None if overlong='drop' removed it.
 
     The flags `_truncated` and `_dropped` (int32, value at index 0) travel with the example
-    through packing so DataStats count what is emitted.
+    through packing so DataStats count what is emitted. With `ref_scores` (a
+    reasonax.train.ref_scores.RefScores) the example also carries `ref_loss`, the stored
+    reference loss of each target, looked up by the record's `index`.
     """
     prompt, completion, where = record
     try:
@@ -349,13 +353,15 @@ def encode_record(record: tuple[str, str, str], config, tokenizer) -> dict[str, 
     ex["_truncated"] = np.zeros(len(tokens) - 1, np.int32)
     ex["_truncated"][0] = int(truncated)
     ex["_dropped"] = np.zeros(len(tokens) - 1, np.int32)
+    if ref_scores is not None:
+        ex[REF_LOSS] = ref_scores.example(index, len(tokens) - 1, where)
     return ex
 
 
 def pad_example(ex: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
     """One example as a padded row: segment_ids 1 on its tokens, positions 0..n-1, zeros after."""
     n = len(ex["inputs"])
-    row = {k: np.pad(ex[k], (0, seq_len - n)) for k in _ROW_FEATURES}
+    row = {k: np.pad(v, (0, seq_len - n)) for k, v in ex.items()}
     row["segment_ids"] = np.pad(np.ones(n, np.int32), (0, seq_len - n))
     row["positions"] = np.pad(np.arange(n, dtype=np.int32), (0, seq_len - n))
     return row
@@ -363,7 +369,7 @@ def pad_example(ex: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray
 
 def _from_packed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A row of FirstFitPackIterDataset with its segment ids / positions under our names."""
-    out = {k: row[k] for k in _ROW_FEATURES}
+    out = {k: v for k, v in row.items() if not k.startswith("inputs_")}
     out["segment_ids"] = row["inputs_segment_ids"]
     out["positions"] = row["inputs_positions"]
     return out
@@ -374,25 +380,27 @@ def _from_packed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def examples_dataset(config, tokenizer, *, process_index: int = 0, process_count: int = 1,
-                     records: list | None = None) -> grain.MapDataset:
+                     records: list | None = None, ref_scores=None) -> grain.MapDataset:
     """The shuffled, repeated, process-sharded MapDataset of encoded examples (encode_record):
     dicts of 1-D arrays, None where an overlong example was dropped.
 
     Order: shuffle(seed) over all records (grain reseeds it every epoch), repeat(num_epochs),
     then process p takes elements p, p + P, p + 2P, ... of that global stream, so shards are
-    disjoint and together cover every example of every epoch.
+    disjoint and together cover every example of every epoch. Elements are record indices until
+    the map, so an example knows its record (for ref_scores, see encode_record).
     """
     if records is None:
         records, _ = load_records(config.files, config.prompt_field, config.completion_field,
                                   config.on_malformed)
     if not records:
         raise ValueError(f"data.files={list(config.files)!r}: no usable records")
-    ds = grain.MapDataset.source(records)
+    ds = grain.MapDataset.range(len(records))
     if config.shuffle:
         ds = ds.shuffle(seed=config.seed)
     ds = ds.repeat(config.num_epochs)
     ds = ds[process_index::process_count]
-    return ds.map(functools.partial(encode_record, config=config, tokenizer=tokenizer))
+    encode = functools.partial(encode_record, config=config, tokenizer=tokenizer, ref_scores=ref_scores)
+    return ds.map(lambda i: encode(records[i], index=int(i)))
 
 
 class _FoldDroppedIterator(grain.DatasetIterator):
@@ -467,7 +475,7 @@ class SftIterator(grain.DatasetIterator):
     def __next__(self) -> dict[str, np.ndarray]:
         batch = pad_batch(next(self._parent), self._rows)
         count_batch(batch, self.stats)
-        return {k: batch[k] for k in _OUTPUT_KEYS}
+        return {k: batch[k] for k in (*_OUTPUT_KEYS, REF_LOSS) if k in batch}
 
     def get_state(self) -> dict[str, Any]:
         return {"pipeline": self._parent.get_state(), "stats": self.stats.as_dict()}
@@ -502,7 +510,8 @@ def _process_layout(global_batch: int, process_index: int | None, process_count:
 
 
 def sft_dataset(config, tokenizer, *, global_batch: int, process_index: int | None = None,
-                process_count: int | None = None, stats: DataStats | None = None) -> SftDataset:
+                process_count: int | None = None, stats: DataStats | None = None,
+                ref_scores=None) -> SftDataset:
     """Batches of this process's examples, each array [global_batch // process_count, seq_len]:
 
       inputs int32, targets int32 (next tokens), weights float32 (1 on completion targets),
@@ -513,7 +522,8 @@ def sft_dataset(config, tokenizer, *, global_batch: int, process_index: int | No
     completed with all-padding rows and iteration then stops; shards may differ by a few
     examples, so processes can end a batch apart (count steps, not batches, in a loop).
     `stats` (also the dataset's and its iterators' `.stats`) is updated as batches come out;
-    build one dataset, and one iterator at a time, per DataStats.
+    build one dataset, and one iterator at a time, per DataStats. With `ref_scores` (SLM) batches
+    also hold ref_loss float32 (each target's stored reference loss, 0 on padding).
     """
     check_config(config)
     if config.template == "raw" and config.add_eos and tokenizer.eos_token_id is None:
@@ -523,14 +533,17 @@ def sft_dataset(config, tokenizer, *, global_batch: int, process_index: int | No
     records, skipped = load_records(config.files, config.prompt_field, config.completion_field,
                                     config.on_malformed)
     stats.skipped_malformed = skipped
+    if ref_scores is not None:
+        ref_scores.check_records(len(records))
     examples = examples_dataset(config, tokenizer, process_index=process_index, process_count=process_count,
-                                records=records)
+                                records=records, ref_scores=ref_scores)
+    features = _ROW_FEATURES + ((REF_LOSS,) if ref_scores is not None else ())
     read = grain.ReadOptions(num_threads=config.num_threads,
                              prefetch_buffer_size=64 if config.num_threads else 0)
     ds = _FoldDropped(examples.to_iter_dataset(read, allow_nones=True), stats)
     if config.pack:
         ds = grain.experimental.FirstFitPackIterDataset(
-            ds, length_struct={k: config.seq_len for k in _ROW_FEATURES}, num_packing_bins=rows,
+            ds, length_struct={k: config.seq_len for k in features}, num_packing_bins=rows,
             shuffle_bins=False)
         ds = ds.map(_from_packed)
     else:

@@ -50,6 +50,7 @@ def default_train_config() -> ml_collections.ConfigDict:
         optim=state_lib.default_optim_config(),
         checkpoint=dict(every=100, keep=3, async_save=True),
         log_every=10,          # console / metrics.jsonl / TensorBoard every N steps
+        eval_every=0,          # held-out evaluation every N steps and at the end (0: never; needs eval data)
         peak_flops="auto",     # MFU peak per device: 'auto', a key of monitor.PEAK_FLOPS, or FLOP/s
         tensorboard=True,
         max_bad_steps=5,       # stop after this many non-finite steps in a row
@@ -88,11 +89,14 @@ class DataSource:
 
 
 def run(config: ml_collections.ConfigDict, model_cfg: ModelConfig, init_params: Callable, loss_fn: Callable,
-        source, *, mesh: jax.sharding.Mesh | None = None, extra_config: dict | None = None):
+        source, *, mesh: jax.sharding.Mesh | None = None, extra_config: dict | None = None,
+        aux: Any = None, prepare: Callable | None = None, evaluate: Callable | None = None):
     """Train to config.num_steps from the latest checkpoint in workdir (or from init_params(mesh)).
 
-    loss_fn(params, batch) -> (loss_sum, count, metrics), built on model_cfg (whose remat the
-    recipe sets from config.remat). Returns the final TrainState.
+    loss_fn(params, batch[, aux]) -> (loss_sum, count, metrics), built on model_cfg (whose remat
+    the recipe sets from config.remat). `aux` (frozen arrays, e.g. a reference model's params)
+    and `prepare` go to step.build_train_step. evaluate(params) -> {name: float} runs every
+    config.eval_every steps and at the end, logged as eval/<name>. Returns the final TrainState.
     """
     if not config.workdir:
         raise ValueError("config.workdir is required")
@@ -114,8 +118,11 @@ def run(config: ml_collections.ConfigDict, model_cfg: ModelConfig, init_params: 
     if start is not None:
         logger.log_event(start, f"resumed from checkpoint {start}")
 
+    aux_args = () if aux is None else (aux,)
     step_fn = build_train_step(loss_fn, optimizer, shardings, mesh, accum_steps=config.accum_steps,
-                               lr_schedule=state_lib.schedule(config.optim))
+                               lr_schedule=state_lib.schedule(config.optim), prepare=prepare,
+                               aux_shardings=None if aux is None else jax.tree.map(lambda x: x.sharding, aux))
+    eval_every = config.get("eval_every", 0) if evaluate is not None else 0
     saved_config = {"run": config.to_dict(), "model": config_to_dict(model_cfg), **(extra_config or {})}
     step_flops = flops_lib.train_flops(model_cfg, config.batch_size, config.seq_len)["total"]
     peak, peak_desc = monitor.resolve_peak(config.peak_flops)
@@ -129,7 +136,7 @@ def run(config: ml_collections.ConfigDict, model_cfg: ModelConfig, init_params: 
     try:
         while step < config.num_steps:
             batch = source.next(state)
-            state, metrics = step_fn(state, batch)
+            state, metrics = step_fn(state, batch, *aux_args)
             step += 1
             if pending is not None:  # read the previous step's metrics while this one runs
                 _guard(*pending, config, logger)
@@ -146,6 +153,8 @@ def run(config: ml_collections.ConfigDict, model_cfg: ModelConfig, init_params: 
                 if getattr(source, "stats", None) is not None:  # this process's data counters
                     out.update({f"data/{k}": v for k, v in source.stats.as_dict().items()})
                 logger.log(step, out)
+            if eval_every and (step % eval_every == 0 or step == config.num_steps):
+                logger.log(step, {f"eval/{k}": float(v) for k, v in evaluate(state.params).items()})
         if pending is not None:
             _guard(*pending, config, logger)
         if step not in ckpt.all_steps():

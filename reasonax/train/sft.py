@@ -40,6 +40,13 @@ def default_config() -> ml_collections.ConfigDict:
         task="",            # 'arithmetic': write reasonax.tasks.arithmetic records as the training JSONL
         num_examples=2000,
         steps=2,            # operations per arithmetic problem
+        noise=0.0,          # share of completion characters that are random junk spans (SLM experiments)
+    ))
+    c.eval_data = ml_collections.ConfigDict(dict(
+        files=[],        # held-out JSONL/Parquet, read with data's template and fields; loss logged as
+                         # eval/loss (mean CE over completion tokens) every eval_every steps and at the end
+        max_batches=0,   # evaluate on at most this many batches (0: all, read once and kept in memory)
+        batch_size=0,    # global rows per eval batch (0: batch_size)
     ))
     return c
 
@@ -116,10 +123,12 @@ def write_synthetic(c) -> Path:
     from reasonax import jsonl
     from reasonax.tasks import arithmetic
 
-    path = Path(c.workdir) / "data" / "arithmetic.jsonl"
+    noise = c.synthetic.get("noise", 0.0)
+    path = Path(c.workdir) / "data" / (f"arithmetic-noise{noise}.jsonl" if noise else "arithmetic.jsonl")
     if jax.process_index() == 0 and not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        jsonl.rewrite(path, arithmetic.records(c.synthetic.num_examples, c.seed, c.synthetic.steps))
+        recs = arithmetic.records(c.synthetic.num_examples, c.seed, c.synthetic.steps)
+        jsonl.rewrite(path, arithmetic.add_noise(recs, noise, c.seed) if noise else recs)
     if jax.process_count() > 1:  # the others read it next
         from jax.experimental import multihost_utils
 
@@ -137,9 +146,37 @@ def run(c: ml_collections.ConfigDict):
     dataset = data_lib.sft_dataset(data_config(c), tokenizer, global_batch=c.batch_size, stats=stats)
     source = loop.DataSource(iter(dataset), mesh, stats)
     loss_fn = functools.partial(sft_loss, cfg=cfg, chunk=c.loss_chunk or None)
-    state = loop.run(c, cfg, init_params_fn(c, cfg), loss_fn, source, mesh=mesh)
+    state = loop.run(c, cfg, init_params_fn(c, cfg), loss_fn, source, mesh=mesh,
+                     evaluate=heldout_evaluator(c, cfg, tokenizer, mesh))
     export(c, cfg, state.params)
     return state
+
+
+def heldout_evaluator(c, cfg: ModelConfig, tokenizer, mesh):
+    """params -> {'loss', 'tokens'} on c.eval_data.files (None when there are none): the weighted
+    next-token loss over all their examples (one pass, no shuffle, packed as data.pack says)."""
+    if not c.eval_data.files:
+        return None
+    d = data_config(c)
+    d.files, d.shuffle, d.num_epochs = list(c.eval_data.files), False, 1
+    rows = c.eval_data.batch_size or c.batch_size
+    batches = []
+    for batch in data_lib.sft_dataset(d, tokenizer, global_batch=rows):
+        batches.append(data_lib.to_global(batch, mesh))
+        if len(batches) == c.eval_data.max_batches:
+            break
+    cfg = cfg.replace(remat="none")
+    loss = jax.jit(lambda p, b: sft_loss(p, b, cfg, c.loss_chunk or None)[:2])
+
+    def evaluate(params) -> dict:
+        total = count = 0.0
+        with jax.set_mesh(mesh):
+            for b in batches:
+                s, n = jax.device_get(loss(params, b))
+                total, count = total + float(s), count + float(n)
+        return {"loss": total / max(count, 1.0), "tokens": count}
+
+    return evaluate
 
 
 def export(c, cfg: ModelConfig, params) -> Path | None:

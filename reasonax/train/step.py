@@ -8,6 +8,13 @@ loss_fn(params, batch) -> (loss_sum, token_count, metrics) with metrics a dict o
 sums loss, count, metrics and float32 gradients over them (lax.scan, one compiled body), and
 divides by the whole batch's count: the true token mean, not a mean of micro-batch means.
 
+Two optional extras, both used by SLM and GRPO:
+  aux      a pytree of frozen arrays (e.g. a reference model's params) passed to every call:
+           step(state, batch, aux) and loss_fn(params, micro_batch, aux); never differentiated.
+  prepare  prepare(params, micro_batches, *aux) -> micro_batches, run once per step on all the
+           stacked micro-batches [accum_steps, rows/accum_steps, ...] before any gradient, for
+           losses that need the whole batch first (SLM ranks tokens over the global batch).
+
 A non-finite loss or gradient norm skips the update (params and optimizer state unchanged),
 sets metrics['skipped'] = 1 and increments state.bad_steps; the loop decides when to stop.
 """
@@ -15,6 +22,7 @@ sets metrics['skipped'] = 1 and increments state.bad_steps; the loop decides whe
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,37 +59,44 @@ class TrainStep:
     def __init__(self, fn: Callable, mesh):
         self.fn, self.mesh = fn, mesh
 
-    def __call__(self, state: TrainState, batch: dict):
+    def __call__(self, state: TrainState, batch: dict, *aux):
         with jax.set_mesh(self.mesh):
-            return self.fn(state, batch)
+            return self.fn(state, batch, *aux)
 
-    def lower(self, state, batch):
+    def lower(self, state, batch, *aux):
         with jax.set_mesh(self.mesh):
-            return self.fn.lower(state, batch)
+            return self.fn.lower(state, batch, *aux)
 
 
 def build_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, shardings: TrainState,
                      mesh: jax.sharding.Mesh, *, accum_steps: int = 1,
-                     lr_schedule: optax.Schedule | None = None) -> TrainStep:
-    """A TrainStep(state, batch) -> (state, metrics). `shardings`: see state.state_shardings."""
+                     lr_schedule: optax.Schedule | None = None, aux_shardings: Any = None,
+                     prepare: Callable | None = None) -> TrainStep:
+    """A TrainStep(state, batch[, aux]) -> (state, metrics). `shardings`: see state.state_shardings;
+    `aux_shardings`: the shardings of the aux pytree (None: the step takes no aux)."""
 
-    def grads_of(params, mb):
+    def grads_of(params, mb, aux):
         def f(p):
-            loss_sum, count, metrics = loss_fn(p, mb)
+            loss_sum, count, metrics = loss_fn(p, mb, *aux)
             return loss_sum, (count, metrics)
 
         (loss_sum, (count, metrics)), grads = jax.value_and_grad(f, has_aux=True)(params)
         return loss_sum.astype(jnp.float32), count.astype(jnp.float32), metrics, _as_f32(grads)
 
-    def step(state: TrainState, batch: dict):
+    def step(state: TrainState, batch: dict, *aux):
         if accum_steps == 1:
-            loss_sum, count, metrics, grads = grads_of(state.params, batch)
+            if prepare is not None:
+                batch = jax.tree.map(lambda x: x[0], prepare(state.params, jax.tree.map(lambda x: x[None], batch),
+                                                             *aux))
+            loss_sum, count, metrics, grads = grads_of(state.params, batch, aux)
         else:
             mbs = jax.tree.map(lambda x: _split(x, accum_steps, mesh), batch)
-            shapes = jax.eval_shape(grads_of, state.params, jax.tree.map(lambda x: x[0], mbs))
+            if prepare is not None:
+                mbs = prepare(state.params, mbs, *aux)
+            shapes = jax.eval_shape(grads_of, state.params, jax.tree.map(lambda x: x[0], mbs), aux)
             zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
             zeros = (*zeros[:3], jax.lax.with_sharding_constraint(zeros[3], shardings.params))
-            total, _ = jax.lax.scan(lambda acc, mb: (_add(acc, grads_of(state.params, mb)), None), zeros, mbs)
+            total, _ = jax.lax.scan(lambda acc, mb: (_add(acc, grads_of(state.params, mb, aux)), None), zeros, mbs)
             loss_sum, count, metrics, grads = total
 
         denom = jnp.maximum(count, 1.0)
@@ -103,6 +118,6 @@ def build_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
         return new_state, out
 
     replicated = NamedSharding(mesh, PartitionSpec())
-    fn = jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, replicated),
-                 donate_argnums=0)
+    in_shardings = (shardings, batch_sharding(mesh)) + (() if aux_shardings is None else (aux_shardings,))
+    fn = jax.jit(step, in_shardings=in_shardings, out_shardings=(shardings, replicated), donate_argnums=0)
     return TrainStep(fn, mesh)

@@ -1,0 +1,32 @@
+"""The reference model for configs/slm_tiny_cpu.py: plain SFT (all completion tokens) of the tiny
+Qwen-style model on *clean* synthetic arithmetic (other problems than the SLM run's: seed 1).
+Fields: reasonax.train.sft.default_config. Its export (<workdir>/hf, with the tokenizer) is the
+SLM run's slm.reference.path.
+
+    python -m reasonax.train.sft --config=configs/slm_ref_tiny_cpu.py --config.workdir=/tmp/slm_ref
+"""
+
+from reasonax.train.sft import default_config
+
+
+def get_config():
+    c = default_config()
+    c.model.preset = "qwen2.5-0.5b"
+    c.model.overrides = dict(vocab_size=259, hidden_size=64, intermediate_size=256, num_layers=2,
+                             num_heads=4, num_kv_heads=2, head_dim=16, tie_embeddings=True,
+                             bos_token_id=257, eos_token_ids=(258,), pad_token_id=256)
+    c.tokenizer = "bytes"
+    c.synthetic.task = "arithmetic"
+    c.synthetic.num_examples = 2000
+    c.seed = 1
+    c.data.template = "raw"
+    c.seq_len = 128
+    c.batch_size = 16
+    c.num_steps = 150
+    c.optim.lr = 3e-3
+    c.optim.warmup_steps = 10
+    c.optim.total_steps = 150
+    c.optim.weight_decay = 0.0
+    c.checkpoint.every = 50
+    c.log_every = 10
+    return c
