@@ -28,8 +28,11 @@ def chunk_len(batch: int, seq: int, vocab: int, budget_bytes: int = LOGITS_BUDGE
 
 
 def token_logprobs(params: dict, h: jax.Array, targets: jax.Array, cfg: ModelConfig,
-                   chunk: int | None = None) -> jax.Array:
+                   chunk: int | None = None, temperature: float = 1.0, entropy: bool = False):
     """log p(targets) float32 [B,T] from final hidden states h [B,T,D], `chunk` positions at a time.
+
+    temperature divides the (soft-capped) logits, as the sampler does; with entropy=True the
+    result is (logp, entropy [B,T]) with the entropy of each position's distribution (no gradient).
 
     Each chunk's logits are computed, reduced to (target logit - logsumexp) and dropped; under
     jax.checkpoint the backward pass recomputes them chunk by chunk, so the peak is one chunk's
@@ -48,21 +51,30 @@ def token_logprobs(params: dict, h: jax.Array, targets: jax.Array, cfg: ModelCon
         logits = jnp.einsum("BCD,VD->BCV", h_c, head, preferred_element_type=jnp.float32)
         if cfg.final_softcap:
             logits = jnp.tanh(logits / cfg.final_softcap) * cfg.final_softcap
+        if temperature != 1.0:
+            logits = logits / temperature
         target = jnp.take_along_axis(logits, t_c[..., None].astype(jnp.int32), axis=-1)[..., 0]
-        return target - jax.nn.logsumexp(logits, axis=-1)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        if not entropy:
+            return target - lse
+        sg = jax.lax.stop_gradient(logits)
+        return target - lse, jax.lax.stop_gradient(lse) - (jax.nn.softmax(sg, axis=-1) * sg).sum(-1)
 
     if n == 1:
         return one(h, targets)
     one = jax.checkpoint(one)
     _, out = jax.lax.scan(lambda c, x: (c, one(*x)), None, (hc, tc))
-    return out.swapaxes(0, 1).reshape(B, n * C)[:, :T]
+    unchunk = lambda o: o.swapaxes(0, 1).reshape(B, n * C)[:, :T]  # noqa: E731
+    return jax.tree.map(unchunk, out)
 
 
-def batch_logprobs(params: dict, batch: dict, cfg: ModelConfig, chunk: int | None = None) -> jax.Array:
-    """log p(batch['targets'] | batch['inputs']) [B,T] (packed rows: segment_ids/positions honoured)."""
+def batch_logprobs(params: dict, batch: dict, cfg: ModelConfig, chunk: int | None = None,
+                   temperature: float = 1.0, entropy: bool = False):
+    """log p(batch['targets'] | batch['inputs']) [B,T] (packed rows: segment_ids/positions
+    honoured); temperature and entropy as in token_logprobs."""
     h, _ = hidden_states(params, batch["inputs"], cfg, positions=batch.get("positions"),
                          segment_ids=batch.get("segment_ids"))
-    return token_logprobs(params, h, batch["targets"], cfg, chunk)
+    return token_logprobs(params, h, batch["targets"], cfg, chunk, temperature, entropy)
 
 
 def sft_loss(params: dict, batch: dict, cfg: ModelConfig, chunk: int | None = None):
