@@ -123,6 +123,14 @@ def test_two_processes_match_one_process(tmp_path):
     assert states[0] != states[1]
     assert [s["stats"]["examples"] for s in states] == [STEPS * 8, STEPS * 8]
 
+    # the SLM scoring pass: same stored reference losses from 2 processes as from 1
+    from reasonax.train.ref_scores import RefScores
+
+    m, s = RefScores.load(multi / "ref_scores"), RefScores.load(single / "ref_scores")
+    np.testing.assert_array_equal(m.offsets, s.offsets)
+    np.testing.assert_allclose(np.asarray(m.losses, np.float32), np.asarray(s.losses, np.float32), rtol=2e-3)
+    assert m.num_records == s.num_records > 0
+
 
 def test_process_shards_cover_the_single_process_batches(tmp_path):
     """Without packing, each global batch of a 2-process run holds the same rows as 1 process's."""
