@@ -98,3 +98,215 @@ def test_overlong_penalty_and_importance_weights():
     w = np.asarray(grpo.importance_weights(jnp.log(jnp.array([0.5, 0.9, 0.2])),
                                            jnp.log(jnp.array([0.5, 0.3, 0.4])), cap=2.0))
     np.testing.assert_allclose(w, [1.0, 2.0, 0.5], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Train-step pieces: minibatch updates, the loss, rows
+
+
+def test_minibatch_epochs_equal_sequential_updates():
+    """One step with minibatches=2, epochs=2 = four single-update steps over the same minibatches."""
+    import functools
+
+    from reasonax.model import init_params, make_mesh
+    from reasonax.train import loss as L
+    from reasonax.train import state as S
+    from reasonax.train import step as ST
+    from tests.test_train_step import CFG, _batch
+
+    mesh = make_mesh(data=1, fsdp=1, tensor=1, devices=jax.devices()[:1])
+    optim = S.default_optim_config()
+    optim.warmup_steps, optim.total_steps, optim.lr = 1, 10, 1e-2
+    opt = S.make_optimizer(optim, CFG)
+    fn = functools.partial(L.sft_loss, cfg=CFG, chunk=5)
+    batch = _batch(B=8)
+
+    def fresh():
+        return S.create_state(init_params(CFG, jax.random.key(0), mesh=mesh), CFG, opt, mesh)
+
+    state = fresh()
+    sh = jax.tree.map(lambda x: x.sharding, state)
+    multi = ST.build_train_step(fn, opt, sh, mesh, minibatches=2, epochs=2)
+    s_multi, m = multi(state, jax.device_put(batch, ST.batch_sharding(mesh)))
+    single = ST.build_train_step(fn, opt, sh, mesh)
+    s = fresh()
+    minis = [{k: v[i::2] for k, v in batch.items()} for i in range(2)]  # minibatch m = rows m, m+2, ...
+    losses = []
+    for mb in minis * 2:
+        s, out = single(s, jax.device_put(mb, ST.batch_sharding(mesh)))
+        losses.append(float(out["loss"]))
+    assert int(s_multi.step) == 1 and int(s_multi.updates) == 4 and int(s.updates) == 4
+    np.testing.assert_allclose(float(m["loss"]), np.mean(losses), rtol=1e-5)
+    assert float(m["tokens"]) == 2 * batch["weights"].sum()
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), s_multi.params, s.params)
+
+
+def test_build_rows_places_completion_targets():
+    from reasonax.train import rollout
+
+    rows = rollout.build_rows([[5, 6, 7], [5, 6]], [[1, 2], [3, 4, 9]], [[-0.1, -0.2], [-0.3, -0.4, -0.5]],
+                              truncated=[False, True], seq_len=6, mask_truncated=True)
+    np.testing.assert_array_equal(rows["inputs"][0], [5, 6, 7, 1, 0, 0])
+    np.testing.assert_array_equal(rows["targets"][0], [6, 7, 1, 2, 0, 0])
+    np.testing.assert_array_equal(rows["weights"][0], [0, 0, 1, 1, 0, 0])
+    np.testing.assert_allclose(rows["sampler_logp"][0], [0, 0, -0.1, -0.2, 0, 0])
+    np.testing.assert_array_equal(rows["weights"][1], 0)  # truncated and masked
+    np.testing.assert_allclose(rows["sampler_logp"][1], [0, -0.3, -0.4, -0.5, 0, 0])
+    np.testing.assert_array_equal(rows["segment_ids"][1], [1, 1, 1, 1, 0, 0])
+    with pytest.raises(ValueError, match="exceed"):
+        rollout.build_rows([[1] * 5], [[2] * 3], [[0.0] * 3], [False], seq_len=6, mask_truncated=False)
+
+
+def test_on_policy_loss_gradient_is_the_advantage_weighted_logprob_gradient():
+    """mu = 1, no staleness: rho = 1, so grad of token-mean GRPO = -grad sum(m A logp) / sum m."""
+    import functools
+
+    import ml_collections
+
+    from reasonax.model import init_params
+    from reasonax.train import loss as L
+    from tests.test_train_step import CFG, _batch
+
+    hp = ml_collections.ConfigDict(dict(temperature=1.0, eps_low=0.2, eps_high=0.28, dual_clip=0.0, is_cap=0.0,
+                                        beta=0.0, aggregation="token-mean", max_new_tokens=12))
+    b = _batch(B=4)
+    b["advantages"] = np.array([1.5, -0.5, -0.5, -0.5], np.float32)
+    b["sampler_logp"] = np.zeros_like(b["weights"])
+    batch = jax.tree.map(jnp.asarray, b)
+    params = init_params(CFG, jax.random.key(0), std=0.3)
+    fn = functools.partial(grpo.grpo_loss, cfg=CFG, hp=hp, chunk=5)
+    g1 = jax.grad(lambda p: (lambda n, d, m: n / d)(*fn(p, batch)))(params)
+    w = batch["weights"]
+
+    def direct(p):
+        lp = L.batch_logprobs(p, batch, CFG, 5)
+        return -(lp * w * batch["advantages"][:, None]).sum() / w.sum()
+
+    g2 = jax.grad(direct)(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1, g2)
+    _, _, metrics = fn(params, batch)
+    assert float(metrics["clip_frac"][0]) == 0.0
+
+
+def test_logprobs_with_temperature_and_entropy_match_full_softmax():
+    from reasonax.model import forward, init_params
+    from reasonax.train import loss as L
+    from tests.test_train_step import CFG, _batch
+
+    params = init_params(CFG, jax.random.key(2), std=0.5)
+    batch = jax.tree.map(jnp.asarray, _batch(B=3))
+    logits = forward(params, batch["inputs"], CFG, positions=batch["positions"], segment_ids=batch["segment_ids"])
+    logp_full = jax.nn.log_softmax(logits / 0.7, axis=-1)
+    want = jnp.take_along_axis(logp_full, batch["targets"][..., None], -1)[..., 0]
+    ent_want = -(jnp.exp(logp_full) * logp_full).sum(-1)
+    for chunk in (5, None):
+        lp, ent = L.batch_logprobs(params, batch, CFG, chunk, temperature=0.7, entropy=True)
+        np.testing.assert_allclose(lp, want, atol=2e-5)
+        np.testing.assert_allclose(ent, ent_want, atol=2e-5)
+
+
+def test_user_reward_function_by_dotted_path():
+    from reasonax.train import rollout
+
+    fn = rollout.load_reward_fn("tests.test_grpo.digit_reward")
+    assert fn(["q"], ["a1b2"], ["0"]) == [0.5]
+    with pytest.raises(ValueError, match="no callable"):
+        rollout.load_reward_fn("tests.test_grpo.nothing_here")
+    with pytest.raises(ValueError, match="dotted path"):
+        rollout.load_reward_fn("digit_reward")
+
+
+def digit_reward(prompts, completions, golds):
+    """Share of a completion's characters that are digits (a reward a random model can climb)."""
+    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end
+
+
+def _tiny(workdir, **changes):
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("grpo_tiny_cpu", root / "configs" / "grpo_tiny_cpu.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    c.workdir = str(workdir)
+    c.synthetic.num_examples, c.synthetic.num_heldout = 200, 8
+    c.grpo.prompts_per_step, c.grpo.group_size = 4, 8
+    c.grpo.max_prompt_len, c.grpo.max_new_tokens = 64, 16
+    c.grpo.reward_fns = ["tests.test_grpo.digit_reward"]
+    c.num_steps = c.optim.total_steps = 30
+    c.optim.lr = 1e-2
+    c.eval_every, c.log_every, c.peak_flops, c.tensorboard, c.export_hf = 0, 1, "1e11", False, "none"
+    c.checkpoint.every = 10
+    for k, v in changes.items():
+        target = c
+        *path, last = k.split(".")
+        for p in path:
+            target = target[p]
+        target[last] = v
+    return c
+
+
+def _rewards(workdir):
+    import json
+    from pathlib import Path
+
+    rows = [json.loads(x) for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return [r["reward/mean"] for r in rows if "reward/mean" in r]
+
+
+def test_grpo_learns_a_reward_on_cpu(tmp_path):
+    from reasonax.train import grpo as G
+
+    G.run(_tiny(tmp_path / "run"))
+    r = _rewards(tmp_path / "run")
+    assert len(r) == 30
+    first, last = np.mean(r[:5]), np.mean(r[-5:])
+    print("digit-share reward, first 5 steps", first, "last 5", last)
+    assert last > first + 0.2, (first, last)
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    """Stop at step 6 (a checkpoint), resume to 12: same rewards, losses and params as 12 in one go
+    (params, optimizer state, prompt-stream position and the per-step sampling seed restored)."""
+    import json
+    from pathlib import Path
+
+    from reasonax.train import grpo as G
+
+    changes = {"num_steps": 12, "optim.total_steps": 12, "checkpoint.every": 6, "checkpoint.async_save": False}
+    whole = G.run(_tiny(tmp_path / "whole", **changes))
+    G.run(_tiny(tmp_path / "split", **{**changes, "num_steps": 6}))
+    resumed = G.run(_tiny(tmp_path / "split", **changes))
+
+    def metrics(w):
+        rows = [json.loads(x) for x in (Path(w) / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: (r["reward/mean"], r["loss"]) for r in rows if "loss" in r}
+
+    assert metrics(tmp_path / "whole") == metrics(tmp_path / "split")
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), whole.params,
+                 resumed.params)
+
+
+def test_sampling_differs_between_steps_for_the_same_prompt(tmp_path):
+    import types
+
+    from reasonax.model import init_params, make_mesh
+    from reasonax.tasks.byte_tokenizer import byte_tokenizer
+    from reasonax.train import rollout, sft
+
+    c = _tiny(tmp_path)
+    c.grpo.prompts_per_step, c.grpo.group_size = 1, 4
+    cfg = sft.model_config(c)
+    mesh = make_mesh(data=1, fsdp=1, tensor=1, devices=jax.devices()[:1])
+    params = init_params(cfg, jax.random.key(0), mesh=mesh)
+    prompt = rollout.Prompt(tokens=(257, 49, 50), gold="3", text="12", where="x:1")
+    source = rollout.RolloutSource([prompt], cfg, byte_tokenizer(), c.grpo, mesh, seed=0, eos_ids=(258,))
+    batches = [np.asarray(source.next(types.SimpleNamespace(params=params, step=s))["inputs"]) for s in (0, 1, 1)]
+    assert not np.array_equal(batches[0], batches[1])  # a new seed every step
+    np.testing.assert_array_equal(batches[1], batches[2])  # and the same one for the same step

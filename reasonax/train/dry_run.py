@@ -79,9 +79,11 @@ def mesh_devices(config, num_devices: int | None = None) -> int:
 def check_batch(config, shape: dict[str, int]) -> None:
     """ValueError unless batch_size splits into accum_steps micro-batches whose rows divide over data*fsdp."""
     rows, accum = int(config.batch_size), int(config.accum_steps)
+    if "grpo" in config:  # GRPO cuts each rollout batch into minibatches of accum_steps micro-batches
+        accum *= int(config.grpo.minibatches)
     shards = math.prod(shape[a] for a in BATCH_AXES)
     if accum < 1 or rows % accum:
-        raise ValueError(f"batch_size={rows} does not split into accum_steps={accum} micro-batches")
+        raise ValueError(f"batch_size={rows} does not split into {accum} micro-batches (accum_steps x minibatches)")
     if (rows // accum) % shards:
         raise ValueError(f"micro-batches of {rows // accum} rows (batch_size / accum_steps) do not divide over "
                          f"the mesh's data*fsdp = {shards} devices")
@@ -134,12 +136,15 @@ def fit(total_bytes: int, device_memory_gib: float) -> dict:
 
 
 def dry_run(config, model_cfg: ModelConfig, loss_fn: Callable,
-            batch_spec_fn: Callable = sft_batch_spec, device_memory_gib: float | None = None) -> dict:
+            batch_spec_fn: Callable = sft_batch_spec, device_memory_gib: float | None = None, *,
+            prepare: Callable | None = None, reference: bool = False, step_options: dict | None = None) -> dict:
     """Lower and compile the train step for config.mesh on this process's devices; return the report.
 
     loss_fn(params, batch) as for loop.run; batch_spec_fn(config, mesh) -> dict of sharded
-    ShapeDtypeStructs. Needs at least data*fsdp*tensor devices (uses the first ones). See the
-    module docstring for what each figure counts and how far to trust it.
+    ShapeDtypeStructs. prepare / step_options as for loop.run; reference=True adds a frozen copy
+    of the params as the step's aux (SLM online, GRPO with beta > 0). Needs at least
+    data*fsdp*tensor devices (uses the first ones). See the module docstring for what each
+    figure counts and how far to trust it.
     """
     shape = mesh_shape(config)
     n = math.prod(shape.values())
@@ -152,11 +157,13 @@ def dry_run(config, model_cfg: ModelConfig, loss_fn: Callable,
     abstract = state_lib.abstract_state(model_cfg, optimizer, mesh, jnp.dtype(config.param_dtype), config.seed)
     shardings = jax.tree.map(lambda a: a.sharding, abstract)
     batch = batch_spec_fn(config, mesh)
+    aux = (abstract.params,) if reference else ()
     step = build_train_step(loss_fn, optimizer, shardings, mesh, accum_steps=int(config.accum_steps),
-                            lr_schedule=state_lib.schedule(config.optim))
+                            lr_schedule=state_lib.schedule(config.optim), prepare=prepare,
+                            aux_shardings=shardings.params if reference else None, **(step_options or {}))
 
     start = time.perf_counter()
-    lowered = step.lower(abstract, batch)
+    lowered = step.lower(abstract, batch, *aux)
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
     done = time.perf_counter()
@@ -170,7 +177,8 @@ def dry_run(config, model_cfg: ModelConfig, loss_fn: Callable,
         "param_dtype": str(jnp.dtype(config.param_dtype)), "remat": model_cfg.remat,
         "per_device_bytes": {"params": per_device_bytes(abstract.params),
                              "opt_state": per_device_bytes(abstract.opt_state),
-                             "batch": per_device_bytes(batch)},
+                             "batch": per_device_bytes(batch),
+                             **({"reference": per_device_bytes(abstract.params)} if reference else {})},
         "compiled": compiled_memory(compiled),
         "lower_seconds": lowered_at - start, "compile_seconds": done - lowered_at,
     }
@@ -238,31 +246,71 @@ def _has_fake_devices(env: dict[str, str], num_devices: int) -> bool:
     return bool(counts) and counts[-1].isdigit() and int(counts[-1]) >= num_devices
 
 
-def main_sft(c) -> None:
-    """--dry_run of reasonax.train.sft: re-exec on fake CPU devices if needed, then print the report.
+def _main(c, module: str, build: Callable) -> None:
+    """--dry_run of `module`: re-exec on fake CPU devices if needed, then print the report.
+    build(c) -> (model_cfg, dry_run keyword arguments).
 
     Exits with status 1 (after the report) when config.device_memory_gib is set and the estimate
     does not fit.
     """
-    from reasonax.train import sft
-    from reasonax.train.loss import sft_loss
-
     try:
+        model_cfg, kwargs = build(c)
         n = mesh_devices(c)
         check_batch(c, mesh_shape(c))
-        model_cfg = sft.model_config(c)
     except (ValueError, KeyError) as e:
         raise SystemExit(f"--dry_run: {e}") from None
     if not os.environ.get(REEXEC_ENV) and not _has_fake_devices(os.environ, n):
         # before JAX starts a backend: a TPU/GPU host would otherwise be claimed for nothing
         print(f"dry run: re-executing on {n} fake CPU devices", flush=True)
-        argv = [sys.executable, "-m", "reasonax.train.sft", *sys.argv[1:]]
+        argv = [sys.executable, "-m", module, *sys.argv[1:]]
         os.execve(sys.executable, argv, fake_device_env(dict(os.environ), n))
     if jax.default_backend() != "cpu" or jax.device_count() < n:
         raise SystemExit(f"--dry_run: needs {n} CPU devices, have {jax.device_count()} "
                          f"{jax.default_backend()} devices (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})")
-    loss_fn = functools.partial(sft_loss, cfg=model_cfg, chunk=c.loss_chunk or None)
-    report = dry_run(c, model_cfg, loss_fn, sft_batch_spec, device_memory_gib=c.get("device_memory_gib"))
+    report = dry_run(c, model_cfg, device_memory_gib=c.get("device_memory_gib"), **kwargs)
     print(format_report(report), flush=True)
     if report.get("fit") and not report["fit"]["fits"]:
         raise SystemExit(1)
+
+
+def main_sft(c) -> None:
+    """--dry_run of reasonax.train.sft (see _main)."""
+    from reasonax.train import sft
+    from reasonax.train.loss import sft_loss
+
+    def build(c):
+        model_cfg = sft.model_config(c)
+        return model_cfg, dict(loss_fn=functools.partial(sft_loss, cfg=model_cfg, chunk=c.loss_chunk or None),
+                               batch_spec_fn=sft_batch_spec)
+
+    _main(c, "reasonax.train.sft", build)
+
+
+def grpo_batch_spec(config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+    """The GRPO rollout batch: the SFT fields, sampler_logp [rows, seq_len] and advantages [rows]."""
+    spec = sft_batch_spec(config, mesh)
+    spec["sampler_logp"] = jax.ShapeDtypeStruct(spec["weights"].shape, jnp.float32, sharding=batch_sharding(mesh))
+    spec["advantages"] = jax.ShapeDtypeStruct(spec["weights"].shape[:1], jnp.float32, sharding=batch_sharding(mesh))
+    return spec
+
+
+def main_grpo(c) -> None:
+    """--dry_run of reasonax.train.grpo: the train step with its prepare pass, mu x minibatches
+    updates and, with beta > 0, the reference params. The sampler's KV cache is not included
+    (it is allocated while generating, within the sampler's memory budget)."""
+    from reasonax.train import grpo, sft
+
+    def build(c):
+        grpo.check_config(c)
+        g = c.grpo
+        c.batch_size, c.seq_len = g.prompts_per_step * g.group_size, g.max_prompt_len + g.max_new_tokens
+        model_cfg = sft.model_config(c)
+        chunk = c.loss_chunk or None
+        return model_cfg, dict(
+            loss_fn=functools.partial(grpo.grpo_loss, cfg=model_cfg, hp=g, chunk=chunk),
+            batch_spec_fn=grpo_batch_spec, reference=bool(g.beta),
+            prepare=grpo.make_prepare(model_cfg, g, chunk, old=g.mu > 1 or g.minibatches > 1 or bool(g.is_cap),
+                                      ref=bool(g.beta)),
+            step_options=dict(minibatches=g.minibatches, epochs=g.mu))
+
+    _main(c, "reasonax.train.grpo", build)

@@ -8,8 +8,15 @@ group); T completion positions; mask m [N,T] is 1 on completion tokens that coun
 
 from __future__ import annotations
 
+import functools
+import os
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+from reasonax.train.loss import batch_logprobs
 
 SCALES = ("group", "batch", "none")
 AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "dr-grpo", "seq-mean-token-sum")
@@ -109,3 +116,238 @@ def importance_weights(learner_logp: jax.Array, sampler_logp: jax.Array, cap: fl
     """Truncated importance weights min(exp(learner - sampler), cap) per token, a constant: they
     correct for the sampler's distribution differing from the learner's (dtype, kernels)."""
     return jax.lax.stop_gradient(jnp.minimum(jnp.exp(learner_logp - sampler_logp), cap))
+
+
+# ----------------------------------------------------------------------------------------------
+# The loss inside the train step
+
+
+def grpo_loss(params: dict, batch: dict, *aux, cfg, hp, chunk: int | None = None):
+    """loss_fn for step.build_train_step: (numerator, denominator, metrics) of `aggregate` of
+    -min(rho A, clip(rho) A) [x truncated IS weight] [+ beta k3] over the completion mask.
+
+    batch: inputs/targets/weights/segment_ids/positions, advantages [N], sampler_logp [N,T], and
+    from `prepare` old_logp (the learner's log-probs before this step's updates) and ref_logp.
+    Without old_logp the step is on-policy: logp_old = stop_gradient(logp), rho = 1.
+    """
+    logp, entropy = batch_logprobs(params, batch, cfg, chunk, temperature=hp.temperature, entropy=True)
+    m = batch["weights"].astype(jnp.float32)
+    valid = m > 0
+    old = batch["old_logp"] if "old_logp" in batch else jax.lax.stop_gradient(logp)
+    per_token, clipped = policy_loss(logp, old, batch["advantages"], hp.eps_low, hp.eps_high, hp.dual_clip or None)
+    n = valid.sum().astype(jnp.float32)
+    mean = lambda x: (jnp.where(valid, x, 0.0).sum(), n)  # noqa: E731
+    metrics = {"clip_frac": mean(clipped.astype(jnp.float32)), "entropy": mean(entropy),
+               "logp_gap": mean(jnp.abs(jax.lax.stop_gradient(old) - batch["sampler_logp"]))}
+    if hp.is_cap:
+        w = importance_weights(old, batch["sampler_logp"], hp.is_cap)
+        per_token = per_token * w
+        metrics["is_weight"], metrics["is_capped"] = mean(w), mean((w >= hp.is_cap).astype(jnp.float32))
+    if hp.beta:
+        kl = k3_kl(logp, batch["ref_logp"])
+        per_token = per_token + hp.beta * kl
+        metrics["kl"] = mean(jax.lax.stop_gradient(kl))
+    num, den = aggregate_terms(per_token, m, hp.aggregation, hp.max_new_tokens)
+    return num, den, metrics
+
+
+def make_prepare(cfg, hp, chunk: int | None, old: bool, ref: bool):
+    """A step `prepare` adding old_logp (params before any update of the step) and ref_logp
+    (the reference params, aux[0]) to every micro-batch, one forward each, or None if neither."""
+    if not (old or ref):
+        return None
+
+    def prepare(params, chunks, *aux):
+        def forward(_, mb):
+            out = {}
+            if old:
+                out["old_logp"] = batch_logprobs(params, mb, cfg, chunk, temperature=hp.temperature)
+            if ref:
+                out["ref_logp"] = batch_logprobs(aux[0], mb, cfg, chunk, temperature=hp.temperature)
+            return None, out
+
+        _, extra = jax.lax.scan(forward, None, chunks)
+        return {**chunks, **jax.lax.stop_gradient(extra)}
+
+    return prepare
+
+
+# ----------------------------------------------------------------------------------------------
+# Recipe
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The loop's fields, model / tokenizer as in SFT, and grpo.* (batch_size and seq_len are
+    derived: prompts_per_step x group_size rows of max_prompt_len + max_new_tokens tokens)."""
+    from reasonax.model import prompts as prompts_lib
+    from reasonax.train import loop, sft
+
+    c = loop.default_train_config()
+    base = sft.default_config()
+    c.model, c.tokenizer = base.model, base.tokenizer
+    c.synthetic = ml_collections.ConfigDict(dict(
+        task="",             # 'arithmetic': write train / held-out problems (reasonax.tasks.arithmetic) as the data
+        num_examples=2000, num_heldout=200, steps=2))
+    c.optim.lr, c.optim.weight_decay, c.optim.warmup_steps = 1e-6, 0.0, 0
+    c.grpo = ml_collections.ConfigDict(dict(
+        files=[],                 # prompt records: .jsonl / .jsonl.gz / .parquet
+        eval_files=[],            # held-out prompts: greedy accuracy logged as eval/accuracy (eval_every)
+        eval_limit=0,             # evaluate on at most this many held-out prompts (0: all)
+        prompt_field="prompt", answer_field="answer", on_malformed="raise",
+        template="raw",           # raw | qwen-chat | gemma-chat | few-shot | tokenizer (as SFT's data.template)
+        instruction=prompts_lib.BOXED_INSTRUCTION,
+        prompts_per_step=8,       # prompts sampled per step
+        group_size=8,             # G completions per prompt (one prefill per prompt)
+        max_prompt_len=128, max_new_tokens=128,
+        temperature=1.0, top_p=1.0, top_k=0,  # sampling (the learner's log-probs use the same temperature)
+        mu=1,                     # updates over each rollout batch (num_iterations)
+        minibatches=1,            # optimizer updates per pass over the rollout batch
+        beta=0.0,                 # k3 KL weight; > 0 builds a frozen reference (the initial params)
+        eps_low=0.2, eps_high=0.28,  # clip range (eps_high > eps_low: DAPO clip-higher)
+        dual_clip=0.0,            # c > 1: dual clip of negative-advantage tokens (0: off)
+        scale_rewards="group",    # group | batch | none (Dr. GRPO)
+        adv_eps=1e-4,
+        aggregation="token-mean",  # seq-mean-token-mean | token-mean | dr-grpo | seq-mean-token-sum
+        mask_truncated=False,     # drop completions without EOS from the loss (kept in group stats)
+        dynamic_sampling=False,   # DAPO: resample to replace all-equal groups ...
+        max_sampling_rounds=3,    # ... at most this many sampling rounds per step
+        overlong_buffer=0,        # DAPO overlong penalty over the last N tokens (0: off)
+        format_weight=0.0,        # reward += weight if the completion has a \\boxed answer
+        reward_fns=[],            # extra rewards: dotted paths of fn(prompts, completions, golds) -> floats
+        is_cap=0.0,               # > 0: truncated importance weights min(pi_learner / pi_sampler, cap)
+    ))
+    return c
+
+
+def check_config(c) -> None:
+    g = c.grpo
+    rows = g.prompts_per_step * g.group_size
+    problems = []
+    if g.group_size < 2:
+        problems.append(f"grpo.group_size={g.group_size} (>= 2)")
+    if g.temperature <= 0:
+        problems.append(f"grpo.temperature={g.temperature} (> 0: GRPO needs sampled completions)")
+    if rows % (g.minibatches * c.accum_steps):
+        problems.append(f"prompts_per_step x group_size = {rows} rows do not split into minibatches="
+                        f"{g.minibatches} x accum_steps={c.accum_steps}")
+    if g.scale_rewards not in SCALES:
+        problems.append(f"grpo.scale_rewards={g.scale_rewards!r} (one of {SCALES})")
+    if g.aggregation not in AGGREGATIONS:
+        problems.append(f"grpo.aggregation={g.aggregation!r} (one of {AGGREGATIONS})")
+    if g.mu < 1 or g.minibatches < 1:
+        problems.append("grpo.mu and grpo.minibatches must be >= 1")
+    if problems:
+        raise ValueError("invalid GRPO config: " + "; ".join(problems))
+
+
+def write_synthetic(c) -> tuple[str, str]:
+    """(train, held-out) JSONL of the synthetic task under <workdir>/data (process 0 writes)."""
+    from reasonax import jsonl
+    from reasonax.tasks import arithmetic
+
+    if c.synthetic.task != "arithmetic":
+        raise ValueError(f"unknown synthetic task {c.synthetic.task!r} (known: arithmetic)")
+    d = Path(c.workdir) / "data"
+    paths = (d / "arithmetic.jsonl", d / "arithmetic-heldout.jsonl")
+    if jax.process_index() == 0 and not paths[1].is_file():
+        d.mkdir(parents=True, exist_ok=True)
+        jsonl.rewrite(paths[0], arithmetic.records(c.synthetic.num_examples, c.seed, c.synthetic.steps))
+        jsonl.rewrite(paths[1], arithmetic.records(c.synthetic.num_heldout, c.seed + 10_000, c.synthetic.steps))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("reasonax.grpo.write_synthetic")
+    return str(paths[0]), str(paths[1])
+
+
+def stop_ids(c, cfg, tokenizer) -> tuple[int, ...]:
+    from reasonax.model import prompts as prompts_lib
+
+    if c.grpo.template in prompts_lib.FORMATS:
+        return prompts_lib.stop_token_ids(tokenizer, prompts_lib.get_format(c.grpo.template).stop_strings, cfg)
+    return prompts_lib.stop_token_ids(tokenizer, (), cfg)
+
+
+def accuracy_evaluator(prompts, cfg, tokenizer, rc, eos_ids):
+    """params -> {'accuracy'}: greedy completions of the held-out prompts, graded strictly."""
+    from reasonax import sample
+    from reasonax.eval import grader
+
+    sp = sample.SamplingParams(max_new_tokens=rc.max_new_tokens, temperature=0.0)
+
+    def evaluate(params) -> dict:
+        res = sample.generate(params, cfg, [p.tokens for p in prompts], sp, eos_ids=eos_ids, seed=0)
+        texts = [tokenizer.decode([t for t in toks if t not in eos_ids], skip_special_tokens=True)
+                 for toks in res.tokens]
+        ok = grader.grade_batch(texts, [p.gold for p in prompts], fallback=False)
+        return {"accuracy": sum(ok) / len(ok)}
+
+    return evaluate
+
+
+def run(c: ml_collections.ConfigDict):
+    """Train with GRPO per config (rollouts from the learner's own params); export HF at the end."""
+    from reasonax.train import loop, rollout, sft
+
+    loop.init_distributed(c.distributed)
+    check_config(c)
+    g = c.grpo
+    c.batch_size, c.seq_len = g.prompts_per_step * g.group_size, g.max_prompt_len + g.max_new_tokens
+    if c.synthetic.task:
+        train, held = write_synthetic(c)
+        g.files, g.eval_files = [train], [held]
+    cfg = sft.model_config(c)
+    mesh = loop.make_mesh(c)
+    tokenizer = sft.load_tokenizer(c)
+    eos_ids = stop_ids(c, cfg, tokenizer)
+    prompts = rollout.load_prompts(g, tokenizer, g.max_prompt_len)
+    source = rollout.RolloutSource(prompts, cfg, tokenizer, g, mesh, c.seed, eos_ids)
+    init = sft.init_params_fn(c, cfg)
+    aux = init(mesh) if g.beta else None  # the frozen reference = the initial policy
+    chunk = c.loss_chunk or None
+    prepare = make_prepare(cfg, g, chunk, old=g.mu > 1 or g.minibatches > 1 or bool(g.is_cap), ref=bool(g.beta))
+    evaluate = None
+    if g.eval_files:
+        held = rollout.load_prompts(dict_config(g, files=list(g.eval_files)), tokenizer, g.max_prompt_len)
+        evaluate = accuracy_evaluator(held[:g.eval_limit or None], cfg, tokenizer, g, eos_ids)
+    loss_fn = functools.partial(grpo_loss, cfg=cfg, hp=g, chunk=chunk)
+    state = loop.run(c, cfg, init, loss_fn, source, mesh=mesh, aux=aux, prepare=prepare, evaluate=evaluate,
+                     step_options=dict(minibatches=g.minibatches, epochs=g.mu))
+    sft.export(c, cfg, state.params)
+    return state
+
+
+def dict_config(base: ml_collections.ConfigDict, **changes) -> ml_collections.ConfigDict:
+    out = ml_collections.ConfigDict(base.to_dict())
+    out.update(changes)
+    return out
+
+
+def main(argv):
+    from absl import app, flags, logging
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    c = flags.FLAGS.config
+    if c is None:
+        raise app.UsageError("--config is required (e.g. --config=configs/grpo_tiny_cpu.py)")
+    if flags.FLAGS.dry_run:
+        from reasonax.train import dry_run
+
+        dry_run.main_grpo(c)
+        return
+    if not c.workdir:
+        raise app.UsageError("--config.workdir is required")
+    logging.set_verbosity(logging.WARNING)
+    run(c)
+
+
+if __name__ == "__main__":  # flags only for the CLI: config files import this module's default_config
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "ml_collections config file (see configs/grpo_*.py).")
+    flags.DEFINE_bool("dry_run", False, "compile the GRPO train step for config.mesh on fake CPU devices and "
+                      "print per-device memory; no training")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app.run(main)

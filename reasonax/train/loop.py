@@ -90,12 +90,14 @@ class DataSource:
 
 def run(config: ml_collections.ConfigDict, model_cfg: ModelConfig, init_params: Callable, loss_fn: Callable,
         source, *, mesh: jax.sharding.Mesh | None = None, extra_config: dict | None = None,
-        aux: Any = None, prepare: Callable | None = None, evaluate: Callable | None = None):
+        aux: Any = None, prepare: Callable | None = None, evaluate: Callable | None = None,
+        step_options: dict | None = None):
     """Train to config.num_steps from the latest checkpoint in workdir (or from init_params(mesh)).
 
     loss_fn(params, batch[, aux]) -> (loss_sum, count, metrics), built on model_cfg (whose remat
     the recipe sets from config.remat). `aux` (frozen arrays, e.g. a reference model's params)
-    and `prepare` go to step.build_train_step. evaluate(params) -> {name: float} runs every
+    and `prepare` go to step.build_train_step, with step_options (minibatches, epochs). A source
+    with a metrics() method (GRPO's rollouts) has those logged with each step's. evaluate(params) -> {name: float} runs every
     config.eval_every steps and at the end, logged as eval/<name>. Returns the final TrainState.
     """
     if not config.workdir:
@@ -121,7 +123,8 @@ def run(config: ml_collections.ConfigDict, model_cfg: ModelConfig, init_params: 
     aux_args = () if aux is None else (aux,)
     step_fn = build_train_step(loss_fn, optimizer, shardings, mesh, accum_steps=config.accum_steps,
                                lr_schedule=state_lib.schedule(config.optim), prepare=prepare,
-                               aux_shardings=None if aux is None else jax.tree.map(lambda x: x.sharding, aux))
+                               aux_shardings=None if aux is None else jax.tree.map(lambda x: x.sharding, aux),
+                               **(step_options or {}))
     eval_every = config.get("eval_every", 0) if evaluate is not None else 0
     saved_config = {"run": config.to_dict(), "model": config_to_dict(model_cfg), **(extra_config or {})}
     step_flops = flops_lib.train_flops(model_cfg, config.batch_size, config.seq_len)["total"]
@@ -152,6 +155,8 @@ def run(config: ml_collections.ConfigDict, model_cfg: ModelConfig, init_params: 
                     out["mfu"] = monitor.mfu(step_flops, seconds, peak, jax.device_count())
                 if getattr(source, "stats", None) is not None:  # this process's data counters
                     out.update({f"data/{k}": v for k, v in source.stats.as_dict().items()})
+                if hasattr(source, "metrics"):
+                    out.update(source.metrics())
                 logger.log(step, out)
             if eval_every and (step % eval_every == 0 or step == config.num_steps):
                 logger.log(step, {f"eval/{k}": float(v) for k, v in evaluate(state.params).items()})

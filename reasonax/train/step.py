@@ -21,6 +21,7 @@ sets metrics['skipped'] = 1 and increments state.bad_steps; the loop decides whe
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -71,9 +72,15 @@ class TrainStep:
 def build_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, shardings: TrainState,
                      mesh: jax.sharding.Mesh, *, accum_steps: int = 1,
                      lr_schedule: optax.Schedule | None = None, aux_shardings: Any = None,
-                     prepare: Callable | None = None) -> TrainStep:
+                     prepare: Callable | None = None, minibatches: int = 1, epochs: int = 1) -> TrainStep:
     """A TrainStep(state, batch[, aux]) -> (state, metrics). `shardings`: see state.state_shardings;
-    `aux_shardings`: the shardings of the aux pytree (None: the step takes no aux)."""
+    `aux_shardings`: the shardings of the aux pytree (None: the step takes no aux).
+
+    minibatches / epochs (GRPO's mini-batches and mu): the batch is cut into `minibatches`
+    parts and the step makes epochs x minibatches optimizer updates over them in order, each
+    with `accum_steps` micro-batches; metrics are then means over the updates ('tokens' and
+    'skipped' sums). state.step counts calls, state.updates optimizer updates.
+    """
 
     def grads_of(params, mb, aux):
         def f(p):
@@ -83,22 +90,17 @@ def build_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
         (loss_sum, (count, metrics)), grads = jax.value_and_grad(f, has_aux=True)(params)
         return loss_sum.astype(jnp.float32), count.astype(jnp.float32), metrics, _as_f32(grads)
 
-    def step(state: TrainState, batch: dict, *aux):
+    def accumulate(params, mbs, aux):
         if accum_steps == 1:
-            if prepare is not None:
-                batch = jax.tree.map(lambda x: x[0], prepare(state.params, jax.tree.map(lambda x: x[None], batch),
-                                                             *aux))
-            loss_sum, count, metrics, grads = grads_of(state.params, batch, aux)
-        else:
-            mbs = jax.tree.map(lambda x: _split(x, accum_steps, mesh), batch)
-            if prepare is not None:
-                mbs = prepare(state.params, mbs, *aux)
-            shapes = jax.eval_shape(grads_of, state.params, jax.tree.map(lambda x: x[0], mbs), aux)
-            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-            zeros = (*zeros[:3], jax.lax.with_sharding_constraint(zeros[3], shardings.params))
-            total, _ = jax.lax.scan(lambda acc, mb: (_add(acc, grads_of(state.params, mb, aux)), None), zeros, mbs)
-            loss_sum, count, metrics, grads = total
+            return grads_of(params, jax.tree.map(lambda x: x[0], mbs), aux)
+        shapes = jax.eval_shape(grads_of, params, jax.tree.map(lambda x: x[0], mbs), aux)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        zeros = (*zeros[:3], jax.lax.with_sharding_constraint(zeros[3], shardings.params))
+        total, _ = jax.lax.scan(lambda acc, mb: (_add(acc, grads_of(params, mb, aux)), None), zeros, mbs)
+        return total
 
+    def update(state: TrainState, mbs: dict, aux) -> tuple[TrainState, dict]:
+        loss_sum, count, metrics, grads = accumulate(state.params, mbs, aux)
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         grad_norm = optax.global_norm(grads)
@@ -107,15 +109,36 @@ def build_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
         new_state = TrainState(
             params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
-            step=state.step + 1, updates=state.updates + finite.astype(jnp.int32),
+            step=state.step, updates=state.updates + finite.astype(jnp.int32),
             bad_steps=jnp.where(finite, 0, state.bad_steps + 1), rng=state.rng)
         out = {"loss": loss_sum / denom, "tokens": count, "grad_norm": grad_norm,
-               "skipped": 1.0 - finite.astype(jnp.float32), "bad_steps": new_state.bad_steps}
+               "skipped": 1.0 - finite.astype(jnp.float32), "bad_steps": new_state.bad_steps.astype(jnp.float32)}
         if lr_schedule is not None:
             out["lr"] = jnp.asarray(lr_schedule(state.updates), jnp.float32)
         for name, (num, den) in metrics.items():
             out[name] = num / jnp.maximum(den, 1e-9)
         return new_state, out
+
+    def step(state: TrainState, batch: dict, *aux):
+        parts = minibatches * accum_steps
+        if parts == 1:
+            chunks = jax.tree.map(lambda x: x[None], batch)
+        else:
+            chunks = jax.tree.map(lambda x: _split(x, parts, mesh), batch)
+        if prepare is not None:
+            chunks = prepare(state.params, chunks, *aux)
+        if minibatches * epochs == 1:
+            state, out = update(state, chunks, aux)
+        else:  # minibatch m = chunks m*A .. m*A + A-1
+            minis = jax.tree.map(lambda x: x.reshape(minibatches, accum_steps, *x.shape[1:]), chunks)
+
+            def one(st, i):
+                return update(st, jax.tree.map(lambda x: x[i % minibatches], minis), aux)
+
+            state, outs = jax.lax.scan(one, state, jnp.arange(epochs * minibatches))
+            out = jax.tree.map(lambda x: x.mean(), outs)
+            out.update(tokens=outs["tokens"].sum(), skipped=outs["skipped"].sum(), bad_steps=outs["bad_steps"][-1])
+        return dataclasses.replace(state, step=state.step + 1), out
 
     replicated = NamedSharding(mesh, PartitionSpec())
     in_shardings = (shardings, batch_sharding(mesh)) + (() if aux_shardings is None else (aux_shardings,))
