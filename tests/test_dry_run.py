@@ -129,3 +129,22 @@ def test_sft_cli_dry_run_reexecs_on_the_pod_mesh(tmp_path):
     assert "mesh data=1 x fsdp=32 x tensor=1 (32 cpu devices)" in out
     assert "2 layers" in out and "total = args + outputs - alias + temp" in out
     assert "fits in 95 GiB per device" in out
+
+
+@pytest.mark.parametrize("name,devices,reference", [("grpo_qwen25_math_1p5b_v5e8", 8, False),
+                                                    ("grpo_qwen3_1p7b_h100", 1, True)])
+def test_grpo_pod_configs_pass_the_dry_run(name, devices, reference):
+    """The realistic GRPO configs compile (prepare pass, mu x minibatch updates, the frozen
+    reference when beta > 0) and fit their device memory."""
+    import contextlib
+    import io
+
+    c = load_config(name)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        dry_run.main_grpo(c)  # 8 fake devices already (conftest): no re-exec
+    text = out.getvalue()
+    assert f"({devices} cpu devices)" in text and "fits in" in text, text
+    assert c.batch_size == c.grpo.prompts_per_step * c.grpo.group_size
+    assert c.seq_len == c.grpo.max_prompt_len + c.grpo.max_new_tokens
+    assert ("reference" in text) == reference

@@ -79,11 +79,13 @@ def mesh_devices(config, num_devices: int | None = None) -> int:
 def check_batch(config, shape: dict[str, int]) -> None:
     """ValueError unless batch_size splits into accum_steps micro-batches whose rows divide over data*fsdp."""
     rows, accum = int(config.batch_size), int(config.accum_steps)
+    what = f"accum_steps={accum}"
     if "grpo" in config:  # GRPO cuts each rollout batch into minibatches of accum_steps micro-batches
         accum *= int(config.grpo.minibatches)
+        what += f" x grpo.minibatches={config.grpo.minibatches}"
     shards = math.prod(shape[a] for a in BATCH_AXES)
     if accum < 1 or rows % accum:
-        raise ValueError(f"batch_size={rows} does not split into {accum} micro-batches (accum_steps x minibatches)")
+        raise ValueError(f"batch_size={rows} does not split into {what} micro-batches")
     if (rows // accum) % shards:
         raise ValueError(f"micro-batches of {rows // accum} rows (batch_size / accum_steps) do not divide over "
                          f"the mesh's data*fsdp = {shards} devices")
@@ -208,6 +210,8 @@ def format_report(report: dict) -> str:
     rows += [f"  {'params (exact)':<42}{_gib(d['params'])}",
              f"  {'optimizer state (exact)':<42}{_gib(d['opt_state'])}",
              f"  {'batch (exact)':<42}{_gib(d['batch'])}"]
+    if "reference" in d:
+        rows.append(f"  {'frozen reference params (exact)':<42}{_gib(d['reference'])}")
     c = report["compiled"]
     if c is None:
         rows.append("  compiled step: no memory analysis from this backend")
