@@ -310,3 +310,32 @@ def test_sampling_differs_between_steps_for_the_same_prompt(tmp_path):
     batches = [np.asarray(source.next(types.SimpleNamespace(params=params, step=s))["inputs"]) for s in (0, 1, 1)]
     assert not np.array_equal(batches[0], batches[1])  # a new seed every step
     np.testing.assert_array_equal(batches[1], batches[2])  # and the same one for the same step
+
+
+def test_every_variant_runs_together_and_reports_its_metrics(tmp_path):
+    """beta > 0 (frozen reference), mu = 2 and 2 minibatches (off-policy updates: the prepare pass),
+    IS correction, dual clip, dynamic sampling, overlong penalty, truncation mask, format reward,
+    seq-mean-token-mean: a few steps run and every metric is there and sane."""
+    import json
+
+    from reasonax.train import grpo as G
+
+    c = _tiny(tmp_path, **{"num_steps": 3, "optim.total_steps": 3, "grpo.beta": 0.04, "grpo.mu": 2,
+                           "grpo.minibatches": 2, "grpo.is_cap": 2.0, "grpo.dual_clip": 3.0,
+                           "grpo.dynamic_sampling": True, "grpo.max_sampling_rounds": 2,
+                           "grpo.overlong_buffer": 4, "grpo.mask_truncated": True, "grpo.format_weight": 0.1,
+                           "grpo.aggregation": "seq-mean-token-mean", "grpo.eval_limit": 4, "eval_every": 3,
+                           "optim.lr": 1e-3})
+    state = G.run(c)
+    assert int(state.step) == 3 and int(state.updates) == 3 * 2 * 2
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    for r in steps:
+        for k in ("kl", "is_weight", "is_capped", "clip_frac", "entropy", "logp_gap", "reward/format",
+                  "reward/zero_adv_groups", "rollout/truncated", "rollout/rounds", "time/rollout", "time/reward"):
+            assert k in r and np.isfinite(r[k]), k
+        assert r["kl"] >= 0.0
+        assert r["logp_gap"] < 1e-3 and abs(r["is_weight"] - 1.0) < 1e-3  # same params, same float32 math
+        assert 1 <= r["rollout/rounds"] <= 2
+    assert steps[0]["kl"] < 0.05 and steps[0]["kl"] < steps[-1]["kl"]  # starts at the reference, moves away
+    assert [r["step"] for r in rows if "eval/accuracy" in r] == [3]

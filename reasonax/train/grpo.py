@@ -187,7 +187,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model, c.tokenizer = base.model, base.tokenizer
     c.synthetic = ml_collections.ConfigDict(dict(
         task="",             # 'arithmetic': write train / held-out problems (reasonax.tasks.arithmetic) as the data
-        num_examples=2000, num_heldout=200, steps=2))
+        num_examples=2000, num_heldout=200, steps=2, max_value=99))
     c.optim.lr, c.optim.weight_decay, c.optim.warmup_steps = 1e-6, 0.0, 0
     c.grpo = ml_collections.ConfigDict(dict(
         files=[],                 # prompt records: .jsonl / .jsonl.gz / .parquet
@@ -251,8 +251,9 @@ def write_synthetic(c) -> tuple[str, str]:
     paths = (d / "arithmetic.jsonl", d / "arithmetic-heldout.jsonl")
     if jax.process_index() == 0 and not paths[1].is_file():
         d.mkdir(parents=True, exist_ok=True)
-        jsonl.rewrite(paths[0], arithmetic.records(c.synthetic.num_examples, c.seed, c.synthetic.steps))
-        jsonl.rewrite(paths[1], arithmetic.records(c.synthetic.num_heldout, c.seed + 10_000, c.synthetic.steps))
+        syn = c.synthetic
+        jsonl.rewrite(paths[0], arithmetic.records(syn.num_examples, c.seed, syn.steps, syn.max_value))
+        jsonl.rewrite(paths[1], arithmetic.records(syn.num_heldout, c.seed + 10_000, syn.steps, syn.max_value))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 

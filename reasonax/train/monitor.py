@@ -124,7 +124,8 @@ def mfu(model_flops_per_step: float, step_seconds: float, peak_per_device: float
 # (metric key, console label, format) in console order.
 CONSOLE_FIELDS = (("loss", "loss", "{:.4f}"), ("lr", "lr", "{:.1e}"), ("grad_norm", "grad_norm", "{:.3f}"),
                   ("tokens_per_sec", "tok/s", "{:,.0f}"), ("mfu", "mfu", "{:.1%}"),
-                  ("eval/loss", "eval_loss", "{:.4f}"))
+                  ("eval/loss", "eval_loss", "{:.4f}"), ("reward/mean", "reward", "{:.3f}"),
+                  ("eval/accuracy", "eval_acc", "{:.3f}"))
 
 
 def console_line(step: int, metrics: dict) -> str:

@@ -40,6 +40,7 @@ def default_config() -> ml_collections.ConfigDict:
         task="",            # 'arithmetic': write reasonax.tasks.arithmetic records as the training JSONL
         num_examples=2000,
         steps=2,            # operations per arithmetic problem
+        max_value=99,       # largest starting value / added or subtracted operand (9: single digits)
         noise=0.0,          # share of completion characters that are random junk spans (SLM experiments)
     ))
     c.eval_data = ml_collections.ConfigDict(dict(
@@ -127,7 +128,8 @@ def write_synthetic(c) -> Path:
     path = Path(c.workdir) / "data" / (f"arithmetic-noise{noise}.jsonl" if noise else "arithmetic.jsonl")
     if jax.process_index() == 0 and not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        recs = arithmetic.records(c.synthetic.num_examples, c.seed, c.synthetic.steps)
+        recs = arithmetic.records(c.synthetic.num_examples, c.seed, c.synthetic.steps,
+                                  c.synthetic.get("max_value", 99))
         jsonl.rewrite(path, arithmetic.add_noise(recs, noise, c.seed) if noise else recs)
     if jax.process_count() > 1:  # the others read it next
         from jax.experimental import multihost_utils
