@@ -369,7 +369,7 @@ def pad_example(ex: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray
 
 def _from_packed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A row of FirstFitPackIterDataset with its segment ids / positions under our names."""
-    out = {k: v for k, v in row.items() if not k.startswith("inputs_")}
+    out = {k: v for k, v in row.items() if not k.endswith(("_segment_ids", "_positions"))}  # the packer's, per feature
     out["segment_ids"] = row["inputs_segment_ids"]
     out["positions"] = row["inputs_positions"]
     return out

@@ -97,8 +97,9 @@ def run(config: ml_collections.ConfigDict, model_cfg: ModelConfig, init_params: 
     loss_fn(params, batch[, aux]) -> (loss_sum, count, metrics), built on model_cfg (whose remat
     the recipe sets from config.remat). `aux` (frozen arrays, e.g. a reference model's params)
     and `prepare` go to step.build_train_step, with step_options (minibatches, epochs). A source
-    with a metrics() method (GRPO's rollouts) has those logged with each step's. evaluate(params) -> {name: float} runs every
-    config.eval_every steps and at the end, logged as eval/<name>. Returns the final TrainState.
+    with a metrics() method (GRPO's rollouts) has those logged with each step's.
+    evaluate(params) -> {name: float} runs every config.eval_every steps and at the end, logged
+    as eval/<name>. Returns the final TrainState.
     """
     if not config.workdir:
         raise ValueError("config.workdir is required")

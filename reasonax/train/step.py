@@ -12,8 +12,9 @@ Two optional extras, both used by SLM and GRPO:
   aux      a pytree of frozen arrays (e.g. a reference model's params) passed to every call:
            step(state, batch, aux) and loss_fn(params, micro_batch, aux); never differentiated.
   prepare  prepare(params, micro_batches, *aux) -> micro_batches, run once per step on all the
-           stacked micro-batches [accum_steps, rows/accum_steps, ...] before any gradient, for
-           losses that need the whole batch first (SLM ranks tokens over the global batch).
+           stacked micro-batches [minibatches * accum_steps, rows / that, ...] before any
+           gradient, for losses that need the whole batch first (SLM ranks tokens over the
+           global batch; GRPO stores the pre-update and reference log-probs).
 
 A non-finite loss or gradient norm skips the update (params and optimizer state unchanged),
 sets metrics['skipped'] = 1 and increments state.bad_steps; the loop decides when to stop.
