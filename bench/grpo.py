@@ -5,6 +5,9 @@
         --hidden 64 --intermediate 128 --layers 2 --heads 4 --kv_heads 2 --head_dim 16    # a check (~25 s)
     python bench/grpo.py --json /tmp/grpo.json --markdown /tmp/grpo.md
 
+Needs TRL in the environment (not a reasonax dependency): `pip install trl` (1.16 keeps
+torch 2.13.0+cpu and transformers 5.23; it adds datasets and pandas).
+
 One model, one set of weights: a Qwen2-style model (reasonax preset qwen2.5-0.5b with the shape
 flags as overrides, byte tokenizer, vocab 259, tied embeddings) drawn by reasonax
 (params.init_params, seed --seed, std 0.02) and written once with reasonax.model.save_hf plus the
