@@ -7,15 +7,14 @@ clean problems (configs/slm_ref_tiny_cpu.py). Fields: reasonax.train.slm.default
         --config.slm.reference.path=/tmp/slm_ref/hf
 """
 
+from reasonax.tasks.byte_tokenizer import TINY_MODEL
 from reasonax.train.slm import default_config
 
 
 def get_config():
     c = default_config()
     c.model.preset = "qwen2.5-0.5b"
-    c.model.overrides = dict(vocab_size=259, hidden_size=64, intermediate_size=256, num_layers=2,
-                             num_heads=4, num_kv_heads=2, head_dim=16, tie_embeddings=True,
-                             bos_token_id=257, eos_token_ids=(258,), pad_token_id=256)
+    c.model.overrides = dict(TINY_MODEL)
     c.tokenizer = "bytes"
     c.synthetic.task = "arithmetic"
     c.synthetic.num_examples = 2000

@@ -12,6 +12,12 @@ import os
 
 SPECIALS = ("<|pad|>", "<|bos|>", "<|eos|>")
 VOCAB_SIZE = 256 + len(SPECIALS)
+# The tiny byte-level model of the CPU configs (configs/*_tiny_cpu.py): ModelConfig overrides on
+# the qwen2.5-0.5b preset, with this tokenizer's vocabulary and special ids. One definition, so an
+# SLM reference and the model it scores always agree.
+TINY_MODEL = dict(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=256, num_layers=2, num_heads=4,
+                  num_kv_heads=2, head_dim=16, tie_embeddings=True, bos_token_id=257, eos_token_ids=(258,),
+                  pad_token_id=256)
 
 
 def byte_tokenizer(save_dir: str | os.PathLike | None = None):
