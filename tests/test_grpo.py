@@ -339,3 +339,37 @@ def test_every_variant_runs_together_and_reports_its_metrics(tmp_path):
         assert 1 <= r["rollout/rounds"] <= 2
     assert steps[0]["kl"] < 0.05 and steps[0]["kl"] < steps[-1]["kl"]  # starts at the reference, moves away
     assert [r["step"] for r in rows if "eval/accuracy" in r] == [3]
+
+
+def test_trimmed_rows_give_the_same_loss_as_full_rows():
+    """Rows cut to the batch's longest sequence (row_bucket) change no loss term or gradient."""
+    import functools
+
+    import ml_collections
+
+    from reasonax.model import init_params
+    from reasonax.train import rollout
+    from tests.test_train_step import CFG
+
+    assert rollout.row_length(70, 256, 64) == 128 and rollout.row_length(5, 256, 64) == 64
+    assert rollout.row_length(250, 256, 64) == 256 and rollout.row_length(70, 256, 0) == 256
+    rng = np.random.default_rng(0)
+    prompts = [list(rng.integers(0, 96, n)) for n in (5, 9)]
+    comps = [list(rng.integers(0, 96, n)) for n in (7, 3)]
+    lps = [list(-rng.random(len(c))) for c in comps]
+    hp = ml_collections.ConfigDict(dict(temperature=0.8, eps_low=0.2, eps_high=0.28, dual_clip=0.0, is_cap=2.0,
+                                        beta=0.0, aggregation="dr-grpo", max_new_tokens=8))
+    params = init_params(CFG, jax.random.key(0), std=0.3)
+    fn = functools.partial(grpo.grpo_loss, cfg=CFG, hp=hp, chunk=None)
+    out = []
+    for T in (16, 40):
+        rows = rollout.build_rows(prompts, comps, lps, [False, True], T, mask_truncated=False)
+        rows["advantages"] = np.array([0.7, -0.7], np.float32)
+        batch = jax.tree.map(jnp.asarray, rows)
+        out.append((fn(params, batch), jax.grad(lambda p: (lambda a, b, c: a / b)(*fn(p, batch)))(params)))
+    (n1, d1, m1), g1 = out[0]
+    (n2, d2, m2), g2 = out[1]
+    np.testing.assert_allclose(float(n1 / d1), float(n2 / d2), rtol=1e-6)
+    for k in m1:
+        np.testing.assert_allclose(float(m1[k][0] / m1[k][1]), float(m2[k][0] / m2[k][1]), rtol=1e-5, err_msg=k)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1, g2)

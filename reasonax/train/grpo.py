@@ -199,6 +199,8 @@ def default_config() -> ml_collections.ConfigDict:
         prompts_per_step=8,       # prompts sampled per step
         group_size=8,             # G completions per prompt (one prefill per prompt)
         max_prompt_len=128, max_new_tokens=128,
+        row_bucket=64,            # training rows are cut to the batch's longest prompt + completion, rounded
+                                  # up to a multiple of this (one compiled step per length); 0: always full
         temperature=1.0, top_p=1.0, top_k=0,  # sampling (the learner's log-probs use the same temperature)
         mu=1,                     # updates over each rollout batch (num_iterations)
         minibatches=1,            # optimizer updates per pass over the rollout batch

@@ -12,6 +12,7 @@ a grain pipeline (DataSource); GRPO samples rollouts from state.params inside ne
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -128,7 +129,13 @@ def run(config: ml_collections.ConfigDict, model_cfg: ModelConfig, init_params: 
                                **(step_options or {}))
     eval_every = config.get("eval_every", 0) if evaluate is not None else 0
     saved_config = {"run": config.to_dict(), "model": config_to_dict(model_cfg), **(extra_config or {})}
-    step_flops = flops_lib.train_flops(model_cfg, config.batch_size, config.seq_len)["total"]
+    epochs = (step_options or {}).get("epochs", 1)  # passes over each batch (GRPO's mu)
+
+    @functools.lru_cache
+    def flops_of(rows: int, seq: int) -> float:
+        return flops_lib.train_flops(model_cfg, rows, seq)["total"] * epochs
+
+    step_flops = flops_of(config.batch_size, config.seq_len)
     peak, peak_desc = monitor.resolve_peak(config.peak_flops)
     if start is None:
         logger.log_event(0, f"MFU peak: {peak:.3g} FLOP/s per device ({peak_desc}); model FLOPs per step "
@@ -140,6 +147,8 @@ def run(config: ml_collections.ConfigDict, model_cfg: ModelConfig, init_params: 
     try:
         while step < config.num_steps:
             batch = source.next(state)
+            rows, seq = batch["inputs"].shape  # GRPO trims rows to its batch's longest sequence
+            step_flops = flops_of(rows, seq)
             state, metrics = step_fn(state, batch, *aux_args)
             step += 1
             if pending is not None:  # read the previous step's metrics while this one runs
@@ -152,7 +161,7 @@ def run(config: ml_collections.ConfigDict, model_cfg: ModelConfig, init_params: 
                 seconds = timer.lap()
                 if seconds:
                     out["step_seconds"] = seconds
-                    out["tokens_per_sec"] = config.batch_size * config.seq_len / seconds
+                    out["tokens_per_sec"] = rows * seq / seconds
                     out["mfu"] = monitor.mfu(step_flops, seconds, peak, jax.device_count())
                 if getattr(source, "stats", None) is not None:  # this process's data counters
                     out.update({f"data/{k}": v for k, v in source.stats.as_dict().items()})

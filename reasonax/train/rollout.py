@@ -10,7 +10,8 @@ run, the same on every process: all processes generate the same global batch, SP
 places its own rows). The sampling seed differs at every step and round (derived from the run
 seed, the step and the round), so a resumed run samples exactly what the uninterrupted one would.
 
-Rows (N = prompts x G, prompt-major, T = max_prompt_len + max_new_tokens): inputs / targets the
+Rows (N = prompts x G, prompt-major; T = the batch's longest prompt + completion rounded up to
+a multiple of row_bucket, at most max_prompt_len + max_new_tokens): inputs / targets the
 prompt + completion shifted by one, weights 1 on completion targets (0 for a truncated completion
 with mask_truncated; it still counts in its group's statistics), sampler_logp the sampler's
 log-prob of each completion target, advantages [N].
@@ -108,6 +109,14 @@ def rewards(texts: Sequence[str], golds: Sequence[str], lengths: Sequence[int], 
     return total, parts
 
 
+def row_length(longest: int, full: int, bucket: int) -> int:
+    """Row length for a batch whose longest row needs `longest` positions: rounded up to a
+    multiple of `bucket` (one compiled step per length), capped at `full`; bucket 0: `full`."""
+    if bucket <= 0:
+        return full
+    return min(full, max(bucket, -(-longest // bucket) * bucket))
+
+
 def build_rows(prompt_tokens: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
                logprobs: Sequence[Sequence[float]], truncated: Sequence[bool], seq_len: int,
                mask_truncated: bool) -> dict[str, np.ndarray]:
@@ -192,8 +201,9 @@ class RolloutSource:
         adv = np.asarray(group_advantages(rew, G, self.rc.scale_rewards, self.rc.adv_eps))
         comps = [c for g in groups for c in g[1]]
         trunc = [t for g in groups for t in g[3]]
-        rows = build_rows([self.prompts[g[0]].tokens for g in groups for _ in range(G)], comps,
-                          [lp for g in groups for lp in g[2]], trunc, self.seq_len, self.rc.mask_truncated)
+        heads = [self.prompts[g[0]].tokens for g in groups for _ in range(G)]
+        T = row_length(max(len(p) + len(c) - 1 for p, c in zip(heads, comps)), self.seq_len, self.rc.row_bucket)
+        rows = build_rows(heads, comps, [lp for g in groups for lp in g[2]], trunc, T, self.rc.mask_truncated)
         rows["advantages"] = adv.astype(np.float32)
         lengths = np.asarray([len(c) for c in comps])
         zero_groups = float(np.mean([np.ptp(g[4]) == 0 for g in groups]))
