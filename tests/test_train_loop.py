@@ -226,3 +226,20 @@ def test_non_finite_steps_stop_the_run_with_the_last_good_checkpoint(tmp_path):
     assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(last.params))
     assert int(last.updates) == 5  # steps 1-5 were good; the skipped ones changed nothing
     ck.close()
+
+
+def test_overrides_on_a_checkpoint_may_repeat_its_shapes_but_not_change_them(tmp_path):
+    """A preset-based config reused with model.path (as the tiny GRPO config is, from the SFT
+    export): overrides equal to the checkpoint's shapes pass, a different shape is an error."""
+    from reasonax.model import save_hf
+    from reasonax.tasks.byte_tokenizer import TINY_MODEL
+    from reasonax.train import sft
+
+    c = tiny_config(tmp_path)
+    cfg = sft.model_config(c)
+    save_hf(init_params(cfg, jax.random.key(0)), cfg, tmp_path / "hf")
+    c.model.path, c.model.preset = str(tmp_path / "hf"), ""
+    assert sft.model_config(c).hidden_size == TINY_MODEL["hidden_size"]
+    c.model.overrides = {**TINY_MODEL, "hidden_size": 128}
+    with pytest.raises(ValueError, match=r"hidden_size: 64 -> 128"):
+        sft.model_config(c)

@@ -58,16 +58,16 @@ def model_config(c) -> ModelConfig:
         raise ValueError("set exactly one of config.model.path and config.model.preset")
     cfg = convert.model_config(c.model.path) if c.model.path else config_lib.get_preset(c.model.preset)
     overrides = dict(c.model.overrides)
-    if overrides and c.model.path:
-        shape_fields = {"vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                        "num_kv_heads", "head_dim", "tie_embeddings", "qkv_bias", "o_bias", "qk_norm",
-                        "sandwich_norm"}
-        if shape_fields & set(overrides):
-            raise ValueError(f"model.overrides {sorted(shape_fields & set(overrides))} change parameter shapes "
-                             f"of the checkpoint at {c.model.path}")
-    for key in ("layer_types",):
+    shape_fields = {"vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                    "head_dim", "tie_embeddings", "qkv_bias", "o_bias", "qk_norm", "sandwich_norm"}
+    for key in ("layer_types", "eos_token_ids"):
         if key in overrides:
             overrides[key] = tuple(overrides[key])
+    if overrides and c.model.path:  # values equal to the checkpoint's are fine (a preset config reused)
+        changed = sorted(k for k in shape_fields & set(overrides) if overrides[k] != getattr(cfg, k))
+        if changed:
+            raise ValueError(f"model.overrides {changed} change parameter shapes of the checkpoint at "
+                             f"{c.model.path} ({', '.join(f'{k}: {getattr(cfg, k)} -> {overrides[k]}' for k in changed)})")
     return cfg.replace(**overrides, remat=c.remat)
 
 
