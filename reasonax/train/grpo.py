@@ -256,10 +256,9 @@ def write_synthetic(c) -> tuple[str, str]:
         syn = c.synthetic
         jsonl.rewrite(paths[0], arithmetic.records(syn.num_examples, c.seed, syn.steps, syn.max_value))
         jsonl.rewrite(paths[1], arithmetic.records(syn.num_heldout, c.seed + 10_000, syn.steps, syn.max_value))
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+    from reasonax.train import loop
 
-        multihost_utils.sync_global_devices("reasonax.grpo.write_synthetic")
+    loop.barrier("reasonax.grpo.write_synthetic")
     return str(paths[0]), str(paths[1])
 
 

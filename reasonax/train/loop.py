@@ -69,6 +69,15 @@ def init_distributed(dist: ml_collections.ConfigDict) -> None:
                                process_id=dist.process_id, local_device_ids=local)
 
 
+def barrier(name: str) -> None:
+    """Wait until every process gets here (no-op with one process): after process 0 writes a
+    file the others read next."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def make_mesh(config) -> jax.sharding.Mesh:
     m = config.mesh
     return sharding.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)

@@ -34,6 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from reasonax.model.config import ModelConfig
 from reasonax.train import data as data_lib
+from reasonax.train import loop
 from reasonax.train.loss import batch_logprobs
 from reasonax.train.step import batch_sharding
 
@@ -208,10 +209,10 @@ def score(ref_params: dict, ref_cfg: ModelConfig, tokenizer, data_config, out_di
         bar.update(1)
         bar.set_postfix(tok_per_s=f"{lengths.sum() / (time.perf_counter() - t0):,.0f}")
     bar.close()
-    _barrier("reasonax.ref_scores.parts")
+    loop.barrier("reasonax.ref_scores.parts")
     if primary:
         _merge(out_dir, meta, num_parts, len(records), dtype)
-    _barrier("reasonax.ref_scores.merged")
+    loop.barrier("reasonax.ref_scores.merged")
     return RefScores.load(out_dir, tokenizer, data_config)
 
 
@@ -263,13 +264,6 @@ def _merge(out_dir: Path, meta: dict, num_parts: int, num_records: int, dtype: s
     _write_atomic(out_dir / "meta.json", lambda f: f.write(json.dumps(full, indent=1).encode()))
     for p in paths:
         p.unlink()
-
-
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 def _progress(total: int, enabled: bool):

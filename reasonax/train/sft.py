@@ -131,10 +131,7 @@ def write_synthetic(c) -> Path:
         recs = arithmetic.records(c.synthetic.num_examples, c.seed, c.synthetic.steps,
                                   c.synthetic.get("max_value", 99))
         jsonl.rewrite(path, arithmetic.add_noise(recs, noise, c.seed) if noise else recs)
-    if jax.process_count() > 1:  # the others read it next
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("reasonax.sft.write_synthetic")
+    loop.barrier("reasonax.sft.write_synthetic")  # the others read it next
     return path
 
 
