@@ -299,11 +299,9 @@ def tokenize_example(prompt: str, completion: str, config, tokenizer) -> tuple[n
     (not for template='tokenizer'), and for 'raw' with add_eos its EOS after the completion.
     """
     prompt_text, completion_text, bos = render_texts(prompt, completion, config, tokenizer)
+    head = _prompt_ids(prompt_text, bos, tokenizer)
     with _TOKENIZER_LOCK:
-        head = tokenizer.encode(prompt_text, add_special_tokens=False) if prompt_text else []
         tail = tokenizer.encode(completion_text, add_special_tokens=False)
-    if bos and tokenizer.bos_token_id is not None:
-        head = [tokenizer.bos_token_id, *head]
     if config.template == "raw" and config.add_eos:
         if tokenizer.eos_token_id is None:
             raise ValueError("data.add_eos=True but the tokenizer has no eos_token_id")
@@ -311,6 +309,19 @@ def tokenize_example(prompt: str, completion: str, config, tokenizer) -> tuple[n
     tokens = np.asarray(head + tail, np.int32)
     mask = np.concatenate([np.zeros(len(head), np.int32), np.ones(len(tail), np.int32)])
     return tokens, mask
+
+
+def _prompt_ids(prompt_text: str, bos: bool, tokenizer) -> list[int]:
+    with _TOKENIZER_LOCK:
+        ids = tokenizer.encode(prompt_text, add_special_tokens=False) if prompt_text else []
+    return [tokenizer.bos_token_id, *ids] if bos and tokenizer.bos_token_id is not None else ids
+
+
+def prompt_tokens(prompt: str, config, tokenizer) -> list[int]:
+    """The prompt's tokens exactly as tokenize_example starts a training example (what a model
+    trained on the config's template sees before its completion): for sampling (GRPO)."""
+    prompt_text, _, bos = render_texts(prompt, "", config, tokenizer)
+    return _prompt_ids(prompt_text, bos, tokenizer)
 
 
 def fit_length(tokens: np.ndarray, mask: np.ndarray, seq_len: int, overlong: str):

@@ -47,18 +47,15 @@ class Prompt:
 
 
 def load_prompts(rc, tokenizer, max_prompt_len: int) -> list[Prompt]:
-    """Prompts of rc.files (JSONL/Parquet; rc.prompt_field, rc.answer_field) rendered with
-    rc.template as data.render_texts does for training, BOS first; ValueError naming the record
+    """Prompts of rc.files (JSONL/Parquet; rc.prompt_field, rc.answer_field) tokenized as the
+    training pipeline starts an example (data.prompt_tokens); ValueError naming the record
     when one is longer than max_prompt_len tokens."""
     records, _ = data_lib.load_records(rc.files, rc.prompt_field, rc.answer_field, rc.on_malformed)
     if not records:
         raise ValueError(f"grpo.files={list(rc.files)!r}: no prompts (set grpo.files or synthetic.task)")
     out = []
     for text, gold, where in records:
-        head, _, bos = data_lib.render_texts(text, "", rc, tokenizer)
-        ids = tokenizer.encode(head, add_special_tokens=False)
-        if bos and tokenizer.bos_token_id is not None:
-            ids = [tokenizer.bos_token_id, *ids]
+        ids = data_lib.prompt_tokens(text, rc, tokenizer)
         if len(ids) > max_prompt_len:
             raise ValueError(f"{where}: prompt of {len(ids)} tokens > grpo.max_prompt_len={max_prompt_len}")
         out.append(Prompt(tuple(ids), gold.strip(), text, where))
