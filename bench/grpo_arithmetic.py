@@ -88,7 +88,7 @@ def main(argv):
     tokenizer = sft.load_tokenizer(g)
     eos = grpo.stop_ids(g, cfg, tokenizer)
     held = rollout.load_prompts(grpo.dict_config(g.grpo, files=[held_file]), tokenizer, g.grpo.max_prompt_len)
-    before = grpo.accuracy_evaluator(held, cfg, tokenizer, g.grpo, eos)(params)["accuracy"]
+    before = grpo.accuracy_evaluator(held, cfg, tokenizer, g.grpo, eos, grpo.stop_strings(g))(params)["accuracy"]
     del params
     jax.clear_caches()
 

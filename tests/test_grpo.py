@@ -373,3 +373,13 @@ def test_trimmed_rows_give_the_same_loss_as_full_rows():
     for k in m1:
         np.testing.assert_allclose(float(m1[k][0] / m1[k][1]), float(m2[k][0] / m2[k][1]), rtol=1e-5, err_msg=k)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1, g2)
+
+
+def test_completion_text_drops_stop_tokens_and_cuts_at_stop_strings():
+    from reasonax.tasks.byte_tokenizer import byte_tokenizer
+    from reasonax.train import rollout
+
+    tok = byte_tokenizer()
+    ids = tok.encode(" So \\boxed{4}.\n\nQuestion: 1+1? Answer: \\boxed{2}", add_special_tokens=False) + [258]
+    assert rollout.completion_text(tok, ids, (258,)) == " So \\boxed{4}.\n\nQuestion: 1+1? Answer: \\boxed{2}"
+    assert rollout.completion_text(tok, ids, (258,), ("\n\n",)) == " So \\boxed{4}."

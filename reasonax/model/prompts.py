@@ -88,6 +88,12 @@ def stop_token_ids(tokenizer, stop_strings: Sequence[str], cfg: ModelConfig | No
     return tuple(sorted(ids))
 
 
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """(text before the first stop string, whether one was found)."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
 def load_tokenizer(path: str | os.PathLike):
     """transformers tokenizer from a model directory (HF dir, or the tokenizer/ of an Orbax checkpoint)."""
     import json

@@ -96,11 +96,6 @@ def completed(output: Path, n: int) -> set[str]:
     return done
 
 
-def cut_at_stop(text: str, stops) -> tuple[str, bool]:
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
 def run(cfg) -> dict:
     import jax
 
@@ -139,7 +134,7 @@ def run(cfg) -> dict:
                            progress=bar.update)
             records = []
             for r, toks in enumerate(res.tokens):
-                text, stopped = cut_at_stop(tokenizer.decode(toks, skip_special_tokens=True), stops)
+                text, stopped = prompts_lib.cut_at_stop(tokenizer.decode(toks, skip_special_tokens=True), stops)
                 rec = {"prompt_id": batch[res.prompt_index[r]]["id"], "sample_index": res.sample_index[r],
                        "text": text, "num_tokens": len(toks),
                        "finish_reason": "stop" if stopped and res.finish_reasons[r] == "length" else

@@ -262,25 +262,32 @@ def write_synthetic(c) -> tuple[str, str]:
     return str(paths[0]), str(paths[1])
 
 
-def stop_ids(c, cfg, tokenizer) -> tuple[int, ...]:
+def stop_strings(c) -> tuple[str, ...]:
+    """Text that ends a completion: the prompt format's stop strings (none for raw / tokenizer)."""
     from reasonax.model import prompts as prompts_lib
 
-    if c.grpo.template in prompts_lib.FORMATS:
-        return prompts_lib.stop_token_ids(tokenizer, prompts_lib.get_format(c.grpo.template).stop_strings, cfg)
-    return prompts_lib.stop_token_ids(tokenizer, (), cfg)
+    return prompts_lib.get_format(c.grpo.template).stop_strings if c.grpo.template in prompts_lib.FORMATS else ()
 
 
-def accuracy_evaluator(prompts, cfg, tokenizer, rc, eos_ids):
-    """params -> {'accuracy'}: greedy completions of the held-out prompts, graded strictly."""
+def stop_ids(c, cfg, tokenizer) -> tuple[int, ...]:
+    """Token ids that end generation: EOS and the single-token stop strings."""
+    from reasonax.model import prompts as prompts_lib
+
+    return prompts_lib.stop_token_ids(tokenizer, stop_strings(c), cfg)
+
+
+def accuracy_evaluator(prompts, cfg, tokenizer, rc, eos_ids, stops: tuple[str, ...] = ()):
+    """params -> {'accuracy'}: greedy completions of the held-out prompts (cut at `stops`, as
+    rollouts are), graded strictly."""
     from reasonax import sample
     from reasonax.eval import grader
+    from reasonax.train.rollout import completion_text
 
     sp = sample.SamplingParams(max_new_tokens=rc.max_new_tokens, temperature=0.0)
 
     def evaluate(params) -> dict:
         res = sample.generate(params, cfg, [p.tokens for p in prompts], sp, eos_ids=eos_ids, seed=0)
-        texts = [tokenizer.decode([t for t in toks if t not in eos_ids], skip_special_tokens=True)
-                 for toks in res.tokens]
+        texts = [completion_text(tokenizer, toks, eos_ids, stops) for toks in res.tokens]
         ok = grader.grade_batch(texts, [p.gold for p in prompts], fallback=False)
         return {"accuracy": sum(ok) / len(ok)}
 
@@ -301,9 +308,9 @@ def run(c: ml_collections.ConfigDict):
     cfg = sft.model_config(c)
     mesh = loop.make_mesh(c)
     tokenizer = sft.load_tokenizer(c)
-    eos_ids = stop_ids(c, cfg, tokenizer)
+    eos_ids, stops = stop_ids(c, cfg, tokenizer), stop_strings(c)
     prompts = rollout.load_prompts(g, tokenizer, g.max_prompt_len)
-    source = rollout.RolloutSource(prompts, cfg, tokenizer, g, mesh, c.seed, eos_ids)
+    source = rollout.RolloutSource(prompts, cfg, tokenizer, g, mesh, c.seed, eos_ids, stops)
     init = sft.init_params_fn(c, cfg)
     aux = init(mesh) if g.beta else None  # the frozen reference = the initial policy
     chunk = c.loss_chunk or None
@@ -311,7 +318,7 @@ def run(c: ml_collections.ConfigDict):
     evaluate = None
     if g.eval_files:
         held = rollout.load_prompts(dict_config(g, files=list(g.eval_files)), tokenizer, g.max_prompt_len)
-        evaluate = accuracy_evaluator(held[:g.eval_limit or None], cfg, tokenizer, g, eos_ids)
+        evaluate = accuracy_evaluator(held[:g.eval_limit or None], cfg, tokenizer, g, eos_ids, stops)
     loss_fn = functools.partial(grpo_loss, cfg=cfg, hp=g, chunk=chunk)
     state = loop.run(c, cfg, init, loss_fn, source, mesh=mesh, aux=aux, prepare=prepare, evaluate=evaluate,
                      step_options=dict(minibatches=g.minibatches, epochs=g.mu))

@@ -67,6 +67,16 @@ def prompt_stream(n: int, seed: int) -> grain.DatasetIterator:
     return iter(grain.MapDataset.range(n).shuffle(seed=seed).repeat(None).to_iter_dataset())
 
 
+def completion_text(tokenizer, tokens: Sequence[int], eos_ids: Sequence[int], stop_strings: Sequence[str] = ()) -> str:
+    """What the grader sees of a completion: decoded without its stop tokens and cut at the first
+    stop string (multi-token stops such as few-shot's blank line do not end generation), as the
+    generate CLI writes samples."""
+    from reasonax.model.prompts import cut_at_stop
+
+    text = tokenizer.decode([t for t in tokens if t not in eos_ids], skip_special_tokens=True)
+    return cut_at_stop(text, stop_strings)[0]
+
+
 def load_reward_fn(path: str) -> Callable:
     """'package.module.function' -> the function; it is called as fn(prompts, completions, golds)
     (lists of str) and returns one float per completion."""
@@ -141,9 +151,9 @@ class RolloutSource:
     """loop.run's batch source for GRPO (see the module docstring)."""
 
     def __init__(self, prompts: list[Prompt], cfg: ModelConfig, tokenizer, rc, mesh, seed: int,
-                 eos_ids: Sequence[int]):
+                 eos_ids: Sequence[int], stop_strings: Sequence[str] = ()):
         self.prompts, self.cfg, self.tokenizer, self.rc, self.mesh = prompts, cfg, tokenizer, rc, mesh
-        self.seed, self.eos_ids = seed, tuple(eos_ids)
+        self.seed, self.eos_ids, self.stop_strings = seed, tuple(eos_ids), tuple(stop_strings)
         self.iterator = prompt_stream(len(prompts), seed)
         self.user_fns = [load_reward_fn(p) for p in rc.reward_fns]
         self.sp = sample.SamplingParams(max_new_tokens=rc.max_new_tokens, temperature=rc.temperature,
@@ -164,15 +174,12 @@ class RolloutSource:
                               key_ids=idx)
         t_gen = time.perf_counter() - t0
         t0 = time.perf_counter()
-        texts = [self._text(t) for t in res.tokens]
+        texts = [completion_text(self.tokenizer, t, self.eos_ids, self.stop_strings) for t in res.tokens]
         G = self.rc.group_size
         golds = [self.prompts[i].gold for i in idx for _ in range(G)]
         qs = [self.prompts[i].text for i in idx for _ in range(G)]
         r, parts = rewards(texts, golds, res.lengths, qs, self.rc, self.user_fns)
         return idx, res, r, parts, t_gen, time.perf_counter() - t0
-
-    def _text(self, tokens: Sequence[int]) -> str:
-        return self.tokenizer.decode([t for t in tokens if t not in self.eos_ids], skip_special_tokens=True)
 
     def next(self, state) -> dict:
         from reasonax.train.grpo import group_advantages
