@@ -36,6 +36,7 @@ from reasonax import sample
 from reasonax.eval import grader
 from reasonax.model.config import ModelConfig
 from reasonax.train import data as data_lib
+from reasonax.train.grpo import group_advantages, overlong_penalty
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,8 +103,6 @@ def rewards(texts: Sequence[str], golds: Sequence[str], lengths: Sequence[int], 
         total += rc.format_weight * has_box
         parts["format"] = has_box
     if rc.overlong_buffer:
-        from reasonax.train.grpo import overlong_penalty
-
         pen = np.asarray(overlong_penalty(np.asarray(lengths), rc.max_new_tokens, rc.overlong_buffer))
         total += pen
         parts["overlong_penalty"] = pen
@@ -182,8 +181,6 @@ class RolloutSource:
         return idx, res, r, parts, t_gen, time.perf_counter() - t0
 
     def next(self, state) -> dict:
-        from reasonax.train.grpo import group_advantages
-
         jax.block_until_ready(state.params)  # the previous update's device time, not the rollout's
         now = time.perf_counter()
         t_update = 0.0 if self._last_end is None else now - self._last_end

@@ -209,9 +209,9 @@ def scores_dir(c) -> Path:
     return Path(c.slm.scores_dir or Path(c.workdir) / "ref_scores")
 
 
-def score(c, mesh, ref_cfg, ref_params, tokenizer) -> ref_scores.RefScores:
-    """The offline scoring pass for c's data (reused / resumed when present)."""
-    return ref_scores.score(ref_params, ref_cfg, tokenizer, sft.data_config(c), scores_dir(c), mesh=mesh,
+def score(c, data_cfg, mesh, ref_cfg, ref_params, tokenizer) -> ref_scores.RefScores:
+    """The offline scoring pass for the run's data (reused / resumed when present)."""
+    return ref_scores.score(ref_params, ref_cfg, tokenizer, data_cfg, scores_dir(c), mesh=mesh,
                             batch_size=c.slm.score_batch_size or c.batch_size, part_records=c.slm.part_records,
                             dtype=c.slm.scores_dtype, chunk=c.loss_chunk or None)
 
@@ -225,11 +225,12 @@ def run(c: ml_collections.ConfigDict, score_only: bool = False):
     tokenizer = sft.load_tokenizer(c)
     ref_cfg, ref_params, ref_tokenizer = load_reference(c, mesh)
     ref_scores.check_same_tokenizer(ref_tokenizer, tokenizer)
+    data_cfg = sft.data_config(c)  # writes the synthetic task's data once, if one is set
     scores, aux = None, None
     if score_only and c.slm.mode != "offline":
         raise ValueError("--score_only needs slm.mode='offline' (online mode stores no scores)")
     if c.slm.mode == "offline":
-        scores = score(c, mesh, ref_cfg, ref_params, ref_tokenizer)
+        scores = score(c, data_cfg, mesh, ref_cfg, ref_params, ref_tokenizer)
         del ref_params
         if score_only:
             return scores
@@ -238,7 +239,7 @@ def run(c: ml_collections.ConfigDict, score_only: bool = False):
     chunk = c.loss_chunk or None
     online_cfg = ref_cfg if aux is not None else None
     stats = data_lib.DataStats()
-    dataset = data_lib.sft_dataset(sft.data_config(c), tokenizer, global_batch=c.batch_size, stats=stats,
+    dataset = data_lib.sft_dataset(data_cfg, tokenizer, global_batch=c.batch_size, stats=stats,
                                    ref_scores=scores)
     source = loop.DataSource(iter(dataset), mesh, stats)
     loss_fn = functools.partial(slm_loss, cfg=cfg, ratio=c.slm.ratio, scope=c.slm.scope, chunk=chunk,
