@@ -276,19 +276,24 @@ def stop_ids(c, cfg, tokenizer) -> tuple[int, ...]:
     return prompts_lib.stop_token_ids(tokenizer, stop_strings(c), cfg)
 
 
-def accuracy_evaluator(prompts, cfg, tokenizer, rc, eos_ids, stops: tuple[str, ...] = ()):
-    """params -> {'accuracy'}: greedy completions of the held-out prompts (cut at `stops`, as
-    rollouts are), graded strictly."""
+def greedy_correct(params, prompts, cfg, tokenizer, max_new_tokens: int, eos_ids, stops: tuple[str, ...] = ()) -> list[bool]:
+    """Per prompt (rollout.Prompt): is its greedy completion (cut at `stops`, as rollouts are)
+    right? Graded strictly (no last-number fallback)."""
     from reasonax import sample
     from reasonax.eval import grader
     from reasonax.train.rollout import completion_text
 
-    sp = sample.SamplingParams(max_new_tokens=rc.max_new_tokens, temperature=0.0)
+    sp = sample.SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    res = sample.generate(params, cfg, [p.tokens for p in prompts], sp, eos_ids=eos_ids, seed=0)
+    texts = [completion_text(tokenizer, toks, eos_ids, stops) for toks in res.tokens]
+    return grader.grade_batch(texts, [p.gold for p in prompts], fallback=False)
+
+
+def accuracy_evaluator(prompts, cfg, tokenizer, rc, eos_ids, stops: tuple[str, ...] = ()):
+    """params -> {'accuracy'}: the share of held-out prompts greedy_correct."""
 
     def evaluate(params) -> dict:
-        res = sample.generate(params, cfg, [p.tokens for p in prompts], sp, eos_ids=eos_ids, seed=0)
-        texts = [completion_text(tokenizer, toks, eos_ids, stops) for toks in res.tokens]
-        ok = grader.grade_batch(texts, [p.gold for p in prompts], fallback=False)
+        ok = greedy_correct(params, prompts, cfg, tokenizer, rc.max_new_tokens, eos_ids, stops)
         return {"accuracy": sum(ok) / len(ok)}
 
     return evaluate

@@ -1,0 +1,572 @@
+"""The main job: compute-matched sampling end to end on a synthetic task, then GRPO and rounds of
+self-improvement (Bansal et al., "Smaller, Weaker, Yet Better", arXiv 2408.16737).
+
+    python -m reasonax.pipeline --config=configs/demo.py [--config.workdir=runs/demo]
+
+Stages, each a call into the library, every artefact under config.workdir:
+
+  data      word problems (reasonax.tasks.word_problems): gold solutions to pretrain on, the
+            sampling questions (train split, disjoint from those), the test set; the byte
+            tokenizer saved as tokenizer/tokenizer.json and loaded from there like any other.
+  pretrain  WC, SE (about 3x WC's parameters) and a student model trained from scratch on gold
+            solutions (reasonax.train.sft); greedy accuracy on the test set.
+  sample    S samples per sampling question from WC and SE (reasonax.sample.generate), S_WC =
+            floor(P_SE / P_WC * S_SE) (sample.budget), each graded (eval.grader, strict) and
+            step-checked (eval.steps). A budget's data are the first S samples of each question
+            (every sample is an independent draw keyed by question and sample index, so a prefix
+            is what a separate run at that budget would draw); its realised FLOPs count exactly
+            those rows, next to the plan (2·P per token, attention apart).
+  filter    per dataset -- each model at each budget (S_SE for SE, S_WC for WC) and the
+            number-matched control (WC with S_SE samples) -- coverage@S, diversity@S and the
+            false-positive rate from the step checker, with bootstrap 95% intervals; the solutions
+            whose final answer is right are kept (reasoning unchecked, as in the paper).
+  finetune  the paper's three setups on the finetune.budget data: a student, WC (self-improvement)
+            and SE (weak-to-strong) each fine-tuned on WC data and on SE data (+ the student on the
+            number-matched control), the same number of steps each; held-out greedy accuracy.
+  grpo      GRPO (reasonax.train.grpo) from the best fine-tuned model; accuracy before / after.
+  rounds    self-improvement for `rounds` rounds: WC samples, filters and fine-tunes on its own
+            data, again from the last round's model (round 1 is finetune's WC on WC data), the
+            compute of every round (sampling + training FLOPs) accounted.
+  report    report.md, coverage.png, accuracy.png, reward.png; a console summary next to the
+            paper's headline result.
+
+A finished stage writes stages/<name>.json and is skipped when the pipeline runs again (delete
+that file to redo it); an interrupted stage resumes from what it finished (each training run from
+its latest Orbax checkpoint, each sampling job from its written samples). The run's config is
+saved as config.json; resuming with a different config is an error naming the fields. Runs on one
+process (the stages use the default mesh over the local devices).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import ml_collections
+
+from reasonax import jsonl
+from reasonax.tasks.byte_tokenizer import TINY_MODEL
+
+STAGES = ("data", "pretrain", "sample", "filter", "finetune", "grpo", "rounds", "report")
+MODELS = ("wc", "se", "student")
+BUDGETS = ("low", "high")
+PRESET = "qwen2.5-0.5b"  # the architecture family of the demo models (shapes from models.*.overrides)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field of a pipeline config (configs/demo.py sets the demo's sizes)."""
+    se = dict(TINY_MODEL, hidden_size=96, intermediate_size=384, num_layers=3, num_heads=6)
+    return ml_collections.ConfigDict(dict(
+        workdir="",  # the run directory (required)
+        seed=0,
+        task=dict(
+            level=1,            # reasonax.tasks.word_problems.LEVELS
+            num_pretrain=4000,  # gold solutions the models are trained on from scratch
+            num_questions=200,  # sampling questions (train split, not among the pretraining ones)
+            num_test=200,       # held-out questions (test split)
+        ),
+        models=dict(  # ModelConfig overrides on the qwen2.5 preset; steps of pretraining from scratch
+            wc=dict(overrides=TINY_MODEL, steps=400, lr=3e-3),
+            se=dict(overrides=se, steps=400, lr=3e-3),
+            student=dict(overrides=TINY_MODEL, steps=200, lr=3e-3),
+        ),
+        train=dict(batch_size=8, seq_len=256, warmup_steps=20),  # every SFT run (packed rows)
+        sampling=dict(
+            se_samples=dict(low=1, high=10),  # S_SE per budget; S_WC = floor(P_SE / P_WC * S_SE)
+            temperature=0.7, top_p=1.0, max_new_tokens=96,
+        ),
+        finetune=dict(budget="high", steps=100, lr=5e-4, warmup_steps=10),
+        grpo=dict(steps=30, prompts_per_step=8, group_size=8, lr=1e-4, temperature=1.0),
+        rounds=2,       # self-improvement rounds of WC (>= 1; round 1 is finetune's WC on WC data)
+        n_boot=1000,    # bootstrap resamples of every confidence interval
+        peak_flops="auto",  # MFU peak of the training runs' logs (monitor.resolve_peak)
+    ))
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+
+class Progress:
+    """Stage lines with the elapsed time of the whole run."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def say(self, text: str) -> None:
+        t = time.perf_counter() - self.t0
+        print(f"[{int(t // 60):02d}:{int(t % 60):02d}] {text}", flush=True)
+
+    def bar(self, total: int, desc: str):
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"        {desc}", unit="row", leave=False, mininterval=1.0)
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def _estimate(values: list[bool], n_boot: int) -> dict:
+    """Mean of 0/1 values with its bootstrap 95% interval."""
+    from reasonax.eval import metrics
+
+    e = metrics.coverage_at_k([[v] for v in values], 1, n_boot=n_boot)
+    return {"value": e.value, "low": e.low, "high": e.high}
+
+
+def matmul_params(name: str, c) -> int:
+    """Parameters in the matmuls of a model (2x this = FLOPs per token): the P of the budget."""
+    from reasonax.model.flops import matmul_params as count
+
+    return count(model_cfg(name, c))
+
+
+def model_cfg(name: str, c):
+    from reasonax.model import config as config_lib
+
+    o = dict(c.models[name].overrides)
+    o["eos_token_ids"] = tuple(o["eos_token_ids"])
+    return config_lib.get_preset(PRESET).replace(**o)
+
+
+def samples_per_question(c) -> dict:
+    """{budget: {'se': S_SE, 'wc': S_WC}} with S_WC compute-matched (floor of the P ratio x S_SE)."""
+    from reasonax.sample import budget
+
+    p_se, p_wc = matmul_params("se", c), matmul_params("wc", c)
+    return {b: {"se": int(s), "wc": budget.compute_matched_samples(p_se, p_wc, int(s))}
+            for b, s in c.sampling.se_samples.items()}
+
+
+def datasets(c) -> dict:
+    """{dataset name: (model, samples per question)}: each model at each budget and the
+    number-matched control (WC with SE's samples)."""
+    s = samples_per_question(c)
+    out = {}
+    for b in BUDGETS:
+        out[f"wc-{b}"] = ("wc", s[b]["wc"])
+        out[f"se-{b}"] = ("se", s[b]["se"])
+        out[f"wc-{b}-number-matched"] = ("wc", s[b]["se"])
+    return out
+
+
+def _tokenizer(run: Path):
+    from reasonax.model.prompts import load_tokenizer
+
+    return load_tokenizer(run / "tokenizer")
+
+
+def _prompts(run: Path, file: str, tokenizer):
+    """(rollout.Prompt per record of data/<file>, eval Problem per record with the record's id)."""
+    from reasonax.eval.datasets import Problem
+    from reasonax.train import grpo, rollout
+
+    path = run / "data" / file
+    rc = grpo.dict_config(grpo.default_config().grpo, files=[str(path)])
+    prompts = rollout.load_prompts(rc, tokenizer, max_prompt_len=1 << 16)
+    ids = [r["id"] for _, r in jsonl.read(path)]
+    return prompts, [Problem(i, p.text, p.gold, "word_problems") for i, p in zip(ids, prompts)]
+
+
+def _eos(cfg, tokenizer) -> tuple[int, ...]:
+    from reasonax.model.prompts import stop_token_ids
+
+    return stop_token_ids(tokenizer, (), cfg)
+
+
+def heldout_accuracy(model_dir: Path, run: Path, c) -> dict:
+    """Greedy accuracy of an exported model on the test questions, with its 95% interval."""
+    from reasonax.model import convert
+    from reasonax.train import grpo
+
+    cfg, params = convert.load_model(str(model_dir))
+    tok = _tokenizer(run)
+    ok = grpo.greedy_correct(params, _prompts(run, "test.jsonl", tok)[0], cfg, tok, c.sampling.max_new_tokens,
+                             _eos(cfg, tok))
+    return {"accuracy": _estimate(ok, c.n_boot), "correct": int(sum(ok)), "problems": len(ok)}
+
+
+def train_sft(workdir: Path, c, files: list[Path], steps: int, lr: float, warmup: int, seed: int, *,
+              run: Path, init: Path | None = None, overrides: dict | None = None, progress: Progress) -> dict:
+    """One SFT run (from init's HF export, or from scratch with overrides); resumed when
+    interrupted, skipped when done. Returns {'hf', 'train_flops', 'seconds', 'examples'}."""
+    from reasonax.model.flops import train_flops
+    from reasonax.train import sft
+
+    done = workdir / "done.json"
+    if done.is_file():
+        return _read_json(done)
+    s = sft.default_config()
+    s.workdir, s.seed = str(workdir), seed
+    if init is not None:
+        s.model.path = str(init)
+    else:
+        s.model.preset, s.model.overrides = PRESET, dict(overrides)
+    s.tokenizer = str(run / "tokenizer")
+    s.data.files, s.data.template, s.data.seed = [str(f) for f in files], "raw", seed
+    s.seq_len, s.batch_size = c.train.seq_len, c.train.batch_size
+    s.num_steps = s.optim.total_steps = steps
+    s.optim.lr, s.optim.warmup_steps, s.optim.weight_decay = lr, min(warmup, steps - 1), 0.0
+    s.checkpoint.every, s.checkpoint.keep = max(1, steps // 2), 1
+    s.log_every, s.tensorboard, s.peak_flops = max(1, steps // 4), False, c.peak_flops
+    if (workdir / "hf").exists():  # an export cut short: redone from the final checkpoint
+        shutil.rmtree(workdir / "hf")
+    t0 = time.perf_counter()
+    sft.run(s)
+    cfg = sft.model_config(s)
+    out = {"hf": str(workdir / "hf"), "steps": steps, "seconds": time.perf_counter() - t0,
+           "examples": sum(1 for f in files for _ in jsonl.read(f)),
+           "train_flops": train_flops(cfg, s.batch_size, s.seq_len)["total"] * steps}
+    _write_json(done, out)
+    return out
+
+
+def sample_model(model_dir: Path, out: Path, n: int, seed: int, run: Path, c, progress: Progress) -> list[dict]:
+    """n graded samples per sampling question (skipped when out exists): rows with prompt_id,
+    sample_index, text, tokens, finish, answer, gold, correct, steps_ok; the prompts' token
+    counts and the wall time go to out.json."""
+    from reasonax import sample
+    from reasonax.eval import evaluate
+    from reasonax.model import convert
+    from reasonax.train.rollout import completion_text
+
+    if out.is_file():
+        return [r for _, r in jsonl.read(out)]
+    cfg, params = convert.load_model(str(model_dir))
+    tok = _tokenizer(run)
+    prompts, problems = _prompts(run, "questions.jsonl", tok)
+    eos = _eos(cfg, tok)
+    sp = sample.SamplingParams(max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature,
+                               top_p=c.sampling.top_p, n=n)
+    with progress.bar(len(prompts) * n, f"{model_dir.parent.name}: {len(prompts)} questions x {n}") as bar:
+        res = sample.generate(params, cfg, [p.tokens for p in prompts], sp, eos_ids=eos, seed=seed,
+                              progress=bar.update)
+    rows = [{"prompt_id": problems[i].id, "sample_index": j, "text": completion_text(tok, t, eos),
+             "tokens": len(t), "finish": f}
+            for i, j, t, f in zip(res.prompt_index, res.sample_index, res.tokens, res.finish_reasons)]
+    graded = evaluate.grade_samples(problems, rows, fallback=False, timeout=5.0)
+    _write_json(out.with_name(out.name + ".json"), {"prompt_lengths": res.prompt_lengths,
+                                                    "seconds": res.wall_time_s,
+                                                    "tokens_per_s": res.generated_tokens / max(res.wall_time_s, 1e-9)})
+    jsonl.rewrite(out, graded)
+    return graded
+
+
+def realised_flops(model: str, rows: list[dict], prompt_lengths: list[int], c) -> dict:
+    from reasonax.sample import budget
+
+    index = {}
+    for r in rows:
+        index.setdefault(r["prompt_id"], len(index))
+    return budget.realised_flops(model_cfg(model, c), prompt_lengths, [index[r["prompt_id"]] for r in rows],
+                                 [r["tokens"] for r in rows])
+
+
+def keep_correct(rows: list[dict], run: Path, out: Path) -> int:
+    """Write the answer-correct solutions as SFT records (the question's prompt, the sampled
+    completion); returns their count."""
+    prompt = {r["id"]: r["prompt"] for _, r in jsonl.read(run / "data" / "questions.jsonl")}
+    kept = [{"id": f"{r['prompt_id']}/{r['sample_index']}", "prompt": prompt[r["prompt_id"]],
+             "completion": r["text"], "steps_ok": r["steps_ok"]} for r in rows if r["correct"]]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    jsonl.rewrite(out, kept)
+    return len(kept)
+
+
+# ------------------------------------------------------------------------------------------------
+# stages: fn(c, run, results, progress) -> dict (saved as stages/<name>.json)
+
+
+def stage_data(c, run: Path, results: dict, progress: Progress) -> dict:
+    from reasonax.tasks import word_problems
+
+    t = c.task
+    train = word_problems.records(t.num_pretrain + t.num_questions, "train", t.level, c.seed)
+    test = word_problems.records(t.num_test, "test", t.level, c.seed)
+    (run / "data").mkdir(parents=True, exist_ok=True)
+    jsonl.rewrite(run / "data" / "pretrain.jsonl", train[:t.num_pretrain])
+    jsonl.rewrite(run / "data" / "questions.jsonl", train[t.num_pretrain:])
+    jsonl.rewrite(run / "data" / "test.jsonl", test)
+    tok = word_problems.save_tokenizer(run / "tokenizer")
+    gold = [len(tok.encode(r["completion"], add_special_tokens=False)) + 1 for r in train[t.num_pretrain:]]
+    prompt = [len(tok(r["prompt"])["input_ids"]) for r in train[t.num_pretrain:]]
+    progress.say(f"        {t.num_pretrain} pretraining solutions, {t.num_questions} sampling questions, "
+                 f"{t.num_test} test questions (level {t.level}: {word_problems.LEVELS[t.level]})")
+    return {"level": t.level, "pretrain": t.num_pretrain, "questions": t.num_questions, "test": t.num_test,
+            "gold_tokens_mean": sum(gold) / len(gold), "prompt_tokens_mean": sum(prompt) / len(prompt),
+            "example": {"prompt": train[0]["prompt"], "completion": train[0]["completion"]}}
+
+
+def stage_pretrain(c, run: Path, results: dict, progress: Progress) -> dict:
+    out = {}
+    for i, name in enumerate(MODELS):
+        m = c.models[name]
+        progress.say(f"        {name}: {matmul_params(name, c):,} matmul params, {m.steps} steps from scratch")
+        res = train_sft(run / "models" / name, c, [run / "data" / "pretrain.jsonl"], m.steps, m.lr,
+                        c.train.warmup_steps, c.seed + i, run=run, overrides=dict(m.overrides), progress=progress)
+        res.update(heldout_accuracy(Path(res["hf"]), run, c), matmul_params=matmul_params(name, c))
+        progress.say(f"        {name}: held-out accuracy {res['accuracy']['value']:.3f} ({res['seconds']:.0f} s)")
+        out[name] = res
+    return {"models": out}
+
+
+def stage_sample(c, run: Path, results: dict, progress: Progress) -> dict:
+    from reasonax.sample import budget
+
+    s = samples_per_question(c)
+    out = {"samples_per_question": s, "models": {}}
+    for i, name in enumerate(("wc", "se")):
+        n = max(s[b][name] for b in BUDGETS)
+        path = run / "samples" / f"{name}.jsonl"
+        rows = sample_model(run / "models" / name / "hf", path, n, c.seed + 100 + i, run, c, progress)
+        side = _read_json(path.with_name(path.name + ".json"))
+        out["models"][name] = {"samples": n, "rows": len(rows), **side}
+        progress.say(f"        {name}: {len(rows)} samples, {side['tokens_per_s']:,.0f} generated tokens/s")
+    d = results["data"]
+    w_plan, p_plan = round(d["gold_tokens_mean"]), round(d["prompt_tokens_mean"])
+    flops = []
+    for name, (model, n) in datasets(c).items():
+        rows = [r for _, r in jsonl.read(run / "samples" / f"{model}.jsonl") if r["sample_index"] < n]
+        real = realised_flops(model, rows, out["models"][model]["prompt_lengths"], c)
+        plan = budget.question_flops(model_cfg(model, c), p_plan, n, w_plan)["total"] * d["questions"]
+        flops.append({"dataset": name, "model": model, "samples_per_question": n, "planned_flops": plan,
+                      "realised_flops": real["total"], "realised_attention": real["attention"],
+                      "realised_over_planned": real["total"] / plan,
+                      "mean_generated_tokens": sum(r["tokens"] for r in rows) / max(1, len(rows))})
+    out["flops"], out["planned_tokens_per_sample"] = flops, w_plan
+    return out
+
+
+def stage_filter(c, run: Path, results: dict, progress: Progress) -> dict:
+    from reasonax.eval import evaluate, metrics
+
+    problems = _prompts(run, "questions.jsonl", _tokenizer(run))[1]
+    all_rows = {m: [r for _, r in jsonl.read(run / "samples" / f"{m}.jsonl")] for m in ("wc", "se")}
+    out = {"datasets": {}, "coverage_curve": {}}
+    for name, (model, n) in datasets(c).items():
+        rows = [r for r in all_rows[model] if r["sample_index"] < n]
+        m = evaluate.compute_metrics(problems, rows, [n], c.n_boot)
+        kept = keep_correct(rows, run, run / "datasets" / f"{name}.jsonl")
+        row = m["by_k"][n]
+        out["datasets"][name] = {"model": model, "samples_per_question": n, "samples": len(rows), "kept": kept,
+                                 "coverage": row["pass@k"], "diversity": row["diversity@k (all)"],
+                                 "diversity_solved": row["diversity@k (solved)"], "fpr": m["fpr (step checker)"],
+                                 "fpr_judged": m["fpr (step checker) judged"]}
+        progress.say(f"        {name}: coverage@{n} {row['pass@k']['value']:.3f}, kept {kept} of {len(rows)}")
+    for model, rows in all_rows.items():  # coverage@k for every k up to the model's samples
+        by_q: dict[str, list[bool]] = {}
+        for r in sorted(rows, key=lambda r: r["sample_index"]):
+            by_q.setdefault(r["prompt_id"], []).append(r["correct"])
+        n = min(len(v) for v in by_q.values())
+        out["coverage_curve"][model] = [sum(metrics.pass_at_k(len(v), sum(v), k) for v in by_q.values()) / len(by_q)
+                                        for k in range(1, n + 1)]
+    return out
+
+
+def finetune_setups(c) -> list[tuple[str, str, str]]:
+    """(setup, model, dataset) of the fine-tuning stage."""
+    b = c.finetune.budget
+    if b not in BUDGETS:
+        raise ValueError(f"finetune.budget={b!r}; expected one of {BUDGETS}")
+    return [("student", "student", f"wc-{b}"), ("student", "student", f"se-{b}"),
+            ("student", "student", f"wc-{b}-number-matched"),
+            ("self-improvement", "wc", f"wc-{b}"), ("self-improvement", "wc", f"se-{b}"),
+            ("weak-to-strong", "se", f"wc-{b}"), ("weak-to-strong", "se", f"se-{b}")]
+
+
+def finetune(model_hf: Path, data: Path, workdir: Path, c, seed: int, run: Path, progress: Progress) -> dict:
+    """Fine-tune an exported model on a kept dataset; held-out accuracy (skipped when the dataset is empty)."""
+    if not any(True for _ in jsonl.read(data)):
+        return {"skipped": f"{data.name} has no correct solutions to fine-tune on"}
+    f = c.finetune
+    res = train_sft(workdir, c, [data], f.steps, f.lr, f.warmup_steps, seed, run=run, init=model_hf,
+                    progress=progress)
+    return {**res, **heldout_accuracy(Path(res["hf"]), run, c)}
+
+
+def stage_finetune(c, run: Path, results: dict, progress: Progress) -> dict:
+    out = []
+    for i, (setup, model, data) in enumerate(finetune_setups(c)):
+        res = finetune(run / "models" / model / "hf", run / "datasets" / f"{data}.jsonl",
+                       run / "finetune" / f"{model}-on-{data}", c, c.seed + 200 + i, run, progress)
+        base = results["pretrain"]["models"][model]["accuracy"]["value"]
+        out.append({"setup": setup, "model": model, "data": data, "base_accuracy": base, **res})
+        acc = "skipped" if "skipped" in res else f"{res['accuracy']['value']:.3f} (base {base:.3f})"
+        progress.say(f"        {setup}: {model} on {data}: held-out accuracy {acc}")
+    return {"runs": out}
+
+
+def stage_grpo(c, run: Path, results: dict, progress: Progress) -> dict:
+    from reasonax.train import grpo
+
+    done = [r for r in results["finetune"]["runs"] if "skipped" not in r]
+    if not done:
+        return {"skipped": "no fine-tuned model (every dataset was empty)"}
+    best = max(done, key=lambda r: r["accuracy"]["value"])  # the first of equals
+    g = grpo.default_config()
+    g.workdir, g.seed = str(run / "grpo"), c.seed
+    g.model.path = best["hf"]
+    q = c.grpo
+    g.grpo.files, g.grpo.template = [str(run / "data" / "questions.jsonl")], "raw"
+    g.grpo.prompts_per_step, g.grpo.group_size, g.grpo.temperature = q.prompts_per_step, q.group_size, q.temperature
+    g.grpo.max_prompt_len, g.grpo.max_new_tokens = 128, c.sampling.max_new_tokens
+    g.num_steps = g.optim.total_steps = q.steps
+    g.optim.lr, g.optim.end_lr_ratio = q.lr, 1.0
+    g.checkpoint.every, g.checkpoint.keep = max(1, q.steps // 2), 1
+    g.log_every, g.tensorboard, g.peak_flops = max(1, q.steps // 6), False, c.peak_flops
+    progress.say(f"        from {best['model']} on {best['data']} (held-out {best['accuracy']['value']:.3f}), "
+                 f"{q.steps} steps x {q.prompts_per_step} prompts x {q.group_size} completions")
+    t0 = time.perf_counter()
+    if not (run / "grpo" / "hf" / "model.safetensors").is_file():
+        grpo.run(g)
+    after = heldout_accuracy(run / "grpo" / "hf", run, c)
+    curve = [(r["step"], r["reward/mean"], r["reward/accuracy"])
+             for _, r in jsonl.read(run / "grpo" / "metrics.jsonl") if "reward/mean" in r]
+    return {"from": f"{best['model']}-on-{best['data']}", "before": best["accuracy"], "after": after["accuracy"],
+            "steps": q.steps, "seconds": time.perf_counter() - t0, "reward_curve": curve}
+
+
+def stage_rounds(c, run: Path, results: dict, progress: Progress) -> dict:
+    if c.rounds < 1:
+        raise ValueError(f"rounds={c.rounds}: expected >= 1")
+    b = c.finetune.budget
+    n = samples_per_question(c)[b]["wc"]
+    first = next(r for r in results["finetune"]["runs"] if r["model"] == "wc" and r["data"] == f"wc-{b}")
+    data = results["filter"]["datasets"][f"wc-{b}"]
+    flops = next(f for f in results["sample"]["flops"] if f["dataset"] == f"wc-{b}")["realised_flops"]
+    rounds = [{"round": 1, "kept": data["kept"], "coverage": data["coverage"], "sampling_flops": flops,
+               "train_flops": first.get("train_flops", 0.0), "accuracy": first.get("accuracy"),
+               "skipped": first.get("skipped")}]
+    base = run / "finetune" / f"wc-on-wc-{b}" / "hf"
+    for r in range(2, c.rounds + 1):
+        if rounds[-1]["skipped"]:
+            break
+        d = run / "rounds" / f"round{r}"
+        progress.say(f"        round {r}: sample {n} per question from round {r - 1}'s model, filter, fine-tune")
+        rows = sample_model(base, d / "samples.jsonl", n, c.seed + 1000 + r, run, c, progress)
+        side = _read_json(d / "samples.jsonl.json")
+        kept = keep_correct(rows, run, d / "kept.jsonl")
+        res = finetune(base, d / "kept.jsonl", d / "model", c, c.seed + 1000 + r, run, progress)
+        solved = {x["prompt_id"] for x in rows if x["correct"]}
+        rounds.append({"round": r, "kept": kept, "coverage": {"value": len(solved) / c.task.num_questions},
+                       "sampling_flops": realised_flops("wc", rows, side["prompt_lengths"], c)["total"],
+                       "train_flops": res.get("train_flops", 0.0), "accuracy": res.get("accuracy"),
+                       "skipped": res.get("skipped")})
+        base = d / "model" / "hf"
+    total = 0.0
+    for r in rounds:
+        total += r["sampling_flops"] + r["train_flops"]
+        r["cumulative_flops"] = total
+    return {"base_accuracy": results["pretrain"]["models"]["wc"]["accuracy"], "samples_per_question": n, "rounds": rounds}
+
+
+def stage_report(c, run: Path, results: dict, progress: Progress) -> dict:
+    from reasonax import pipeline_report
+
+    text = pipeline_report.write(run, c, results)
+    print(pipeline_report.console_summary(results), flush=True)
+    return {"report": str(run / "report.md"), "chars": len(text)}
+
+
+STAGE_FNS = {"data": stage_data, "pretrain": stage_pretrain, "sample": stage_sample, "filter": stage_filter,
+             "finetune": stage_finetune, "grpo": stage_grpo, "rounds": stage_rounds, "report": stage_report}
+DESCRIPTIONS = {
+    "data": "synthetic word problems, splits and tokenizer",
+    "pretrain": "train WC, SE and the student from scratch on gold solutions",
+    "sample": "compute-matched sampling on the training questions",
+    "filter": "grade, filter; coverage, diversity, false-positive rate",
+    "finetune": "fine-tune: student, self-improvement, weak-to-strong",
+    "grpo": "GRPO from the best fine-tuned model",
+    "rounds": "self-improvement rounds with compute accounting",
+    "report": "report.md and plots",
+}
+
+
+def _check_config(c, run: Path) -> None:
+    saved = run / "config.json"
+    now = c.to_dict()
+    now.pop("workdir")
+    if saved.is_file():
+        before = _read_json(saved)
+        flat_now, flat_before = _flatten(json.loads(json.dumps(now))), _flatten(before)
+        diff = sorted(k for k in set(flat_now) | set(flat_before) if flat_now.get(k) != flat_before.get(k))
+        if diff:
+            raise ValueError(f"{run} holds a run with another config (fields {', '.join(diff)} differ); "
+                             "use a new workdir, or delete it to start over")
+    else:
+        _write_json(saved, now)
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def run(c: ml_collections.ConfigDict) -> dict:
+    """Run (or resume) every stage; returns {stage: its results}."""
+    if not c.workdir:
+        raise ValueError("config.workdir is required")
+    run_dir = Path(c.workdir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_config(c, run_dir)
+    s = samples_per_question(c)
+    if any(s[b]["wc"] < 1 or s[b]["se"] < 1 for b in BUDGETS):
+        raise ValueError(f"sampling.se_samples gives {s}: every budget needs >= 1 sample per model")
+    progress = Progress()
+    progress.say(f"reasonax pipeline -> {run_dir}  (WC {matmul_params('wc', c):,} / SE {matmul_params('se', c):,} "
+                 f"matmul params; samples per question {s})")
+    results = {}
+    for i, name in enumerate(STAGES, 1):
+        path = run_dir / "stages" / f"{name}.json"
+        if path.is_file():
+            results[name] = _read_json(path)
+            progress.say(f"stage {i}/{len(STAGES)} {name}: done earlier ({path}), skipped")
+            continue
+        progress.say(f"stage {i}/{len(STAGES)} {name}: {DESCRIPTIONS[name]}")
+        t0 = time.perf_counter()
+        out = STAGE_FNS[name](c, run_dir, results, progress)
+        out["stage_seconds"] = time.perf_counter() - t0
+        _write_json(path, out)
+        results[name] = _read_json(path)  # as a later run reads it back
+    progress.say(f"done: {run_dir / 'report.md'}")
+    return results
+
+
+def main(argv):
+    from absl import app, flags, logging
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    c = flags.FLAGS.config
+    if c is None:
+        raise app.UsageError("--config is required (e.g. --config=configs/demo.py)")
+    if not c.workdir:
+        raise app.UsageError("--config.workdir is required")
+    logging.set_verbosity(logging.WARNING)
+    run(c)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "ml_collections config file (configs/demo.py); override any "
+                                    "field with --config.<path>=value")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app.run(main)

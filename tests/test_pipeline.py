@@ -1,0 +1,133 @@
+"""The end-to-end pipeline (reasonax.pipeline) at a small size: every stage runs, the artefacts agree
+with each other and with numbers recomputed here from the raw samples, and a rerun resumes."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+
+from reasonax import jsonl, pipeline
+from reasonax.eval import grader
+from reasonax.model.flops import matmul_params
+from reasonax.tasks.byte_tokenizer import TINY_MODEL
+
+
+def tiny_config(workdir):
+    c = pipeline.default_config()
+    c.workdir = str(workdir)
+    c.task.update(dict(num_pretrain=1000, num_questions=8, num_test=16))
+    wc = dict(TINY_MODEL, hidden_size=32, intermediate_size=96, num_layers=1, num_heads=2, num_kv_heads=1)
+    c.models.wc.overrides = c.models.student.overrides = wc
+    c.models.se.overrides = dict(TINY_MODEL, hidden_size=64, intermediate_size=256, num_layers=1, num_heads=4,
+                                 num_kv_heads=2)
+    c.models.wc.steps, c.models.se.steps, c.models.student.steps = 300, 300, 30
+    c.train.update(dict(batch_size=8, seq_len=128, warmup_steps=5))
+    c.sampling.se_samples.update(dict(low=1, high=2))
+    c.sampling.temperature, c.sampling.max_new_tokens = 1.0, 48
+    c.finetune.update(dict(steps=3, warmup_steps=1))
+    c.grpo.update(dict(steps=2, prompts_per_step=2, group_size=4))
+    c.n_boot, c.peak_flops = 50, "1e11"
+    return c
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    c = tiny_config(tmp_path_factory.mktemp("pipeline"))
+    return c, pipeline.run(c)
+
+
+def _rows(run, model):
+    return [r for _, r in jsonl.read(run / "samples" / f"{model}.jsonl")]
+
+
+def test_report_and_plots_are_written(demo):
+    c, res = demo
+    run = pipeline.Path(c.workdir)
+    for name in ("report.md", "coverage.png", "accuracy.png", "reward.png"):
+        assert (run / name).stat().st_size > 0
+    text = (run / "report.md").read_text()
+    assert "Gemma2-27B" in text and "| wc-high |" in text and "Self-improvement rounds" in text
+    assert set(json.loads((run / "config.json").read_text())) == set(c.to_dict()) - {"workdir"}
+
+
+def test_samples_are_compute_matched_and_accounted(demo):
+    c, res = demo
+    run = pipeline.Path(c.workdir)
+    p_wc = matmul_params(pipeline.model_cfg("wc", c))
+    p_se = matmul_params(pipeline.model_cfg("se", c))
+    assert p_se / p_wc >= 3.0
+    for b, s_se in c.sampling.se_samples.items():
+        s = res["sample"]["samples_per_question"][b]
+        assert s == {"se": s_se, "wc": math.floor(p_se / p_wc * s_se)} and s["wc"] >= 3 * s_se
+    assert len(_rows(run, "wc")) == c.task.num_questions * res["sample"]["samples_per_question"]["high"]["wc"]
+    flops = {f["dataset"]: f for f in res["sample"]["flops"]}
+    for b in pipeline.BUDGETS:
+        wc, se, nm = flops[f"wc-{b}"], flops[f"se-{b}"], flops[f"wc-{b}-number-matched"]
+        assert nm["realised_flops"] < wc["realised_flops"]  # fewer samples of the same model
+        # dense FLOPs of each generated token are 2 P: the realised total is at least that
+        rows = [r for r in _rows(run, "wc") if r["sample_index"] < wc["samples_per_question"]]
+        assert wc["realised_flops"] >= 2 * p_wc * sum(r["tokens"] for r in rows)
+        assert 0 < se["planned_flops"] and 0 < wc["realised_over_planned"]
+    assert flops["wc-low"]["realised_flops"] < flops["wc-high"]["realised_flops"]
+
+
+def test_filter_agrees_with_the_raw_samples(demo):
+    c, res = demo
+    run = pipeline.Path(c.workdir)
+    gold = {r["id"]: r["answer"] for _, r in jsonl.read(run / "data" / "questions.jsonl")}
+    for name, d in res["filter"]["datasets"].items():
+        rows = [r for r in _rows(run, d["model"]) if r["sample_index"] < d["samples_per_question"]]
+        solved = {r["prompt_id"] for r in rows if grader.grade(r["text"], gold[r["prompt_id"]])}
+        assert d["coverage"]["value"] == pytest.approx(len(solved) / c.task.num_questions)  # pass@n: any correct
+        kept = [r for _, r in jsonl.read(run / "datasets" / f"{name}.jsonl")]
+        assert d["kept"] == len(kept) == sum(r["correct"] for r in rows)
+        for k in kept:
+            assert grader.grade(k["completion"], gold[k["id"].rsplit("/", 1)[0]])
+    assert sum(d["kept"] for d in res["filter"]["datasets"].values()) > 0  # something to fine-tune on
+
+
+def test_finetune_grpo_and_rounds(demo):
+    c, res = demo
+    runs = res["finetune"]["runs"]
+    assert [(r["setup"], r["model"], r["data"]) for r in runs] == pipeline.finetune_setups(c)
+    done = [r for r in runs if "skipped" not in r]
+    assert done, "no fine-tune ran"
+    for r in done:
+        assert r["examples"] == res["filter"]["datasets"][r["data"]]["kept"]
+        assert 0 <= r["accuracy"]["low"] <= r["accuracy"]["value"] <= r["accuracy"]["high"] <= 1
+    g = res["grpo"]
+    best = max(done, key=lambda r: r["accuracy"]["value"])
+    assert g["from"] == f"{best['model']}-on-{best['data']}" and g["before"] == best["accuracy"]
+    assert [s for s, _, _ in g["reward_curve"]] == list(range(1, c.grpo.steps + 1))
+    rounds = res["rounds"]["rounds"]
+    total = 0.0
+    for r in rounds:
+        total += r["sampling_flops"] + r["train_flops"]
+        assert r["cumulative_flops"] == pytest.approx(total)
+    if not rounds[0]["skipped"]:
+        assert [r["round"] for r in rounds] == list(range(1, c.rounds + 1))
+
+
+def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(demo):
+    c, res = demo
+    run = pipeline.Path(c.workdir)
+    again = pipeline.run(c)
+    assert again == res  # every stage read back, nothing recomputed
+    # interrupt the last round's fine-tune after its final checkpoint, before its export
+    last = res["rounds"]["rounds"][-1]
+    assert last["round"] == c.rounds == 2 and not last["skipped"]
+    model = run / "rounds" / f"round{last['round']}" / "model"
+    (model / "done.json").unlink()
+    shutil.rmtree(model / "hf")
+    for stage in ("rounds", "report"):
+        (run / "stages" / f"{stage}.json").unlink()
+    resumed = pipeline.run(c)
+    for a, b in zip(resumed["rounds"]["rounds"], res["rounds"]["rounds"]):
+        assert a["accuracy"] == b["accuracy"] and a["kept"] == b["kept"]
+    with pytest.raises(ValueError, match="grpo.steps"):
+        changed = tiny_config(c.workdir)
+        changed.grpo.steps = 3
+        pipeline.run(changed)
