@@ -1,10 +1,12 @@
-# reasonax: `make test` creates .venv, installs the package with test extras and runs pytest.
+# reasonax: `make demo` runs the end-to-end pipeline (configs/demo.py) into runs/demo;
+# `make test` creates .venv, installs the package with test extras and runs pytest.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
-.PHONY: install test test-fast clean
+.PHONY: install demo test test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +19,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# the compute-matched pipeline end to end (about 9 minutes on 2 CPU cores); rerun resumes.
+# Extra flags: make demo DEMO_ARGS="--config.workdir=runs/demo2 --config.rounds=3"
+demo: install
+	TOKENIZERS_PARALLELISM=false $(PY) -m reasonax.pipeline --config=configs/demo.py $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

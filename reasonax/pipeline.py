@@ -70,7 +70,7 @@ def default_config() -> ml_collections.ConfigDict:
         ),
         models=dict(  # ModelConfig overrides on the qwen2.5 preset; steps of pretraining from scratch
             wc=dict(overrides=TINY_MODEL, steps=400, lr=3e-3),
-            se=dict(overrides=se, steps=400, lr=3e-3),
+            se=dict(overrides=se, steps=650, lr=3e-3),  # ~13/8 of WC's: Gemma2-27B saw 13T tokens, 9B 8T
             student=dict(overrides=TINY_MODEL, steps=200, lr=3e-3),
         ),
         train=dict(batch_size=8, seq_len=256, warmup_steps=20),  # every SFT run (packed rows)
@@ -198,7 +198,7 @@ def heldout_accuracy(model_dir: Path, run: Path, c) -> dict:
 
 
 def train_sft(workdir: Path, c, files: list[Path], steps: int, lr: float, warmup: int, seed: int, *,
-              run: Path, init: Path | None = None, overrides: dict | None = None, progress: Progress) -> dict:
+              run: Path, init: Path | None = None, overrides: dict | None = None) -> dict:
     """One SFT run (from init's HF export, or from scratch with overrides); resumed when
     interrupted, skipped when done. Returns {'hf', 'train_flops', 'seconds', 'examples'}."""
     from reasonax.model.flops import train_flops
@@ -232,7 +232,8 @@ def train_sft(workdir: Path, c, files: list[Path], steps: int, lr: float, warmup
     return out
 
 
-def sample_model(model_dir: Path, out: Path, n: int, seed: int, run: Path, c, progress: Progress) -> list[dict]:
+def sample_model(model_dir: Path, out: Path, n: int, seed: int, run: Path, c, progress: Progress,
+                 name: str) -> list[dict]:
     """n graded samples per sampling question (skipped when out exists): rows with prompt_id,
     sample_index, text, tokens, finish, answer, gold, correct, steps_ok; the prompts' token
     counts and the wall time go to out.json."""
@@ -249,7 +250,7 @@ def sample_model(model_dir: Path, out: Path, n: int, seed: int, run: Path, c, pr
     eos = _eos(cfg, tok)
     sp = sample.SamplingParams(max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature,
                                top_p=c.sampling.top_p, n=n)
-    with progress.bar(len(prompts) * n, f"{model_dir.parent.name}: {len(prompts)} questions x {n}") as bar:
+    with progress.bar(len(prompts) * n, f"{name}: {len(prompts)} questions x {n}") as bar:
         res = sample.generate(params, cfg, [p.tokens for p in prompts], sp, eos_ids=eos, seed=seed,
                               progress=bar.update)
     rows = [{"prompt_id": problems[i].id, "sample_index": j, "text": completion_text(tok, t, eos),
@@ -314,7 +315,7 @@ def stage_pretrain(c, run: Path, results: dict, progress: Progress) -> dict:
         m = c.models[name]
         progress.say(f"        {name}: {matmul_params(name, c):,} matmul params, {m.steps} steps from scratch")
         res = train_sft(run / "models" / name, c, [run / "data" / "pretrain.jsonl"], m.steps, m.lr,
-                        c.train.warmup_steps, c.seed + i, run=run, overrides=dict(m.overrides), progress=progress)
+                        c.train.warmup_steps, c.seed + i, run=run, overrides=dict(m.overrides))
         res.update(heldout_accuracy(Path(res["hf"]), run, c), matmul_params=matmul_params(name, c))
         progress.say(f"        {name}: held-out accuracy {res['accuracy']['value']:.3f} ({res['seconds']:.0f} s)")
         out[name] = res
@@ -329,7 +330,7 @@ def stage_sample(c, run: Path, results: dict, progress: Progress) -> dict:
     for i, name in enumerate(("wc", "se")):
         n = max(s[b][name] for b in BUDGETS)
         path = run / "samples" / f"{name}.jsonl"
-        rows = sample_model(run / "models" / name / "hf", path, n, c.seed + 100 + i, run, c, progress)
+        rows = sample_model(run / "models" / name / "hf", path, n, c.seed + 100 + i, run, c, progress, name)
         side = _read_json(path.with_name(path.name + ".json"))
         out["models"][name] = {"samples": n, "rows": len(rows), **side}
         progress.say(f"        {name}: {len(rows)} samples, {side['tokens_per_s']:,.0f} generated tokens/s")
@@ -385,13 +386,12 @@ def finetune_setups(c) -> list[tuple[str, str, str]]:
             ("weak-to-strong", "se", f"wc-{b}"), ("weak-to-strong", "se", f"se-{b}")]
 
 
-def finetune(model_hf: Path, data: Path, workdir: Path, c, seed: int, run: Path, progress: Progress) -> dict:
+def finetune(model_hf: Path, data: Path, workdir: Path, c, seed: int, run: Path) -> dict:
     """Fine-tune an exported model on a kept dataset; held-out accuracy (skipped when the dataset is empty)."""
     if not any(True for _ in jsonl.read(data)):
         return {"skipped": f"{data.name} has no correct solutions to fine-tune on"}
     f = c.finetune
-    res = train_sft(workdir, c, [data], f.steps, f.lr, f.warmup_steps, seed, run=run, init=model_hf,
-                    progress=progress)
+    res = train_sft(workdir, c, [data], f.steps, f.lr, f.warmup_steps, seed, run=run, init=model_hf)
     return {**res, **heldout_accuracy(Path(res["hf"]), run, c)}
 
 
@@ -399,7 +399,7 @@ def stage_finetune(c, run: Path, results: dict, progress: Progress) -> dict:
     out = []
     for i, (setup, model, data) in enumerate(finetune_setups(c)):
         res = finetune(run / "models" / model / "hf", run / "datasets" / f"{data}.jsonl",
-                       run / "finetune" / f"{model}-on-{data}", c, c.seed + 200 + i, run, progress)
+                       run / "finetune" / f"{model}-on-{data}", c, c.seed + 200 + i, run)
         base = results["pretrain"]["models"][model]["accuracy"]["value"]
         out.append({"setup": setup, "model": model, "data": data, "base_accuracy": base, **res})
         acc = "skipped" if "skipped" in res else f"{res['accuracy']['value']:.3f} (base {base:.3f})"
@@ -454,10 +454,10 @@ def stage_rounds(c, run: Path, results: dict, progress: Progress) -> dict:
             break
         d = run / "rounds" / f"round{r}"
         progress.say(f"        round {r}: sample {n} per question from round {r - 1}'s model, filter, fine-tune")
-        rows = sample_model(base, d / "samples.jsonl", n, c.seed + 1000 + r, run, c, progress)
+        rows = sample_model(base, d / "samples.jsonl", n, c.seed + 1000 + r, run, c, progress, f"round {r}")
         side = _read_json(d / "samples.jsonl.json")
         kept = keep_correct(rows, run, d / "kept.jsonl")
-        res = finetune(base, d / "kept.jsonl", d / "model", c, c.seed + 1000 + r, run, progress)
+        res = finetune(base, d / "kept.jsonl", d / "model", c, c.seed + 1000 + r, run)
         solved = {x["prompt_id"] for x in rows if x["correct"]}
         rounds.append({"round": r, "kept": kept, "coverage": {"value": len(solved) / c.task.num_questions},
                        "sampling_flops": realised_flops("wc", rows, side["prompt_lengths"], c)["total"],
