@@ -295,3 +295,29 @@ def test_to_global_shards_rows_over_data_and_fsdp():
     np.testing.assert_array_equal(np.asarray(x), local["inputs"])
     with pytest.raises(ValueError, match="divide"):
         data.to_global({"inputs": np.zeros((6, 4), np.int32)}, mesh)
+
+
+def test_file_lists_are_set_from_the_command_line():
+    """data.files, eval_data.files, grpo.files / eval_files are tuples, which config_flags can
+    override as the README's commands do (a list field cannot be set from the command line)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = ("import sys\nfrom absl import app, flags\nfrom ml_collections import config_flags\n"
+              "config_flags.DEFINE_config_file('config', None, '')\n"
+              "def main(_):\n    c = flags.FLAGS.config\n"
+              "    print(repr([tuple(c[a][b]) for a, b in (x.split('.') for x in sys.argv[1].split(','))]))\n"
+              "app.run(main, argv=[sys.argv[0]] + sys.argv[2:])\n")
+    for cfg, fields, args, want in (
+            ("sft_gemma3_270m_cpu.py", "data.files,eval_data.files",
+             ["--config.data.files=/x/a.jsonl", "--config.eval_data.files=/x/b.jsonl",
+              "--config.eval_data.files=/x/c.jsonl"], [("/x/a.jsonl",), ("/x/b.jsonl", "/x/c.jsonl")]),
+            ("grpo_gemma3_270m_cpu.py", "grpo.files,grpo.eval_files",
+             ["--config.grpo.files=/x/a.jsonl", "--config.grpo.eval_files=/x/b.jsonl"],
+             [("/x/a.jsonl",), ("/x/b.jsonl",)])):
+        out = subprocess.run([sys.executable, "-c", script, fields, f"--config={root / 'configs' / cfg}", *args],
+                             capture_output=True, text=True, cwd=root)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip().splitlines()[-1] == repr(want)

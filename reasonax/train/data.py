@@ -92,7 +92,7 @@ def default_data_config() -> ml_collections.ConfigDict:
                        calling thread (default 2). Results do not depend on it.
     """
     c = ml_collections.ConfigDict()
-    c.files = []
+    c.files = ()  # a tuple: --config.data.files=a.jsonl (repeat the flag for more) overrides it
     c.prompt_field = "prompt"
     c.completion_field = "completion"
     c.template = "raw"

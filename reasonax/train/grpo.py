@@ -190,8 +190,8 @@ def default_config() -> ml_collections.ConfigDict:
         num_examples=2000, num_heldout=200, steps=2, max_value=99))
     c.optim.lr, c.optim.weight_decay, c.optim.warmup_steps = 1e-6, 0.0, 0
     c.grpo = ml_collections.ConfigDict(dict(
-        files=[],                 # prompt records: .jsonl / .jsonl.gz / .parquet
-        eval_files=[],            # held-out prompts: greedy accuracy logged as eval/accuracy (eval_every)
+        files=(),                 # prompt records: .jsonl / .jsonl.gz / .parquet
+        eval_files=(),            # held-out prompts: greedy accuracy logged as eval/accuracy (eval_every)
         eval_limit=0,             # evaluate on at most this many held-out prompts (0: all)
         prompt_field="prompt", answer_field="answer", on_malformed="raise",
         template="raw",           # raw | qwen-chat | gemma-chat | few-shot | tokenizer (as SFT's data.template)
@@ -215,7 +215,7 @@ def default_config() -> ml_collections.ConfigDict:
         max_sampling_rounds=3,    # ... at most this many sampling rounds per step
         overlong_buffer=0,        # DAPO overlong penalty over the last N tokens (0: off)
         format_weight=0.0,        # reward += weight if the completion has a \\boxed answer
-        reward_fns=[],            # extra rewards: dotted paths of fn(prompts, completions, golds) -> floats
+        reward_fns=(),            # extra rewards: dotted paths of fn(prompts, completions, golds) -> floats
         is_cap=0.0,               # > 0: truncated importance weights min(pi_learner / pi_sampler, cap)
     ))
     return c

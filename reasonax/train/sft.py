@@ -44,7 +44,7 @@ def default_config() -> ml_collections.ConfigDict:
         noise=0.0,          # share of completion characters that are random junk spans (SLM experiments)
     ))
     c.eval_data = ml_collections.ConfigDict(dict(
-        files=[],        # held-out JSONL/Parquet, read with data's template and fields; loss logged as
+        files=(),        # held-out JSONL/Parquet, read with data's template and fields; loss logged as
                          # eval/loss (mean CE over completion tokens) every eval_every steps and at the end
         max_batches=0,   # evaluate on at most this many batches (0: all, read once and kept in memory)
         batch_size=0,    # global rows per eval batch (0: batch_size)
