@@ -79,7 +79,7 @@ def default_config() -> ml_collections.ConfigDict:
             temperature=0.7, top_p=1.0, max_new_tokens=96,
         ),
         finetune=dict(budget="high", steps=100, lr=5e-4, warmup_steps=10),
-        grpo=dict(steps=30, prompts_per_step=8, group_size=8, lr=1e-4, temperature=1.0),
+        grpo=dict(steps=30, prompts_per_step=8, group_size=16, lr=2e-5, temperature=1.0),
         rounds=2,       # self-improvement rounds of WC (>= 1; round 1 is finetune's WC on WC data)
         n_boot=1000,    # bootstrap resamples of every confidence interval
         peak_flops="auto",  # MFU peak of the training runs' logs (monitor.resolve_peak)
@@ -200,7 +200,7 @@ def heldout_accuracy(model_dir: Path, run: Path, c) -> dict:
 def train_sft(workdir: Path, c, files: list[Path], steps: int, lr: float, warmup: int, seed: int, *,
               run: Path, init: Path | None = None, overrides: dict | None = None) -> dict:
     """One SFT run (from init's HF export, or from scratch with overrides); resumed when
-    interrupted, skipped when done. Returns {'hf', 'train_flops', 'seconds', 'examples'}."""
+    interrupted, skipped when done. Returns {'hf' (relative to run), 'train_flops', 'seconds', 'examples'}."""
     from reasonax.model.flops import train_flops
     from reasonax.train import sft
 
@@ -225,7 +225,8 @@ def train_sft(workdir: Path, c, files: list[Path], steps: int, lr: float, warmup
     t0 = time.perf_counter()
     sft.run(s)
     cfg = sft.model_config(s)
-    out = {"hf": str(workdir / "hf"), "steps": steps, "seconds": time.perf_counter() - t0,
+    # paths in results are relative to the run directory (it may be moved or resumed from elsewhere)
+    out = {"hf": str((workdir / "hf").relative_to(run)), "steps": steps, "seconds": time.perf_counter() - t0,
            "examples": sum(1 for f in files for _ in jsonl.read(f)),
            "train_flops": train_flops(cfg, s.batch_size, s.seq_len)["total"] * steps}
     _write_json(done, out)
@@ -316,7 +317,7 @@ def stage_pretrain(c, run: Path, results: dict, progress: Progress) -> dict:
         progress.say(f"        {name}: {matmul_params(name, c):,} matmul params, {m.steps} steps from scratch")
         res = train_sft(run / "models" / name, c, [run / "data" / "pretrain.jsonl"], m.steps, m.lr,
                         c.train.warmup_steps, c.seed + i, run=run, overrides=dict(m.overrides))
-        res.update(heldout_accuracy(Path(res["hf"]), run, c), matmul_params=matmul_params(name, c))
+        res.update(heldout_accuracy(run / res["hf"], run, c), matmul_params=matmul_params(name, c))
         progress.say(f"        {name}: held-out accuracy {res['accuracy']['value']:.3f} ({res['seconds']:.0f} s)")
         out[name] = res
     return {"models": out}
@@ -392,7 +393,7 @@ def finetune(model_hf: Path, data: Path, workdir: Path, c, seed: int, run: Path)
         return {"skipped": f"{data.name} has no correct solutions to fine-tune on"}
     f = c.finetune
     res = train_sft(workdir, c, [data], f.steps, f.lr, f.warmup_steps, seed, run=run, init=model_hf)
-    return {**res, **heldout_accuracy(Path(res["hf"]), run, c)}
+    return {**res, **heldout_accuracy(run / res["hf"], run, c)}
 
 
 def stage_finetune(c, run: Path, results: dict, progress: Progress) -> dict:
@@ -416,7 +417,7 @@ def stage_grpo(c, run: Path, results: dict, progress: Progress) -> dict:
     best = max(done, key=lambda r: r["accuracy"]["value"])  # the first of equals
     g = grpo.default_config()
     g.workdir, g.seed = str(run / "grpo"), c.seed
-    g.model.path = best["hf"]
+    g.model.path = str(run / best["hf"])
     q = c.grpo
     g.grpo.files, g.grpo.template = [str(run / "data" / "questions.jsonl")], "raw"
     g.grpo.prompts_per_step, g.grpo.group_size, g.grpo.temperature = q.prompts_per_step, q.group_size, q.temperature
@@ -424,7 +425,7 @@ def stage_grpo(c, run: Path, results: dict, progress: Progress) -> dict:
     g.num_steps = g.optim.total_steps = q.steps
     g.optim.lr, g.optim.end_lr_ratio = q.lr, 1.0
     g.checkpoint.every, g.checkpoint.keep = max(1, q.steps // 2), 1
-    g.log_every, g.tensorboard, g.peak_flops = max(1, q.steps // 6), False, c.peak_flops
+    g.log_every, g.tensorboard, g.peak_flops = 1, False, c.peak_flops  # every step: the reward curve
     progress.say(f"        from {best['model']} on {best['data']} (held-out {best['accuracy']['value']:.3f}), "
                  f"{q.steps} steps x {q.prompts_per_step} prompts x {q.group_size} completions")
     t0 = time.perf_counter()
@@ -458,8 +459,10 @@ def stage_rounds(c, run: Path, results: dict, progress: Progress) -> dict:
         side = _read_json(d / "samples.jsonl.json")
         kept = keep_correct(rows, run, d / "kept.jsonl")
         res = finetune(base, d / "kept.jsonl", d / "model", c, c.seed + 1000 + r, run)
-        solved = {x["prompt_id"] for x in rows if x["correct"]}
-        rounds.append({"round": r, "kept": kept, "coverage": {"value": len(solved) / c.task.num_questions},
+        solved: dict[str, bool] = {}
+        for x in rows:
+            solved[x["prompt_id"]] = solved.get(x["prompt_id"], False) or x["correct"]
+        rounds.append({"round": r, "kept": kept, "coverage": _estimate(list(solved.values()), c.n_boot),
                        "sampling_flops": realised_flops("wc", rows, side["prompt_lengths"], c)["total"],
                        "train_flops": res.get("train_flops", 0.0), "accuracy": res.get("accuracy"),
                        "skipped": res.get("skipped")})
@@ -476,7 +479,7 @@ def stage_report(c, run: Path, results: dict, progress: Progress) -> dict:
 
     text = pipeline_report.write(run, c, results)
     print(pipeline_report.console_summary(results), flush=True)
-    return {"report": str(run / "report.md"), "chars": len(text)}
+    return {"report": "report.md", "chars": len(text)}
 
 
 STAGE_FNS = {"data": stage_data, "pretrain": stage_pretrain, "sample": stage_sample, "filter": stage_filter,

@@ -97,6 +97,7 @@ def test_finetune_grpo_and_rounds(demo):
     assert done, "no fine-tune ran"
     for r in done:
         assert r["examples"] == res["filter"]["datasets"][r["data"]]["kept"]
+        assert (pipeline.Path(c.workdir) / r["hf"] / "config.json").is_file()  # relative to the run: movable
         assert 0 <= r["accuracy"]["low"] <= r["accuracy"]["value"] <= r["accuracy"]["high"] <= 1
     g = res["grpo"]
     best = max(done, key=lambda r: r["accuracy"]["value"])

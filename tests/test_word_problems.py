@@ -65,7 +65,7 @@ def test_bad_arguments_name_the_value():
         wp.records(1, "dev")
     with pytest.raises(ValueError, match="level=9"):
         wp.records(1, level=9)
-    with pytest.raises(ValueError, match="distinct problems"):  # level 1 has far fewer than 10**6
+    with pytest.raises(ValueError, match="no new problem"):  # level 1 has far fewer than 10**6
         wp.records(10**6, "test", 1)
 
 

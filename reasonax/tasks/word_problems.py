@@ -43,6 +43,7 @@ LEVELS = {
     5: Level(steps=4, max_value=99, max_factor=9),
 }
 SPLITS = ("train", "test")
+MAX_MISSES = 20_000  # draws in a row without a new problem of the split: the level is exhausted
 NAMES = ("Ava", "Ben", "Cleo", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jia", "Kai", "Lena", "Milo", "Nia",
          "Omar", "Pia")
 ITEMS = ("apples", "pens", "coins", "books", "cards", "eggs", "stamps", "shells")
@@ -94,16 +95,16 @@ def records(n: int, split: str = "train", level: int = 2, seed: int = 0, test_pe
     if not 0 < test_permille < 1000:
         raise ValueError(f"test_permille={test_permille}; expected 0 < test_permille < 1000")
     rng = np.random.default_rng([seed, level])
-    out, seen, draws = [], set(), 0
-    limit = 200 * n + 10_000
+    out, seen, misses = [], set(), 0
     while len(out) < n:
-        draws += 1
-        if draws > limit:
-            raise ValueError(f"level {level} {split} split: only {len(out)} distinct problems found in {limit} "
-                             f"draws, {n} requested (ask for fewer or a harder level)")
         p = problem(rng, LEVELS[level])
         if p["question"] in seen or split_of(p["question"], test_permille) != split:
+            misses += 1
+            if misses > MAX_MISSES:
+                raise ValueError(f"level {level} {split} split: {MAX_MISSES} draws in a row gave no new problem "
+                                 f"after {len(out)} of the {n} requested (ask for fewer or a harder level)")
             continue
+        misses = 0
         seen.add(p["question"])
         out.append({"id": f"words-{split}-L{level}-{seed}-{len(out)}", "level": level, "split": split,
                     "prompt": p["question"] + "\n", **p})
