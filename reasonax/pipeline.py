@@ -327,19 +327,20 @@ def stage_sample(c, run: Path, results: dict, progress: Progress) -> dict:
     from reasonax.sample import budget
 
     s = samples_per_question(c)
-    out = {"samples_per_question": s, "models": {}}
+    out, all_rows = {"samples_per_question": s, "models": {}}, {}
     for i, name in enumerate(("wc", "se")):
         n = max(s[b][name] for b in BUDGETS)
         path = run / "samples" / f"{name}.jsonl"
-        rows = sample_model(run / "models" / name / "hf", path, n, c.seed + 100 + i, run, c, progress, name)
+        all_rows[name] = sample_model(run / "models" / name / "hf", path, n, c.seed + 100 + i, run, c, progress,
+                                      name)
         side = _read_json(path.with_name(path.name + ".json"))
-        out["models"][name] = {"samples": n, "rows": len(rows), **side}
-        progress.say(f"        {name}: {len(rows)} samples, {side['tokens_per_s']:,.0f} generated tokens/s")
+        out["models"][name] = {"samples": n, "rows": len(all_rows[name]), **side}
+        progress.say(f"        {name}: {len(all_rows[name])} samples, {side['tokens_per_s']:,.0f} generated tokens/s")
     d = results["data"]
     w_plan, p_plan = round(d["gold_tokens_mean"]), round(d["prompt_tokens_mean"])
     flops = []
     for name, (model, n) in datasets(c).items():
-        rows = [r for _, r in jsonl.read(run / "samples" / f"{model}.jsonl") if r["sample_index"] < n]
+        rows = [r for r in all_rows[model] if r["sample_index"] < n]
         real = realised_flops(model, rows, out["models"][model]["prompt_lengths"], c)
         plan = budget.question_flops(model_cfg(model, c), p_plan, n, w_plan)["total"] * d["questions"]
         flops.append({"dataset": name, "model": model, "samples_per_question": n, "planned_flops": plan,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -45,7 +46,7 @@ def _rows(run, model):
 
 def test_report_and_plots_are_written(demo):
     c, res = demo
-    run = pipeline.Path(c.workdir)
+    run = Path(c.workdir)
     for name in ("report.md", "coverage.png", "accuracy.png", "reward.png"):
         assert (run / name).stat().st_size > 0
     text = (run / "report.md").read_text()
@@ -55,7 +56,7 @@ def test_report_and_plots_are_written(demo):
 
 def test_samples_are_compute_matched_and_accounted(demo):
     c, res = demo
-    run = pipeline.Path(c.workdir)
+    run = Path(c.workdir)
     p_wc = matmul_params(pipeline.model_cfg("wc", c))
     p_se = matmul_params(pipeline.model_cfg("se", c))
     assert p_se / p_wc >= 3.0
@@ -76,7 +77,7 @@ def test_samples_are_compute_matched_and_accounted(demo):
 
 def test_filter_agrees_with_the_raw_samples(demo):
     c, res = demo
-    run = pipeline.Path(c.workdir)
+    run = Path(c.workdir)
     gold = {r["id"]: r["answer"] for _, r in jsonl.read(run / "data" / "questions.jsonl")}
     for name, d in res["filter"]["datasets"].items():
         rows = [r for r in _rows(run, d["model"]) if r["sample_index"] < d["samples_per_question"]]
@@ -97,7 +98,7 @@ def test_finetune_grpo_and_rounds(demo):
     assert done, "no fine-tune ran"
     for r in done:
         assert r["examples"] == res["filter"]["datasets"][r["data"]]["kept"]
-        assert (pipeline.Path(c.workdir) / r["hf"] / "config.json").is_file()  # relative to the run: movable
+        assert (Path(c.workdir) / r["hf"] / "config.json").is_file()  # relative to the run: movable
         assert 0 <= r["accuracy"]["low"] <= r["accuracy"]["value"] <= r["accuracy"]["high"] <= 1
     g = res["grpo"]
     best = max(done, key=lambda r: r["accuracy"]["value"])
@@ -114,7 +115,7 @@ def test_finetune_grpo_and_rounds(demo):
 
 def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(demo):
     c, res = demo
-    run = pipeline.Path(c.workdir)
+    run = Path(c.workdir)
     again = pipeline.run(c)
     assert again == res  # every stage read back, nothing recomputed
     # interrupt the last round's fine-tune after its final checkpoint, before its export
