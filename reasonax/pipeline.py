@@ -117,11 +117,12 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _estimate(values: list[bool], n_boot: int) -> dict:
-    """Mean of 0/1 values with its bootstrap 95% interval."""
+def _coverage(correct: list[list[bool]], k: int, n_boot: int) -> dict:
+    """coverage@k (pass@k) over questions' verdicts with its bootstrap 95% interval, as a dict;
+    k = 1 with one verdict per question is plain accuracy."""
     from reasonax.eval import metrics
 
-    e = metrics.coverage_at_k([[v] for v in values], 1, n_boot=n_boot)
+    e = metrics.coverage_at_k(correct, k, n_boot=n_boot)
     return {"value": e.value, "low": e.low, "high": e.high}
 
 
@@ -194,7 +195,7 @@ def heldout_accuracy(model_dir: Path, run: Path, c) -> dict:
     tok = _tokenizer(run)
     ok = grpo.greedy_correct(params, _prompts(run, "test.jsonl", tok)[0], cfg, tok, c.sampling.max_new_tokens,
                              _eos(cfg, tok))
-    return {"accuracy": _estimate(ok, c.n_boot), "correct": int(sum(ok)), "problems": len(ok)}
+    return {"accuracy": _coverage([[v] for v in ok], 1, c.n_boot), "correct": int(sum(ok)), "problems": len(ok)}
 
 
 def train_sft(workdir: Path, c, files: list[Path], steps: int, lr: float, warmup: int, seed: int, *,
@@ -273,6 +274,14 @@ def realised_flops(model: str, rows: list[dict], prompt_lengths: list[int], c) -
         index.setdefault(r["prompt_id"], len(index))
     return budget.realised_flops(model_cfg(model, c), prompt_lengths, [index[r["prompt_id"]] for r in rows],
                                  [r["tokens"] for r in rows])
+
+
+def correct_by_question(rows: list[dict]) -> list[list[bool]]:
+    """Graded sample rows -> each question's verdicts in sample order (what metrics.coverage_at_k takes)."""
+    by_q: dict[str, list[bool]] = {}
+    for r in sorted(rows, key=lambda r: r["sample_index"]):
+        by_q.setdefault(r["prompt_id"], []).append(r["correct"])
+    return list(by_q.values())
 
 
 def keep_correct(rows: list[dict], run: Path, out: Path) -> int:
@@ -368,12 +377,9 @@ def stage_filter(c, run: Path, results: dict, progress: Progress) -> dict:
                                  "fpr_judged": m["fpr (step checker) judged"]}
         progress.say(f"        {name}: coverage@{n} {row['pass@k']['value']:.3f}, kept {kept} of {len(rows)}")
     for model, rows in all_rows.items():  # coverage@k for every k up to the model's samples
-        by_q: dict[str, list[bool]] = {}
-        for r in sorted(rows, key=lambda r: r["sample_index"]):
-            by_q.setdefault(r["prompt_id"], []).append(r["correct"])
-        n = min(len(v) for v in by_q.values())
-        out["coverage_curve"][model] = [sum(metrics.pass_at_k(len(v), sum(v), k) for v in by_q.values()) / len(by_q)
-                                        for k in range(1, n + 1)]
+        correct = correct_by_question(rows)
+        out["coverage_curve"][model] = [metrics.coverage_at_k(correct, k, n_boot=0).value
+                                        for k in range(1, min(map(len, correct)) + 1)]
     return out
 
 
@@ -460,10 +466,8 @@ def stage_rounds(c, run: Path, results: dict, progress: Progress) -> dict:
         side = _read_json(d / "samples.jsonl.json")
         kept = keep_correct(rows, run, d / "kept.jsonl")
         res = finetune(base, d / "kept.jsonl", d / "model", c, c.seed + 1000 + r, run)
-        solved: dict[str, bool] = {}
-        for x in rows:
-            solved[x["prompt_id"]] = solved.get(x["prompt_id"], False) or x["correct"]
-        rounds.append({"round": r, "kept": kept, "coverage": _estimate(list(solved.values()), c.n_boot),
+        correct = correct_by_question(rows)
+        rounds.append({"round": r, "kept": kept, "coverage": _coverage(correct, min(map(len, correct)), c.n_boot),
                        "sampling_flops": realised_flops("wc", rows, side["prompt_lengths"], c)["total"],
                        "train_flops": res.get("train_flops", 0.0), "accuracy": res.get("accuracy"),
                        "skipped": res.get("skipped")})

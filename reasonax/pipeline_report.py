@@ -6,19 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from reasonax.eval.evaluate import format_estimate as _f
+
 PAPER = ("Paper (MATH; WC = Gemma2-9B, SE = Gemma2-27B; budgets 1 vs 3 and 10 vs 30 samples): WC data has "
          "higher coverage (+11% / +6% relative, low / high budget) and diversity (+86% / +125%), a higher "
          "false-positive rate (+7 points), and fine-tuning on it beats SE data in all three setups "
          "(up to ~+6% relative).")
-
-
-def _f(e, digits: int = 3) -> str:
-    """'v [lo, hi]' for an estimate dict, 'n/a' when missing or NaN."""
-    if not e or e.get("value") is None or e["value"] != e["value"]:
-        return "n/a"
-    if "low" not in e or e["low"] is None:
-        return f"{e['value']:.{digits}f}"
-    return f"{e['value']:.{digits}f} [{e['low']:.{digits}f}, {e['high']:.{digits}f}]"
 
 
 def _rel(a: float, b: float) -> str:

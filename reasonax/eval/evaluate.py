@@ -101,21 +101,22 @@ def _d(e: metrics.Estimate) -> dict:
     return dataclasses.asdict(e)
 
 
-def _fmt(e: dict) -> str:
+def format_estimate(e: dict, digits: int = 3) -> str:
+    """'value [low, high]' of an Estimate given as a dict; 'n/a' when the value is missing or NaN."""
     v, lo, hi = e["value"], e["low"], e["high"]
-    return "n/a" if v is None or v != v else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+    return "n/a" if v is None or v != v else f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def markdown(m: dict) -> str:
     lines = [f"{m['problems']} problems, {m['samples']} samples; values with bootstrap 95% intervals", "",
              "| k | pass@k | maj@k | diversity@k (all) | diversity@k (solved) |", "|---|---|---|---|---|"]
     for k, row in m["by_k"].items():
-        lines.append(f"| {k} | {_fmt(row['pass@k'])} | {_fmt(row['maj@k'])} | {_fmt(row['diversity@k (all)'])} | "
-                     f"{_fmt(row['diversity@k (solved)'])} |")
+        lines.append(f"| {k} | {format_estimate(row['pass@k'])} | {format_estimate(row['maj@k'])} | {format_estimate(row['diversity@k (all)'])} | "
+                     f"{format_estimate(row['diversity@k (solved)'])} |")
     lines += ["", f"FPR (step checker, {m['fpr (step checker) judged']} correct-answer solutions with checkable "
-                  f"steps): {_fmt(m['fpr (step checker)'])}"]
+                  f"steps): {format_estimate(m['fpr (step checker)'])}"]
     if "fpr (llm judge)" in m:
-        lines.append(f"FPR (LLM judge, {m['fpr (llm judge) judged']} judged): {_fmt(m['fpr (llm judge)'])}")
+        lines.append(f"FPR (LLM judge, {m['fpr (llm judge) judged']} judged): {format_estimate(m['fpr (llm judge)'])}")
     return "\n".join(lines)
 
 
