@@ -96,6 +96,8 @@ flags.DEFINE_integer("heads", 4, "query heads")
 flags.DEFINE_integer("kv_heads", 2, "KV heads")
 flags.DEFINE_integer("head_dim", 64, "head dim")
 flags.DEFINE_float("lr", 1e-5, "AdamW learning rate (constant)")
+flags.DEFINE_integer("accum", 1, "reasonax: micro-batches per update (gradient accumulation, the same update); "
+                     "TRL: one batch")
 flags.DEFINE_integer("seed", 0, "init, data and sampling seed")
 flags.DEFINE_enum("attn", "sdpa", ["sdpa", "eager"], "transformers attention implementation for TRL")
 flags.DEFINE_integer("threads", 0, "torch.set_num_threads (0: os.cpu_count())")
@@ -182,7 +184,7 @@ def reasonax_config(workdir: Path, hf_dir: Path, num_steps: int):
     g.eps_low, g.eps_high = 0.2, 0.28
     g.scale_rewards, g.adv_eps, g.aggregation = "group", 1e-4, "token-mean"
     g.reward_fns = [REWARD_FN]
-    c.num_steps = num_steps
+    c.num_steps, c.accum_steps = num_steps, F.accum
     c.optim.lr, c.optim.warmup_steps, c.optim.total_steps, c.optim.end_lr_ratio = F.lr, 0, num_steps, 1.0
     c.optim.b1, c.optim.b2, c.optim.eps, c.optim.weight_decay, c.optim.clip_norm = 0.9, 0.95, 1e-8, 0.0, 1.0
     c.param_dtype = "float32"

@@ -571,7 +571,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import app
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, "ml_collections config file (configs/demo.py); override any "

@@ -41,14 +41,15 @@ def _optim(**kw):
     return o
 
 
-def _run(cfg, mesh, batch, steps=2, accum=1, dtype=jnp.float32, optim=None, loss_fn=None):
+def _run(cfg, mesh, batch, steps=2, accum=1, dtype=jnp.float32, optim=None, loss_fn=None, unroll=False):
     optim = optim or _optim()
     opt = S.make_optimizer(optim, cfg)
     params = init_params(cfg, jax.random.key(0), dtype=dtype, mesh=mesh)
     state = S.create_state(params, cfg, opt, mesh)
     shardings = jax.tree.map(lambda x: x.sharding, state)
     fn = loss_fn or functools.partial(L.sft_loss, cfg=cfg, chunk=5)
-    step = ST.build_train_step(fn, opt, shardings, mesh, accum_steps=accum, lr_schedule=S.schedule(optim))
+    step = ST.build_train_step(fn, opt, shardings, mesh, accum_steps=accum, lr_schedule=S.schedule(optim),
+                               unroll_layers=unroll)
     batch = jax.device_put(batch, ST.batch_sharding(mesh))
     metrics = []
     for _ in range(steps):
@@ -172,6 +173,28 @@ def test_remat_gives_the_same_step(remat):
     cfg = CFG.replace(remat=remat)
     _, got = _run(cfg, mesh, batch, loss_fn=functools.partial(L.sft_loss, cfg=cfg, chunk=5))
     np.testing.assert_allclose(got[-1]["loss"], ref[-1]["loss"], rtol=1e-6)
+
+
+def test_unrolled_layers_give_the_same_step_and_stacked_params():
+    cfg = GEMMA2  # local and global layers: each unrolled layer must pick its own mask
+    batch = _batch()
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    fn = functools.partial(L.sft_loss, cfg=cfg, chunk=5)
+    scan, ref = _run(cfg, mesh, batch, accum=2, loss_fn=fn)
+    unrolled, got = _run(cfg, mesh, batch, accum=2, loss_fn=fn, unroll=True)
+    for name in ("loss", "grad_norm"):
+        np.testing.assert_allclose([m[name] for m in got], [m[name] for m in ref], rtol=1e-5)
+    assert jax.tree.structure(unrolled.params) == jax.tree.structure(scan.params)  # still stacked
+    for a, b in zip(jax.tree.leaves(unrolled.params), jax.tree.leaves(scan.params)):
+        assert a.shape == b.shape and a.sharding == b.sharding
+        np.testing.assert_allclose(a, b, atol=5e-5)
+
+
+def test_layer_loop_config_values():
+    assert ST.resolve_layer_loop("auto", on_cpu=True) and not ST.resolve_layer_loop("auto", on_cpu=False)
+    assert ST.resolve_layer_loop("unroll", on_cpu=False) and not ST.resolve_layer_loop("scan", on_cpu=True)
+    with pytest.raises(ValueError, match="layer_loop='loop'"):
+        ST.resolve_layer_loop("loop", on_cpu=True)
 
 
 def test_non_finite_step_is_skipped_and_counted():

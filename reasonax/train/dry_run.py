@@ -39,7 +39,7 @@ from reasonax.model import num_params
 from reasonax.model import sharding as sharding_lib
 from reasonax.model.config import ModelConfig
 from reasonax.train import state as state_lib
-from reasonax.train.step import BATCH_AXES, batch_sharding, build_train_step
+from reasonax.train.step import BATCH_AXES, batch_sharding, build_train_step, resolve_layer_loop
 
 GIB = 1 << 30
 REEXEC_ENV = "REASONAX_DRY_RUN_REEXEC"  # set in the re-executed process: never re-exec twice
@@ -162,7 +162,10 @@ def dry_run(config, model_cfg: ModelConfig, loss_fn: Callable,
     aux = (abstract.params,) if reference else ()
     step = build_train_step(loss_fn, optimizer, shardings, mesh, accum_steps=int(config.accum_steps),
                             lr_schedule=state_lib.schedule(config.optim), prepare=prepare,
-                            aux_shardings=shardings.params if reference else None, **(step_options or {}))
+                            aux_shardings=shardings.params if reference else None,
+                            # the target is an accelerator pod: layer_loop 'auto' scans there
+                            unroll_layers=resolve_layer_loop(config.get("layer_loop", "auto"), on_cpu=False),
+                            **(step_options or {}))
 
     start = time.perf_counter()
     lowered = step.lower(abstract, batch, *aux)

@@ -28,7 +28,7 @@ from reasonax.model.config import ModelConfig, config_to_dict
 from reasonax.train import monitor
 from reasonax.train import state as state_lib
 from reasonax.train.checkpoint import Checkpointer
-from reasonax.train.step import build_train_step
+from reasonax.train.step import build_train_step, resolve_layer_loop
 
 
 class NonFiniteError(RuntimeError):
@@ -46,6 +46,7 @@ def default_train_config() -> ml_collections.ConfigDict:
         seed=0,                # params init (when not loading), data order, RNG state
         param_dtype="float32",  # float32 | bfloat16 (optimizer state is float32 either way)
         remat="none",          # rematerialise each scanned layer: none | full | dots
+        layer_loop="auto",     # how the train step runs the layers: scan | unroll | auto (unroll on CPU)
         loss_chunk=0,          # positions per chunk of the cross-entropy (0: fit a 256 MiB budget)
         mesh=dict(data=1, fsdp=-1, tensor=1),  # device mesh; -1 takes the remaining devices
         optim=state_lib.default_optim_config(),
@@ -135,6 +136,8 @@ def run(config: ml_collections.ConfigDict, model_cfg: ModelConfig, init_params: 
     step_fn = build_train_step(loss_fn, optimizer, shardings, mesh, accum_steps=config.accum_steps,
                                lr_schedule=state_lib.schedule(config.optim), prepare=prepare,
                                aux_shardings=None if aux is None else jax.tree.map(lambda x: x.sharding, aux),
+                               unroll_layers=resolve_layer_loop(config.get("layer_loop", "auto"),
+                                                                 on_cpu=mesh.devices.flat[0].platform == "cpu"),
                                **(step_options or {}))
     eval_every = config.get("eval_every", 0) if evaluate is not None else 0
     saved_config = {"run": config.to_dict(), "model": config_to_dict(model_cfg), **(extra_config or {})}
