@@ -6,7 +6,10 @@
    flattened heads that reasonax uses (transformer._project_in / _project_out);
 2. one decode step through the layer stack: lax.scan over the stacked weights vs the unrolled
    loop over per-layer arrays (transformer.unstack_layers), at batch 1 and 8;
-3. the unembedding matmul's read rate at batch 1 and 8 next to the machine's read bandwidth.
+3. the unembedding matmul's read rate at batch 1 and 8 next to the machine's read bandwidth;
+4. a ceiling: only the matmuls of one batch-8 decode step (the 126 layer projections and the
+   unembedding, on the real weights), in JAX and in torch (F.linear, MKL), and the tokens/s they
+   alone allow.
 """
 
 import os
@@ -75,6 +78,37 @@ def main():
         t = _median(lambda: head(h, table))
         print(f"unembedding [{batch}, {cfg.hidden_size}] x [{cfg.vocab_size}, {cfg.hidden_size}]^T: "
               f"{table.nbytes / t / 1e9:.1f} GB/s of the table (read bandwidth here {bandwidth / 1e9:.1f} GB/s)")
+
+    matmul_ceiling(cfg, per_layer, table, batch=8)
+
+
+def matmul_ceiling(cfg, per_layer, table, batch):
+    """Time only the matmuls of one decode step, JAX and torch on the same weights."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    D = cfg.hidden_size
+    mats = [m for p in per_layer for m in (*(p[n].reshape(-1, D) for n in ("q", "k", "v")),
+                                           p["o"].reshape(D, -1), p["gate"], p["up"], p["down"])]
+    xs = {m.shape[1]: jnp.ones((batch, m.shape[1])) for m in mats}
+    layers = jax.jit(lambda ms: [jnp.einsum("BK,NK->BN", xs[m.shape[1]], m) for m in ms])
+    head = jax.jit(lambda t: jnp.einsum("BD,VD->BV", xs[D], t))
+    t_mats = [torch.tensor(np.asarray(m)) for m in mats]
+    t_table = torch.tensor(np.asarray(table))
+    t_xs = {k: torch.ones(batch, k) for k in xs}
+    sides = {"JAX": (lambda: layers(mats), lambda: head(table)),
+             "torch": (lambda: [torch.nn.functional.linear(t_xs[m.shape[1]], m) for m in t_mats],
+                       lambda: torch.nn.functional.linear(t_xs[D], t_table))}
+    layer_bytes = sum(m.nbytes for m in mats)
+    for name, (f_layers, f_head) in sides.items():
+        t_l, t_h = _median(f_layers), _median(f_head)
+        print(f"{name}, batch {batch}, matmuls only: {len(mats)} layer matmuls {t_l * 1e3:.1f} ms "
+              f"({layer_bytes / t_l / 1e9:.1f} GB/s), unembedding {t_h * 1e3:.1f} ms "
+              f"({table.nbytes / t_h / 1e9:.1f} GB/s): {(t_l + t_h) * 1e3:.1f} ms per step, "
+              f"at most {batch / (t_l + t_h):.0f} tokens/s")
 
 
 if __name__ == "__main__":
