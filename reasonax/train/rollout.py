@@ -10,6 +10,10 @@ run, the same on every process: all processes generate the same global batch, SP
 places its own rows). The sampling seed differs at every step and round (derived from the run
 seed, the step and the round), so a resumed run samples exactly what the uninterrupted one would.
 
+A completion containing one of the template's stop strings (multi-token, e.g. few-shot's blank
+line; the sampler only stops on single tokens) is cut after the token that completes it: the
+rest is neither graded nor trained on, and it counts as finished, not truncated.
+
 Rows (N = prompts x G, prompt-major; T = the batch's longest prompt + completion rounded up to
 a multiple of row_bucket, at most max_prompt_len + max_new_tokens): inputs / targets the
 prompt + completion shifted by one, weights 1 on completion targets (0 for a truncated completion
@@ -63,6 +67,16 @@ def load_prompts(rc, tokenizer, max_prompt_len: int) -> list[Prompt]:
     return out
 
 
+@dataclasses.dataclass
+class _Completions:
+    """One sampling round's completions after the stop-string cut (lists over rows)."""
+    tokens: list
+    logprobs: list
+    truncated: list[bool]  # neither EOS nor a stop string before max_new_tokens
+    stopped: list[bool]  # cut at a stop string
+    generated: int  # tokens the sampler generated (before the cut)
+
+
 def prompt_stream(n: int, seed: int) -> grain.DatasetIterator:
     """Checkpointable iterator of prompt indices: a new shuffle every epoch, forever."""
     return iter(grain.MapDataset.range(n).shuffle(seed=seed).repeat(None).to_iter_dataset())
@@ -76,6 +90,28 @@ def completion_text(tokenizer, tokens: Sequence[int], eos_ids: Sequence[int], st
 
     text = tokenizer.decode([t for t in tokens if t not in eos_ids], skip_special_tokens=True)
     return cut_at_stop(text, stop_strings)[0]
+
+
+def tokens_to_stop(tokenizer, tokens: Sequence[int], eos_ids: Sequence[int], stop_strings: Sequence[str]) -> int | None:
+    """How many of a completion's tokens to keep when it contains a stop string: up to and
+    including the token that completes the first one (a multi-token stop ends the completion
+    as EOS would), or None when there is none. Found by bisection over decoded prefixes."""
+    from reasonax.model.prompts import cut_at_stop
+
+    if not stop_strings:
+        return None
+
+    def stopped(k: int) -> bool:
+        text = tokenizer.decode([t for t in tokens[:k] if t not in eos_ids], skip_special_tokens=True)
+        return cut_at_stop(text, stop_strings)[1]
+
+    if not stopped(len(tokens)):
+        return None
+    lo, hi = 1, len(tokens)  # stopped(hi) holds; find the smallest such k
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if stopped(mid) else (mid + 1, hi)
+    return lo
 
 
 def load_reward_fn(path: str) -> Callable:
@@ -173,12 +209,19 @@ class RolloutSource:
                               key_ids=idx)
         t_gen = time.perf_counter() - t0
         t0 = time.perf_counter()
-        texts = [completion_text(self.tokenizer, t, self.eos_ids, self.stop_strings) for t in res.tokens]
+        cuts = [tokens_to_stop(self.tokenizer, t, self.eos_ids, self.stop_strings) for t in res.tokens]
+        # a completion cut at a stop string ends there: later tokens are neither graded nor trained on
+        out = _Completions(
+            tokens=[t if k is None else t[:k] for t, k in zip(res.tokens, cuts)],
+            logprobs=[lp if k is None else lp[:k] for lp, k in zip(res.logprobs, cuts)],
+            truncated=[reason != "eos" and k is None for reason, k in zip(res.finish_reasons, cuts)],
+            stopped=[k is not None for k in cuts], generated=res.generated_tokens)
+        texts = [completion_text(self.tokenizer, t, self.eos_ids, self.stop_strings) for t in out.tokens]
         G = self.rc.group_size
         golds = [self.prompts[i].gold for i in idx for _ in range(G)]
         qs = [self.prompts[i].text for i in idx for _ in range(G)]
-        r, parts = rewards(texts, golds, res.lengths, qs, self.rc, self.user_fns)
-        return idx, res, r, parts, t_gen, time.perf_counter() - t0
+        r, parts = rewards(texts, golds, [len(t) for t in out.tokens], qs, self.rc, self.user_fns)
+        return idx, out, r, parts, t_gen, time.perf_counter() - t0
 
     def next(self, state) -> dict:
         jax.block_until_ready(state.params)  # the previous update's device time, not the rollout's
@@ -188,12 +231,13 @@ class RolloutSource:
         keep, spare, t_gen, t_rew, rounds, generated = [], [], 0.0, 0.0, 0, 0
         while len(keep) < P and rounds < max(1, self.rc.max_sampling_rounds if self.rc.dynamic_sampling else 1):
             idx, res, r, parts, tg, tr = self._round(state, step, rounds)
-            t_gen, t_rew, rounds, generated = t_gen + tg, t_rew + tr, rounds + 1, generated + res.generated_tokens
+            t_gen, t_rew, rounds, generated = t_gen + tg, t_rew + tr, rounds + 1, generated + res.generated
             for g, i in enumerate(idx):
                 rows = range(g * G, (g + 1) * G)
-                group = (i, [res.tokens[k] for k in rows], [res.logprobs[k] for k in rows],
-                         [res.finish_reasons[k] != "eos" for k in rows], r[rows.start:rows.stop],
-                         {k: v[rows.start:rows.stop] for k, v in parts.items()})
+                parts_g = {k: v[rows.start:rows.stop] for k, v in parts.items()}
+                parts_g["stopped"] = np.asarray(res.stopped[rows.start:rows.stop], np.float32)
+                group = (i, res.tokens[rows.start:rows.stop], res.logprobs[rows.start:rows.stop],
+                         res.truncated[rows.start:rows.stop], r[rows.start:rows.stop], parts_g)
                 informative = np.ptp(group[4]) > 0
                 (keep if informative or not self.rc.dynamic_sampling else spare).append(group)
         filled = max(0, P - len(keep))
@@ -213,6 +257,7 @@ class RolloutSource:
             "reward/accuracy": float(np.concatenate([g[5]["accuracy"] for g in groups]).mean()),
             "reward/zero_adv_groups": zero_groups, "rollout/length_mean": float(lengths.mean()),
             "rollout/length_max": float(lengths.max()), "rollout/truncated": float(np.mean(trunc)),
+            "rollout/stop_string": float(np.concatenate([g[5]["stopped"] for g in groups]).mean()),
             "rollout/rounds": float(rounds), "rollout/filled_groups": float(filled),
             "time/rollout": t_gen, "time/reward": t_rew, "time/update": t_update,
             "rollout/tokens_per_sec": generated / max(t_gen, 1e-9),
