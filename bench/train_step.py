@@ -41,9 +41,10 @@ With --jax_only (no torch side) the model may be a preset, e.g. on a GPU:
 where MFU is also reported against the chip's table peak (reasonax.train.monitor.PEAK_FLOPS).
 
 XLA variations to try on CPU: --remat none|full|dots, --loss_chunk N, --attention einsum|xla,
---layer_loop scan|unroll (default auto: unrolled on CPU, as the recipes), --accum N (micro-batches on
-both sides: on this CPU, rows of 1-2 x 512 tokens run faster per token than 8), --xla_flags='--xla_...' (appended to XLA_FLAGS before jax is
-imported; write it with '=' so argparse does not read the value as an option).
+--layer_loop scan|unroll (default auto: unrolled on CPU, as the recipes), --accum N (micro-batches
+on both sides: on this CPU, rows of 1-2 x 512 tokens run faster per token than 8),
+--xla_flags='--xla_...' (appended to XLA_FLAGS before jax is imported; write it with '=' so
+argparse does not read the value as an option).
 """
 
 from __future__ import annotations
@@ -399,8 +400,8 @@ def main(argv=None):
               f"JAX {res['jax']['last_loss']:.6f}, relative diff {last_rel:.2e}")
     if args.markdown:
         print()
-        print("| model | batch x seq | micro-batches | JAX layers | remat | JAX tokens/s | torch tokens/s | ratio | JAX MFU | torch MFU | "
-              "matmul peak GFLOP/s (JAX / torch) | first-step loss (JAX / torch) |")
+        print("| model | batch x seq | micro-batches | JAX layers | remat | JAX tokens/s | torch tokens/s | ratio | "
+              "JAX MFU | torch MFU | matmul peak GFLOP/s (JAX / torch) | first-step loss (JAX / torch) |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         t = res.get("torch")
         j = res["jax"]

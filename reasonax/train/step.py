@@ -19,7 +19,7 @@ Two optional extras, both used by SLM and GRPO:
 unroll_layers=True runs the layer stack of the trainable params (and of prepare's forward) as an
 unrolled loop over per-layer arrays instead of a lax.scan over the stacked weights (the state
 keeps the stacked layout; gradients come back stacked). On XLA:CPU this is 8-22% faster per
-step (bench/train_step.py --unroll); on accelerators the scan compiles one layer and is the default.
+step (bench/train_step.py --layer_loop); on accelerators the scan compiles one layer and is the default.
 
 A non-finite loss or gradient norm skips the update (params and optimizer state unchanged),
 sets metrics['skipped'] = 1 and increments state.bad_steps; the loop decides when to stop.
