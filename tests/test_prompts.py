@@ -33,7 +33,8 @@ def test_default_format_per_family(preset, fmt):
 
 class _Tok:
     eos_token_id = 1
-    vocab = {"<eos>": 1, "<end_of_turn>": 106, "hello": 7, "\n\n": 108}
+    vocab = {"<eos>": 1, "<end_of_turn>": 106, "hello": 7, "\n": 9, "\n\n": 108, "\n\n\n": 109, ".\n\n": 382,
+             ".\n": 13}
 
     def get_vocab(self):
         return self.vocab
@@ -41,15 +42,19 @@ class _Tok:
     def encode(self, text, add_special_tokens=False):
         return [self.vocab[text]] if text in self.vocab else [7] * len(text)
 
+    def batch_decode(self, seqs, **kw):
+        text = {i: t for t, i in self.vocab.items()}
+        return ["".join(text[i] for i in seq) for seq in seqs]
+
 
 def test_stop_token_ids_include_turn_end_and_eos():
     ids = prompts.stop_token_ids(_Tok(), prompts.get_format("gemma-chat").stop_strings, model.get_preset("gemma3-1b"))
     assert ids == (1, 106)
 
 
-def test_few_shot_stops_at_a_blank_line_token():
+def test_few_shot_stops_at_every_token_holding_a_blank_line():
     ids = prompts.stop_token_ids(_Tok(), prompts.get_format("few-shot").stop_strings)
-    assert ids == (1, 108)  # EOS and the single "\n\n" token
+    assert ids == (1, 108, 109, 382)  # EOS, "\n\n", and the tokens containing it ("\n" and ".\n" do not)
     assert prompts.stop_token_ids(_Tok(), ["\n\nQuestion:"]) == (1,)  # several tokens: cut from text only
 
 

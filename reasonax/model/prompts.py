@@ -76,8 +76,10 @@ def default_format(cfg: ModelConfig) -> PromptFormat:
 
 
 def stop_token_ids(tokenizer, stop_strings: Sequence[str], cfg: ModelConfig | None = None) -> tuple[int, ...]:
-    """Token ids that end generation: EOS, and every stop string the tokenizer encodes as one token
-    (special tokens like <end_of_turn>, or "\n\n"); longer stop strings are cut from the text."""
+    """Token ids that end generation: EOS, every stop string the tokenizer encodes as one token
+    (special tokens like <end_of_turn>, or "\n\n"), and every token whose text contains a stop
+    string (Gemma's "\n\n\n", Qwen's ".\n\n"), found by decoding the vocabulary (about 2 s for
+    262k tokens). A stop string spread over several tokens is cut from the text only."""
     ids = set(cfg.eos_token_ids if cfg is not None else ())
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
@@ -85,6 +87,11 @@ def stop_token_ids(tokenizer, stop_strings: Sequence[str], cfg: ModelConfig | No
         enc = tokenizer.encode(s, add_special_tokens=False)
         if len(enc) == 1:
             ids.add(enc[0])
+    if stop_strings:
+        vocab = sorted(set(tokenizer.get_vocab().values()))
+        texts = tokenizer.batch_decode([[i] for i in vocab], skip_special_tokens=False,
+                                       clean_up_tokenization_spaces=False)
+        ids.update(i for i, text in zip(vocab, texts) if any(s in text for s in stop_strings))
     return tuple(sorted(ids))
 
 
