@@ -56,6 +56,9 @@ def test_few_shot_stops_at_every_token_holding_a_blank_line():
     ids = prompts.stop_token_ids(_Tok(), prompts.get_format("few-shot").stop_strings)
     assert ids == (1, 108, 109, 382)  # EOS, "\n\n", and the tokens containing it ("\n" and ".\n" do not)
     assert prompts.stop_token_ids(_Tok(), ["\n\nQuestion:"]) == (1,)  # several tokens: cut from text only
+    assert prompts.stop_token_ids(_Tok(), [""]) == (1,)  # an empty stop string stops nothing
+    assert prompts.cut_at_stop("a\n\nb", ["", "\n\n"]) == ("a", True)
+    assert prompts.cut_at_stop("ab", [""]) == ("ab", False)
 
 
 def test_unknown_format_is_named():

@@ -87,17 +87,17 @@ def stop_token_ids(tokenizer, stop_strings: Sequence[str], cfg: ModelConfig | No
         enc = tokenizer.encode(s, add_special_tokens=False)
         if len(enc) == 1:
             ids.add(enc[0])
-    if stop_strings:
+    if stops := [s for s in stop_strings if s]:  # an empty string would be in every token
         vocab = sorted(set(tokenizer.get_vocab().values()))
         texts = tokenizer.batch_decode([[i] for i in vocab], skip_special_tokens=False,
                                        clean_up_tokenization_spaces=False)
-        ids.update(i for i, text in zip(vocab, texts) if any(s in text for s in stop_strings))
+        ids.update(i for i, text in zip(vocab, texts) if any(s in text for s in stops))
     return tuple(sorted(ids))
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """(text before the first stop string, whether one was found)."""
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    """(text before the first stop string, whether one was found); empty stop strings are ignored."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
