@@ -557,16 +557,10 @@ def run(c: ml_collections.ConfigDict) -> dict:
 
 
 def main(argv):
-    from absl import app, flags, logging
+    from reasonax import cli
 
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    c = flags.FLAGS.config
-    if c is None:
-        raise app.UsageError("--config is required (e.g. --config=configs/demo.py)")
-    if not c.workdir:
-        raise app.UsageError("--config.workdir is required")
-    logging.set_verbosity(logging.WARNING)
+    c = cli.flag_config(argv, "configs/demo.py")
+    cli.require_workdir(c)
     run(c)
 
 

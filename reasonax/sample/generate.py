@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, logging
 from ml_collections import config_flags
 
 from reasonax import jsonl
@@ -158,11 +158,9 @@ def run(cfg) -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    cfg = flags.FLAGS.config
-    if cfg is None:
-        raise app.UsageError("--config is required (e.g. --config=configs/generate_gemma3_270m.py)")
+    from reasonax import cli
+
+    cfg = cli.flag_config(argv, "configs/generate_gemma3_270m.py")
     if not cfg.model or not cfg.prompts or not cfg.output:
         raise app.UsageError("--config.model, --config.prompts and --config.output are required")
     summary = run(cfg)

@@ -338,21 +338,17 @@ def dict_config(base: ml_collections.ConfigDict, **changes) -> ml_collections.Co
 
 
 def main(argv):
-    from absl import app, flags, logging
+    from absl import flags
 
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    c = flags.FLAGS.config
-    if c is None:
-        raise app.UsageError("--config is required (e.g. --config=configs/grpo_tiny_cpu.py)")
+    from reasonax import cli
+
+    c = cli.flag_config(argv, "configs/grpo_tiny_cpu.py")
     if flags.FLAGS.dry_run:
         from reasonax.train import dry_run
 
         dry_run.main_grpo(c)
         return
-    if not c.workdir:
-        raise app.UsageError("--config.workdir is required")
-    logging.set_verbosity(logging.WARNING)
+    cli.require_workdir(c)
     run(c)
 
 

@@ -189,23 +189,17 @@ def export(c, cfg: ModelConfig, params) -> Path | None:
 
 
 def main(argv):
-    from absl import app, flags
+    from absl import flags
 
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    c = flags.FLAGS.config
-    if c is None:
-        raise app.UsageError("--config is required (e.g. --config=configs/sft_tiny_cpu.py)")
+    from reasonax import cli
+
+    c = cli.flag_config(argv, "configs/sft_tiny_cpu.py")
     if flags.FLAGS.dry_run:
         from reasonax.train import dry_run
 
         dry_run.main_sft(c)
         return
-    if not c.workdir:
-        raise app.UsageError("--config.workdir is required")
-    from absl import logging
-
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; progress lines are ours
+    cli.require_workdir(c)
     run(c)
 
 

@@ -254,16 +254,12 @@ def run(c: ml_collections.ConfigDict, score_only: bool = False):
 
 
 def main(argv):
-    from absl import app, flags, logging
+    from absl import flags
 
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    c = flags.FLAGS.config
-    if c is None:
-        raise app.UsageError("--config is required (e.g. --config=configs/slm_tiny_cpu.py)")
-    if not c.workdir:
-        raise app.UsageError("--config.workdir is required")
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; progress lines are ours
+    from reasonax import cli
+
+    c = cli.flag_config(argv, "configs/slm_tiny_cpu.py")
+    cli.require_workdir(c)
     run(c, score_only=flags.FLAGS.score_only)
 
 
