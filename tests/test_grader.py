@@ -58,7 +58,7 @@ def test_extract_answer_never_raises_on_junk():
 
 @pytest.mark.parametrize("raw,norm", [
     (r"$\dfrac{1}{2}$", r"\frac{1}{2}"),
-    (r"\left( 1, 2 \right)", "(1,2)"),
+    (r"\left( 1, 2 \right)", "(1, 2)"),  # the space after a comma between digits is kept: a list
     (r"\boxed{\text{Evelyn}}", "Evelyn"),
     (r"5\text{ cm}^2", "5"),
     (r"90^\circ", "90"),

@@ -93,6 +93,49 @@ def test_adversarial_inputs_return_false_within_limit(gold, pred):
     assert time.monotonic() - t0 < LIMIT + SLACK
 
 
+# Inputs aimed at the style rules: box joining, answer sentences, "is the answer", decimal
+# commas, list commas, currency and unit suffixes, matrix spellings, assignments and chains.
+STYLE_ADVERSARIAL = [
+    r"\boxed{1}, " * 900,
+    r"\boxed{1} or " * 800,
+    r"\boxed{1, " * 1000,
+    "$" * 10_000,
+    "$1$ or " * 1400,
+    "$x$ is the answer " * 500,
+    "1 is the answer " * 600,
+    "\\)" * 4000 + " is the answer",
+    "\\[" * 3000 + "\\] is the solution",
+    "The answer is " * 700,
+    "Final Answer: " + "x is " * 2000,
+    "Final Answer: " + "$x$ is $1$ " * 800,
+    "the solution is " * 600,
+    "1," * 5000,
+    "1, " * 3300,
+    "12,34 " * 1600,
+    "1€" * 5000,
+    "1m²" * 3000,
+    "1" + " " * 9000 + "m²",
+    r"[\begin{array}{cc}" * 500 + r"\end{array}]" * 300,
+    r"\begin{bmatrix}" * 600,
+    "x=" * 5000,
+    "AB=1," * 2000,
+    "(" * 5000 + "=" + ")" * 4000,
+    "\\" * 10_000,
+]
+
+
+@pytest.mark.parametrize("text", STYLE_ADVERSARIAL)
+def test_style_rules_never_hang(text):
+    t0 = time.monotonic()
+    ans = grader.extract_answer(text, fallback=True)
+    assert ans is None or isinstance(ans, str)
+    assert grader.grade(text, "1", timeout=LIMIT) in (False, True)
+    assert grader.is_equivalent("1", text, timeout=LIMIT) in (False, True)
+    assert grader.is_equivalent(text, "1", timeout=LIMIT) in (False, True)
+    grader.answer_key(text)
+    assert time.monotonic() - t0 < 3 * LIMIT + SLACK
+
+
 def test_identical_huge_expressions_are_equal_without_evaluation():
     t0 = time.monotonic()
     assert grader.is_equivalent(r"10^{10^{10}}", r"10^{10^{10}}", timeout=LIMIT) is True

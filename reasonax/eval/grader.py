@@ -8,15 +8,24 @@ Pipeline of :func:`is_equivalent` (all in the calling process unless said otherw
 
 1. *Caps.* Inputs longer than :data:`MAX_INPUT_CHARS` are rejected (False, counted).
 2. *Normalisation* (:func:`normalize_answer`, plain string work): ``$..$``/``\\boxed``
-   wrappers, ``\\left``/``\\right``, ``\\dfrac``, spacing commands, ``\\text{units}``, degrees,
-   currency, percent signs, trailing dots, unicode operators.
+   wrappers (and ``$`` delimiters inside an answer: ``$28$ percent``), ``\\left``/``\\right``,
+   ``\\dfrac``, spacing commands, ``\\text{units}``, squared units (``m²``), degrees, currency
+   before or after the number (``1,000.99€``), percent signs, trailing dots, unicode operators,
+   matrix spellings (``bmatrix``, ``array``/``matrix`` in brackets -> ``pmatrix``). A comma
+   followed by a space stays a list separator (``32, 349`` is never 32349).
+   Then *alignment* (:func:`_align`): the names come off assignments so that values meet values
+   (gold ``(p,q)=(3,2)`` / ``V_1:V_2=11:21`` vs a bare value; gold ``AB=4,CD=5`` vs ``4, 5`` in
+   the gold's order; a chain ``x = 5+5+1 = 11`` by its last right-hand side).
 3. *Fast path* (:func:`_fast_compare`): identical normalised strings, or two plain numbers
    (integers, decimals, thousands separators, ``a/b``, ``\\frac{a}{b}``, mixed numbers,
    ``x \\times 10^{k}``) compared exactly as :class:`fractions.Fraction` -- no sympy, no
-   floats. This is written here rather than taken from math-verify because math-verify decides
-   numbers with sympy Floats rounded to 6 decimals (``0.333333 == 1/3``) and is ~30x slower;
-   GSM8K-style rewards need >= 500 pairs/s on two cores (``bench/grader.py``: GSM8K golds at
-   ~29,000 pairs/s in process, ~1,000 pairs/s through the sympy workers).
+   floats. A prediction ``1000,99`` / ``2,74`` (one comma, not followed by exactly three digits)
+   is read with a decimal comma against a gold that is one number; a gold is never read so
+   (MATH golds such as ``1,3`` are lists). This is written here rather than taken from
+   math-verify because math-verify decides numbers with sympy Floats rounded to 6 decimals
+   (``0.333333 == 1/3``) and is ~30x slower; GSM8K-style rewards need >= 500 pairs/s on two
+   cores (``bench/grader.py``: GSM8K golds at ~29,000 pairs/s in process, ~1,000 pairs/s
+   through the sympy workers).
 4. *Slow path* in a pool of worker processes (:class:`GraderPool`): LaTeX is parsed by
    math-verify (``math_verify.parse`` with a LaTeX-only extraction config: its ANTLR LaTeX
    parser, never ``parse_expr``/``sympify`` on model text) and compared by the strict
@@ -188,6 +197,8 @@ def _strip_think(text: str) -> str | None:
 
 _BOX_CMD_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _MAX_BOX_CANDIDATES = 64
+_MAX_JOINED = 16  # boxes (or math spans) joined into one answer
+_MAX_GAP_CHARS = 40
 
 
 def _braced_group(text: str, start: int) -> tuple[str, int] | None:
@@ -210,7 +221,8 @@ def _braced_group(text: str, start: int) -> tuple[str, int] | None:
     return None
 
 
-def _boxed_argument(text: str, pos: int) -> str | None:
+def _boxed_argument(text: str, pos: int) -> tuple[str, int] | None:
+    """The argument of the box command that ends at ``pos``, and the index after it."""
     i = pos
     n = len(text)
     while i < n and text[i] in " \t":
@@ -218,19 +230,50 @@ def _boxed_argument(text: str, pos: int) -> str | None:
     if i >= n:
         return None
     if text[i] == "{":
-        got = _braced_group(text, i)
-        return None if got is None else got[0]
+        return _braced_group(text, i)
     m = re.match(r"[^\s$]+", text[i : i + 200])  # \boxed 5
-    return m.group(0) if m else None
+    return (m.group(0), i + m.end()) if m else None
+
+
+# What may stand between two boxes (or two math spans) that state one answer together: a comma,
+# a semicolon, "and" or "or", with math delimiters, spacing and \text{...} around them. The parts
+# are joined with ", ", so "or" gives a list like math-verify's: a hedge "5 or 7" never equals a
+# single gold. Anything else between them (", corrected:", ".") keeps only the last box.
+_GAP_NOISE_RE = re.compile(
+    r"\\[()\[\]]|\$|\\(?:quad|qquad)(?![A-Za-z])|\\[,;:! ]|~|\\(?:text|textrm|textnormal|mathrm|mbox)\s*\{|\}"
+)
+_JOINERS = frozenset({",", ";", "and", "or", ", and", ", or", "; and"})
+
+
+def _is_joiner(gap: str) -> bool:
+    if len(gap) > _MAX_GAP_CHARS or gap.count("\n") > 1:
+        return False
+    return " ".join(_GAP_NOISE_RE.sub(" ", gap).split()).lower().replace(" ,", ",") in _JOINERS
 
 
 def _last_boxed(text: str) -> str | None:
-    starts = [m.end() for m in _BOX_CMD_RE.finditer(text)]
-    for pos in reversed(starts[-_MAX_BOX_CANDIDATES:]):
-        arg = _boxed_argument(text, pos)
-        if arg is not None and arg.strip():
-            return arg.strip()
-    return None
+    """The content of the last complete non-empty box, alone (how MATH golds are derived from
+    reference solutions: ``reasonax.eval.datasets.math_gold``)."""
+    return _last_boxed_group(text, max_joined=1)
+
+
+def _last_boxed_group(text: str, max_joined: int = _MAX_JOINED) -> str | None:
+    """The last complete non-empty box, joined with the boxes right before it that a joiner
+    (``\\boxed{1} and \\boxed{2}``, ``\\boxed{(1,2)}, \\boxed{(2,1)}``) ties to it."""
+    starts = list(_BOX_CMD_RE.finditer(text))[-_MAX_BOX_CANDIDATES:]
+    group: list[tuple[int, str]] = []  # (start of the box command, argument)
+    for m in reversed(starts):
+        got = _boxed_argument(text, m.end())
+        if got is None or not got[0].strip():
+            if group:
+                break
+            continue
+        if group and not (got[1] <= group[0][0] <= got[1] + _MAX_GAP_CHARS and _is_joiner(text[got[1] : group[0][0]])):
+            break  # nested in the later box, or separated from it by words
+        group.insert(0, (m.start(), got[0].strip()))
+        if len(group) >= max_joined:
+            break
+    return ", ".join(arg for _, arg in group) if group else None
 
 
 _GSM_RE = re.compile(r"####[ \t]*([^\n]*)")
@@ -239,45 +282,155 @@ _ANSWER_PHRASE_RE = re.compile(
     r"(?i)\b(?:final\s{1,3}answer|the\s{1,3}answer|answer)\s{0,3}(?:\*\*)?\s{0,3}(?:is\b|:|=)"
     r"[ \t]{0,3}:?[ \t]{0,3}(?:\*\*)?[ \t]{0,3}"
 )
-_NUMBER_TOKEN = (
-    r"[-−]?[ \t]{0,2}(?:(?:\\\$|\$|€|£|¥)[ \t]{0,2})?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
-    r"(?:[ \t]{0,2}/[ \t]{0,2}\d+(?:\.\d+)?)?(?:[ \t]{0,2}(?:\\%|%))?"
+# "the solution is $x \ge 5$": only a math span or a number right after it counts
+_SOLUTION_PHRASE_RE = re.compile(
+    r"(?i)\bthe[ \t]{1,3}(?:final[ \t]{1,3})?solutions?[ \t]{1,3}(?:is|are)\b[ \t]{0,3}:?[ \t]{0,3}"
 )
-# the number must be the whole answer: not the start of "18-20", "1, 2", "18 \times 2" or "18x"
-_LEADING_NUMBER_RE = re.compile(_NUMBER_TOKEN + r"(?![\w^{/\\.]|[.,][ \t]{0,2}\d|[ \t]{0,2}[-+*/×÷^=−\\])")
+# "$x \ge 5$ is the solution.", "so 34 is the final answer": the answer stands before the phrase
+_IS_THE_ANSWER_RE = re.compile(
+    r"(?i)[ \t]{0,3}\b(?:is|are)[ \t]{1,3}(?:the|our|my)[ \t]{1,3}(?:final[ \t]{1,3}|correct[ \t]{1,3})?"
+    r"(?:answer|solution)s?\b"
+)
+# "Final Answer: The largest $n$ is 34.": the value after "is" (one such value, not two)
+_COPULA_RE = re.compile(r"\b(?:is|are|equals|was)[ \t]{1,3}(?:equal[ \t]{1,3}to[ \t]{1,3})?")
+_NUMBER_TOKEN = (
+    r"[-−]?[ \t]{0,2}(?:(?:\\\$|\$|€|£|¥)[ \t]{0,2})?"
+    # 1,234 (thousands: groups of exactly three digits) | 2,74 (decimal comma) | 1234
+    r"(?:\d{1,3}(?:,\d{3})+(?![\d,])|\d+,\d{1,2}(?![\d,])|\d+)(?:\.\d+)?"
+    r"(?:[ \t]{0,2}/[ \t]{0,2}\d+(?:\.\d+)?)?(?:[ \t]{0,2}(?:\\%|%|€|£|¥))?"
+)
+# the number must be the whole answer: not the start of "18-20", "1, 2", "18 \times 2", "18x"
+# or of a hedge ("5 or 7", "5 and 7")
+_LEADING_NUMBER_RE = re.compile(
+    _NUMBER_TOKEN
+    + r"(?![\w^{/\\.]|[.,][ \t]{0,2}\d|[ \t]{0,2}[-+*/×÷^=−\\]|[ \t]{1,3}(?:or|and|to|plus|minus|times)\b)"
+)
 _ANY_NUMBER_RE = re.compile(r"(?<![\w.])" + _NUMBER_TOKEN)
+_OPERATOR_CHARS = frozenset("+-*/^×÷·−\\({[")
+_TRAILING_NUMBER_RE = re.compile(r"(?<![\w.,\\])" + _NUMBER_TOKEN + r"$")
 
 
-def _math_span(text: str) -> str | None:
-    """If text starts with a math delimiter, the delimited content."""
+def _math_span_at(text: str, pos: int = 0) -> tuple[str, int] | None:
+    """If text[pos:] starts with a math delimiter: the delimited content and the index after it."""
     for open_, close in (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$")):
-        if text.startswith(open_):
-            end = text.find(close, len(open_))
+        if text.startswith(open_, pos):
+            start = pos + len(open_)
+            end = text.find(close, start)
             while end != -1 and close == "$" and text[end - 1] == "\\":
                 end = text.find(close, end + 1)
             if end == -1:
                 return None
-            return text[len(open_) : end].strip()
+            return text[start:end].strip(), end + len(close)
+    return None
+
+
+_SPAN_OPEN_RE = re.compile(r"\$|\\\(|\\\[")
+
+
+def _leading_spans(text: str) -> str | None:
+    """The math span text starts with, joined with the spans a joiner ties to it
+    (``$5$ or $7$`` -> ``5, 7``)."""
+    got = _math_span_at(text)
+    if got is None or not got[0]:
+        return None
+    parts, pos = [got[0]], got[1]
+    while len(parts) < _MAX_JOINED:
+        m = _SPAN_OPEN_RE.search(text, pos, pos + _MAX_GAP_CHARS + 1)
+        if m is None or not _is_joiner(text[pos : m.start()]):
+            break
+        nxt = _math_span_at(text, m.start())
+        if nxt is None or not nxt[0]:
+            break
+        parts.append(nxt[0])
+        pos = nxt[1]
+    return ", ".join(parts)
+
+
+def _span_ending_at(text: str, end: int) -> tuple[str, int] | None:
+    """The math span whose closing delimiter ends at ``end``: (content, index of its opener)."""
+    for open_, close in (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$")):
+        if text.endswith(close, 0, end) and not (close == "$" and text.endswith("\\$", 0, end)):
+            start = text.rfind(open_, max(0, end - 2000), end - len(close))
+            while start > 0 and open_ == "$" and text[start - 1] == "\\":
+                start = text.rfind(open_, max(0, end - 2000), start)
+            if start == -1 or (open_ == "$" and "\n" in text[start:end]):
+                return None
+            return text[start + len(open_) : end - len(close)].strip(), start
+    return None
+
+
+def _spans_before(text: str, pos: int) -> str | None:
+    """The math span (or number) right before ``pos``, joined with the spans a joiner ties to it
+    (``$x = 1$ or $x = 2$ are the solutions`` -> ``x = 1, x = 2``)."""
+    end = len(text[max(0, pos - 2000) : pos].rstrip()) + max(0, pos - 2000)
+    got = _span_ending_at(text, end)
+    if got is None:  # "so 34 is the answer", but not "2 + 3 is the answer"
+        m = _TRAILING_NUMBER_RE.search(text, max(0, end - 60), end)
+        if m is None or text[max(0, m.start() - 40) : m.start()].rstrip()[-1:] in _OPERATOR_CHARS:
+            return None
+        return m.group(0).strip()
+    if not got[0]:
+        return None
+    parts, start = [got[0]], got[1]
+    while len(parts) < _MAX_JOINED:
+        lo = max(0, start - _MAX_GAP_CHARS - 1)
+        closers = [text.rfind(c, lo, start) + len(c) for c in ("$", "\\)", "\\]") if text.rfind(c, lo, start) != -1]
+        if not closers:
+            break
+        prev_end = max(closers)
+        if not _is_joiner(text[prev_end:start]):
+            break
+        prev = _span_ending_at(text, prev_end)
+        if prev is None or not prev[0]:
+            break
+        parts.insert(0, prev[0])
+        start = prev[1]
+    return ", ".join(parts)
+
+
+def _after_phrase(tail: str, strict: bool) -> str | None:
+    """The answer stated right after an answer phrase (``tail`` starts after it)."""
+    spans = _leading_spans(tail)
+    if spans:
+        return spans
+    line = tail.split("\n", 1)[0].strip()
+    if not line:
+        return None
+    num = _LEADING_NUMBER_RE.match(line)
+    if num:
+        return num.group(0).strip()
+    if strict:
+        return None
+    sentence = re.split(r"\.\s|\.$", line, maxsplit=1)[0].strip().rstrip(".")
+    # "Final Answer: The largest $n$ is 34.": the value after "is"; two such values are ambiguous
+    values = []
+    for verb in list(_COPULA_RE.finditer(sentence))[:8]:
+        rest = sentence[verb.end() :]
+        num = _LEADING_NUMBER_RE.match(rest)
+        value = _leading_spans(rest) or (num.group(0).strip() if num else None)
+        if value:
+            values.append(value)
+    if len(values) == 1:
+        return values[0]
+    if sentence and len(sentence) <= 200:
+        return sentence
     return None
 
 
 def _phrase_answer(text: str) -> str | None:
-    """The answer after the last 'answer is' / 'final answer:' phrase."""
-    matches = list(_ANSWER_PHRASE_RE.finditer(text))
-    for m in reversed(matches[-16:]):
-        tail = text[m.end() : m.end() + 2000]
-        span = _math_span(tail)
-        if span:
-            return span
-        line = tail.split("\n", 1)[0].strip()
-        if not line:
-            continue
-        num = _LEADING_NUMBER_RE.match(line)
-        if num:
-            return num.group(0).strip()
-        line = re.split(r"\.\s|\.$", line, maxsplit=1)[0].strip().rstrip(".")
-        if line and len(line) <= 200:
-            return line
+    """The answer of the last answer phrase: after "the answer is" / "final answer:" / "the
+    solution is", or before "is the answer" / "is the solution"."""
+    found: list[tuple[int, str, int]] = []
+    found += [(m.start(), "after", m.end()) for m in list(_ANSWER_PHRASE_RE.finditer(text))[-16:]]
+    found += [(m.start(), "strict", m.end()) for m in list(_SOLUTION_PHRASE_RE.finditer(text))[-16:]]
+    found += [(m.start(), "before", m.start()) for m in list(_IS_THE_ANSWER_RE.finditer(text))[-16:]]
+    for _, kind, pos in sorted(found, reverse=True):
+        if kind == "before":
+            ans = _spans_before(text, pos)
+        else:
+            ans = _after_phrase(text[pos : pos + 2000], strict=kind == "strict")
+        if ans:
+            return ans
     return None
 
 
@@ -291,11 +444,14 @@ def _last_number(text: str) -> str | None:
 def extract_answer(text: str, fallback: bool = True) -> str | None:
     """The final answer a completion states, or None.
 
-    Looks, in this order, for the last complete ``\\boxed{...}`` / ``\\boxed 5`` / ``\\fbox``,
-    the last GSM8K ``#### 42`` line, the last "the answer is ..." / "final answer: ..." phrase
-    and -- only when ``fallback`` is true (turn it off for rewards) -- the last number. Text
-    inside ``<think>`` blocks is ignored (an unclosed block means no answer) and chat tokens
-    (``<|im_end|>``, ``<end_of_turn>``, ``<eos>``, ...) end the completion. Never raises.
+    Looks, in this order, for the last complete ``\\boxed{...}`` / ``\\boxed 5`` / ``\\fbox``
+    (with the boxes a comma, "and" or "or" ties to it: ``\\boxed{1} and \\boxed{2}`` -> ``1, 2``),
+    the last GSM8K ``#### 42`` line, the last answer phrase ("the answer is ...", "final answer:
+    ...", "the solution is $...$", "$x \\ge 5$ is the solution", "Final Answer: The largest $n$
+    is 34") and -- only when ``fallback`` is true (turn it off for rewards) -- the last number
+    (``2,74`` with a decimal comma). A number followed by "or" / "and" is not cut out of its
+    hedge. Text inside ``<think>`` blocks is ignored (an unclosed block means no answer) and chat
+    tokens (``<|im_end|>``, ``<end_of_turn>``, ``<eos>``, ...) end the completion. Never raises.
     """
     try:
         if not isinstance(text, str):
@@ -305,7 +461,7 @@ def extract_answer(text: str, fallback: bool = True) -> str | None:
         body = _strip_think(text)
         if body is None:
             return None
-        for finder in (_last_boxed, _gsm_answer, _phrase_answer):
+        for finder in (_last_boxed_group, _gsm_answer, _phrase_answer):
             ans = finder(body)
             if ans:
                 return ans
@@ -331,6 +487,7 @@ _UNICODE_MAP = {
     "−": "-", "–": "-", "—": "-", "×": "\\times ", "÷": "\\div ", "·": "\\cdot ", "√": "\\sqrt",
     "π": "\\pi ", "∞": "\\infty ", "≤": "\\le ", "≥": "\\ge ", "≠": "\\ne ", "\u00a0": " ",
     "\u2009": " ", "\u202f": " ", "°": "^\\circ", "∪": "\\cup ", "∩": "\\cap ", "∅": "\\emptyset ",
+    "²": "^{2}", "³": "^{3}",
 }
 _UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE_MAP)))
 _WRAPPERS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
@@ -353,7 +510,51 @@ _UNIT_WORDS = (
 _TRAILING_UNIT_WORD_RE = re.compile(r"(?<=[\d}])\s*(?:" + _UNIT_WORDS + r")\s*(?:\^\s*\{?[23]\}?)?$", re.IGNORECASE)
 _NUMBER_THEN_WORDS_RE = re.compile(r"^([-+]?\d[\d,]*(?:\.\d+)?) (?:[A-Za-z]{3,})(?:[ -][A-Za-z]+)*$")  # "42 apples"
 _CURRENCY_PREFIX_RE = re.compile(r"^(-?)\s*(?:\\\$|\$|€|£|¥|\\euro|USD|Rs\.?)\s*")
+# "1,000.99€", "2,74 $" (a lone unescaped $ after a number is a currency sign, not a delimiter)
+_CURRENCY_SUFFIX_RE = re.compile(r"(?<=[\d}])\s*(?:€|£|¥|\\\$|\\euro|EUR|USD|euros?)$")
+_CURRENCY_SUFFIX_ENDS = frozenset("€£¥$oRDs")
+_DOLLAR_SUFFIX_RE = re.compile(r"(?<=\d)\s*(?<!\\)\$$")
+# "1,000.99m²": a length unit squared or cubed with a superscript sign is a unit; a bare "m^2"
+# after a number may be an expression in m and is left alone
+_SQUARE_UNIT_RE = re.compile(r"(?<=[\d}])\s*(?:m|cm|mm|km|dm|ft|in|yd)\s*[²³]\s*\.?\s*$")
+_UNESCAPED_DOLLAR_RE = re.compile(r"(?<!\\)\$")
 _PERCENT_SUFFIX_RE = re.compile(r"\s*(?:\\%|%|\\text\{\s*\\?%\s*\}|\\percent)\s*$")
+
+
+def _canon_matrices(s: str) -> str:
+    """Matrix spellings as pmatrix: ``bmatrix``, and ``array`` / ``matrix`` inside brackets or
+    parentheses (``\\left[\\begin{array}{cc}...\\end{array}\\right]``). ``vmatrix`` (a
+    determinant) and a bare ``array`` are left alone. Linear: str.find from a moving position."""
+    if "\\begin{" not in s:
+        return s
+    s = s.replace("\\begin{bmatrix}", "\\begin{pmatrix}").replace("\\end{bmatrix}", "\\end{pmatrix}")
+    for env in ("array", "matrix"):
+        begin, end = "\\begin{%s}" % env, "\\end{%s}" % env
+        pos = 0
+        while True:
+            i = s.find(begin, pos)
+            if i == -1:
+                break
+            pos = i + len(begin)
+            j = s.find(end, pos)
+            if j == -1:
+                break
+            lo = i - 1 if s[i - 1 : i] == " " else i  # spaces are single by now
+            after = j + len(end)
+            hi = after + 1 if s[after : after + 1] == " " else after
+            opener, closer = s[lo - 1 : lo], s[hi : hi + 1]
+            if (opener, closer) not in (("[", "]"), ("(", ")")):
+                continue
+            body_start = pos
+            if env == "array" and s.startswith("{", pos):
+                spec = _braced_group(s[pos : pos + 42], 0)  # a column spec: {cc}, {c|c}
+                if spec is None:
+                    continue
+                body_start = pos + spec[1]
+            body = s[body_start:j]
+            s = s[: lo - 1] + "\\begin{pmatrix}" + body + "\\end{pmatrix}" + s[hi + 1 :]
+            pos = lo - 1
+    return s
 
 
 def _unwrap_once(s: str) -> str:
@@ -375,7 +576,8 @@ def _unwrap_once(s: str) -> str:
 
 def _squash_spaces(s: str) -> str:
     """Collapse whitespace; keep one space only where it separates two letters (``\\pi r``) or
-    two digits (``1 000``), where removing it would change the meaning."""
+    two digits (``1 000``), or follows a comma between digits (``32, 349`` is a list, never the
+    thousands-separated 32349), where removing it would change the meaning."""
     s = re.sub(r"\s+", " ", s).strip()
     if " " not in s:
         return s
@@ -383,7 +585,9 @@ def _squash_spaces(s: str) -> str:
     for i, ch in enumerate(s):
         if ch == " ":
             prev, nxt = s[i - 1], s[i + 1]
-            if (prev.isalpha() and nxt.isalpha()) or (prev.isdigit() and nxt.isdigit()) or prev == "\\":
+            if (prev.isalpha() and nxt.isalpha()) or (prev.isdigit() and nxt.isdigit()) or prev == "\\" or (
+                prev == "," and i >= 2 and s[i - 2].isdigit() and nxt.isdigit()
+            ):
                 out.append(" ")
             continue
         out.append(ch)
@@ -397,19 +601,27 @@ def normalize_answer(ans: str) -> str:
     grouping answers in maj@k (see :func:`answer_key`).
     """
     s = _clean_text(ans)
-    s = _UNICODE_RE.sub(lambda m: _UNICODE_MAP[m.group(0)], s)
     s = re.sub(r"\s+", " ", s).strip()  # single spaces from here on: no long runs to backtrack over
+    if "²" in s or "³" in s:
+        s = _SQUARE_UNIT_RE.sub("", s).strip() or s
+    s = _UNICODE_RE.sub(lambda m: _UNICODE_MAP[m.group(0)], s)
+    if s.count("$") >= 2:
+        dollars = len(_UNESCAPED_DOLLAR_RE.findall(s))
+        if dollars >= 2 and dollars % 2 == 0:  # "$28$ percent": math delimiters inside the answer
+            s = re.sub(r"\s+", " ", _UNESCAPED_DOLLAR_RE.sub(" ", s)).strip()
     s = _SIZE_CMD_RE.sub("", s)
+    if ",\\!" in s:  # 10,\!000: a thousands separator, before \! becomes a space
+        s = re.sub(r",\\!\s?", ",", s)
     s = _SPACE_CMD_RE.sub(lambda m: m.group(0) if m.group(0) == "\\\\" else " ", s)
     s = re.sub(r"\\[dt]frac(?![A-Za-z])", r"\\frac", s)
     s = re.sub(r"\\varnothing(?![A-Za-z])", r"\\emptyset", s)
     s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}").replace("{,}", ",")
-    s = re.sub(r"(?<=(?<!\\)\{)(\d{1,3}(?:,\s?\d{3})+)(?=\})", lambda m: re.sub(r"[,\s]", "", m.group(1)), s)
+    s = re.sub(r"(?<=(?<!\\)\{)(\d{1,3}(?:,\d{3})+)(?=\})", lambda m: m.group(1).replace(",", ""), s)
     s = re.sub(r"\\frac(?![A-Za-z])(?!\s*\{)\s*(\\[A-Za-z]+|\w)\s*(\\[A-Za-z]+|\w)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\(?:leq|leqslant)(?![A-Za-z])", r"\\le", s)
     s = re.sub(r"\\(?:geq|geqslant)(?![A-Za-z])", r"\\ge", s)
     s = re.sub(r"\\neq(?![A-Za-z])", r"\\ne", s)
-    s = s.strip()
+    s = _canon_matrices(s).strip()
     for _ in range(8):
         prev = s
         s = s.strip().rstrip(".").rstrip()
@@ -419,6 +631,10 @@ def normalize_answer(ans: str) -> str:
         s = _TRAILING_UNIT_WORD_RE.sub("", s).strip() or s
         s = _PERCENT_SUFFIX_RE.sub("", s).strip() or s
         s = _CURRENCY_PREFIX_RE.sub(r"\1", s).strip() or s
+        if s[-1:] in _CURRENCY_SUFFIX_ENDS:
+            s = _CURRENCY_SUFFIX_RE.sub("", s).strip() or s
+            if s.count("$") == 1:
+                s = _DOLLAR_SUFFIX_RE.sub("", s).strip() or s
         s = _NUMBER_THEN_WORDS_RE.sub(r"\1", s)
         if s == prev:
             break
@@ -523,35 +739,152 @@ def _compare_bases(g: str, p: str) -> bool | None:
     return None
 
 
-_ASSIGN_RE = re.compile(r"([A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?|\\[A-Za-z]+)=([^=<>]+)")
 _PLAIN_TEXT_RE = re.compile(r"[A-Za-z][A-Za-z ]*")
+_DECIMAL_COMMA_RE = re.compile(r"([+-]?)(\d+),(\d+)")
 
 
-def _split_assignment(s: str) -> tuple[str | None, str]:
-    m = _ASSIGN_RE.fullmatch(s)
-    if m and "," not in m.group(2) and "\\pm" not in m.group(2):
-        return m.group(1), m.group(2)
-    return None, s
+def _as_decimal_comma(s: str) -> Fraction | None:
+    """``1000,99`` / ``2,74`` read with a decimal comma: one comma, no space, and not a
+    thousands-separated number (``1,000`` is one thousand). Used for the prediction only, and
+    only against a gold that is a single number (a gold ``1,3`` is a list)."""
+    m = _DECIMAL_COMMA_RE.fullmatch(s) if len(s) <= 400 else None
+    if m is None or _THOUSANDS_RE.fullmatch(s):
+        return None
+    return _sign(m.group(1)) * Fraction(f"{m.group(2)}.{m.group(3)}")
+
+
+def _split_top(s: str, sep: str) -> list[str] | None:
+    """s split at the ``sep`` characters outside brackets and braces; None when unbalanced."""
+    parts: list[str] = []
+    depth = start = i = 0
+    n = len(s)
+    while i < n:
+        ch = s[i]
+        if ch == "\\":
+            if i + 1 < n and s[i + 1] in "{}":
+                depth += 1 if s[i + 1] == "{" else -1
+            i += 2
+            continue
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth < 0:
+                return None
+        elif ch == sep and depth == 0:
+            parts.append(s[start:i])
+            start = i + 1
+        i += 1
+    if depth != 0:
+        return None
+    parts.append(s[start:])
+    return parts
+
+
+# Names that may stand left of "=" in an answer: x, AB, V_1, a_{n}, \alpha, f'; a tuple of
+# names "(p,q)"; a ratio of names "V_1:V_2". Normalised strings carry no spaces here.
+_NAME = r"(?:[A-Za-z]{1,4}|\\[A-Za-z]{2,12})(?:_(?:\{[A-Za-z0-9]{1,4}\}|[A-Za-z0-9]))?'{0,2}"
+_LHS_RE = re.compile(rf"{_NAME}|\({_NAME}(?:,{_NAME})+\)|{_NAME}(?::{_NAME})+")
+_NOT_ASSIGNMENT = ("<", ">", "\\le", "\\ge", "\\ne", "\\approx", "\\pm", "\\mp", "\\in", "\\sim", "\\equiv")
+
+
+def _assignments(s: str) -> list[tuple[str, str]] | None:
+    """``x=3`` -> [(x, 3)]; ``AB=4,CD=5`` -> [(AB, 4), (CD, 5)]; a chain ``x=5+5+1=11`` ->
+    [(x, 11)] (its last right-hand side); None for anything else, equations included."""
+    if "=" not in s or any(t in s for t in _NOT_ASSIGNMENT):
+        return None
+    items = _split_top(s, ",")
+    if items is None or len(items) > 16:
+        return None
+    out = []
+    for item in items:
+        sides = _split_top(item, "=")
+        if sides is None or len(sides) < 2 or not all(x.strip() for x in sides):
+            return None
+        if len(items) > 1 and len(sides) > 2:  # chains only stand alone
+            return None
+        lhs = sides[0].strip()
+        if not _LHS_RE.fullmatch(lhs):
+            return None
+        out.append((lhs, sides[-1].strip()))
+    return out
+
+
+def _tuple_items(s: str) -> list[str] | None:
+    """Items of a bare list ``4,5`` or of one parenthesised tuple ``(4,5)``."""
+    items = _split_top(s, ",")
+    if items is not None and len(items) == 1 and s.startswith("(") and s.endswith(")"):
+        items = _split_top(s[1:-1], ",")
+    return items if items and all(x.strip() for x in items) else None
+
+
+def _align(g: str, p: str) -> tuple[str, str]:
+    """Strip the names off assignments so that values meet values (normalised strings in and
+    out, gold first):
+
+    * gold ``x=3`` / ``(p,q)=(3,2)`` / ``V_1:V_2=11:21`` against a bare value: the right-hand side;
+      against an assignment to the same name: both right-hand sides; other equations: unchanged;
+    * a prediction ``x=3`` or a chain ``x=5+5+1=11`` against a bare gold: its (last) right-hand side;
+    * gold ``AB=4,CD=5`` (distinct names): the ordered tuple ``(4,5)``, against the prediction's
+      values in the gold's order of names (``CD=5,AB=4``) or a bare list / tuple in its own order;
+    * ``x=5,x=7`` (one name throughout): the list of values ``5,7`` (compared as a set).
+    """
+    ga, pa = _assignments(g), _assignments(p)
+    if ga is None and pa is None:
+        return g, p
+    if ga is not None and len(ga) == 1:
+        lhs, rhs = ga[0]
+        if pa is None:
+            return (g, p) if "=" in p else (rhs, p)
+        if len(pa) == 1 and pa[0][0] == lhs:
+            return rhs, pa[0][1]
+        return g, p
+    if ga is not None:
+        names = [name for name, _ in ga]
+        if len(set(names)) == 1:
+            values = ",".join(v for _, v in ga)
+            if pa is None:
+                return (g, p) if "=" in p else (values, p)
+            if all(name == names[0] for name, _ in pa):
+                return values, ",".join(v for _, v in pa)
+            return g, p
+        if len(set(names)) < len(names):
+            return g, p
+        ordered = "(" + ",".join(v for _, v in ga) + ")"
+        if pa is not None:
+            got = dict(pa)
+            if len(got) == len(pa) == len(ga) and set(got) == set(names):
+                return ordered, "(" + ",".join(got[n] for n in names) + ")"
+            return g, p
+        items = None if "=" in p else _tuple_items(p)
+        if items is not None and len(items) == len(ga):
+            return ordered, "(" + ",".join(items) + ")"
+        return g, p
+    assert pa is not None
+    if "=" in g:
+        return g, p
+    if len(pa) == 1:
+        return g, pa[0][1]
+    if all(name == pa[0][0] for name, _ in pa):
+        return g, ",".join(v for _, v in pa)
+    return g, p
 
 
 def _fast_compare(g: str, p: str) -> bool | None:
-    """Decide cheaply where that is exact; None means 'ask the worker'."""
+    """Decide cheaply where that is exact; None means 'ask the worker'. Takes aligned strings
+    (:func:`_align`)."""
     if g == p:
         return True
     gv, pv = _as_number(g), _as_number(p)
     if gv is not None and pv is not None:
         return gv == pv
+    if gv is not None:
+        comma = _as_decimal_comma(p)
+        if comma is not None:
+            return gv == comma
     based = _compare_bases(g, p)
     if based is not None:
         return based
-    g_lhs, g_rhs = _split_assignment(g)
-    p_lhs, p_rhs = _split_assignment(p)
-    if g_lhs is not None or p_lhs is not None:
-        if g_lhs is not None and p_lhs is not None and g_lhs != p_lhs:
-            return None
-        if (g_lhs is None and "=" in g) or (p_lhs is None and "=" in p):
-            return None
-        return _fast_compare(g_rhs, p_rhs) if (g_rhs, p_rhs) != (g, p) else None
     if _PLAIN_TEXT_RE.fullmatch(g) and _PLAIN_TEXT_RE.fullmatch(p) and g.lower() == p.lower():
         return True
     return None
@@ -567,8 +900,8 @@ def answer_key(ans: str | None) -> str | None:
         norm = normalize_answer(ans)
     except Exception:  # noqa: BLE001
         return None
-    _, rhs = _split_assignment(norm)
-    val = _as_number(rhs)
+    got = _assignments(norm)
+    val = _as_number(got[0][1] if got is not None and len(got) == 1 else norm)
     return f"#{val}" if val is not None else norm
 
 
@@ -1281,6 +1614,7 @@ def _prepare(gold: Any, pred: Any) -> tuple[str, str] | bool:
     if not g or not p:
         _count("rejected_inputs")
         return False
+    g, p = _align(g, p)
     fast = _fast_compare(g, p)
     if fast is not None:
         _count("fast_path")
@@ -1342,8 +1676,10 @@ def _run_batch(kind: str, golds: Sequence[Any], preds: Sequence[Any], timeout: f
             if fast:
                 prep = _prepare(g, p)
             elif isinstance(g, str) and isinstance(p, str) and max(len(g), len(p)) <= MAX_INPUT_CHARS:
-                clean = _clean_text if kind == "mv" else normalize_answer  # math-verify sees raw text
-                prep = (clean(g).strip(), clean(p).strip())
+                if kind == "mv":  # math-verify sees raw text
+                    prep = (_clean_text(g).strip(), _clean_text(p).strip())
+                else:
+                    prep = _align(normalize_answer(g), normalize_answer(p))
                 if _over_caps(prep[0]) or _over_caps(prep[1]):
                     _count("rejected_inputs")
                     prep = False
