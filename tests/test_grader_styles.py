@@ -85,6 +85,9 @@ GRADE = [
     ("$x = 5+5+1 = 11$", "11", True, True),
     (r"\boxed{x = 5+5+1 = 11}", "11", False, True),
     (r"\boxed{x = 5+5+1 = 12}", "11", False, False),  # a wrong last right-hand side
+    ("So the answer is 30-12= 18.", "18", False, True),
+    ("So the answer is 30-3= 24.", "24", False, False),  # 30-3 is not 24
+    ("So the answer is 30-3= 24.", "27", False, False),
     (r"\boxed{(3,2)}", "(p,q)=(3,2)", False, True),
     (r"\boxed{(2,3)}", "(p,q)=(3,2)", False, False),
     (r"\boxed{4, 5}", "AB=4,CD=5", False, True),
@@ -130,8 +133,9 @@ STYLE_TRUE = [
     ("AB=4,CD=5", "4, 5"), ("AB=4,CD=5", "(4, 5)"), ("AB=4,CD=5", "CD=5, AB=4"), (r"AB=\frac12,CD=5", "0.5, 5"),
     ("V_1:V_2=11:21", "11:21"), ("V_1:V_2=11:21", "V_1 : V_2 = 11:21"), ("k=7", "7"), ("7", "k = 7"),
     ("5, 7", "x=5, x=7"),
-    # chained equalities: the last right-hand side
-    ("11", "x = 5+5+1 = 11"), ("11", "n = 22/2 = 11"), (r"\frac{1}{2}", "p = 2/4 = 0.5"),
+    # chained equalities: the last right-hand side (constant sides before it agree with it)
+    ("11", "x = 5+5+1 = 11"), ("11", "n = 22/2 = 11"), (r"\frac{1}{2}", "p = 2/4 = 0.5"), ("4", "x = 2y = 4"),
+    ("18", "30-12=18"), ("18", r"\frac{36}{2} = 18"), ("2", r"\sqrt{4} = 2"), ("18", "30 - 12 = 18 = 18"),
     # matrix spellings
     (PM, r"\begin{bmatrix} 1 & 2 \\ 3 & 4 \end{bmatrix}"),
     (PM, r"\left[\begin{array}{cc} 1 & 2 \\ 3 & 4 \end{array}\right]"),
@@ -153,7 +157,8 @@ STYLE_FALSE = [
     ("AB=4,CD=5", "4, 5, 6"), ("V_1:V_2=11:21", "21:11"), ("V_1:V_2=11:21", "11:20"), ("k=7", "8"),
     ("5", "x=5, x=7"), ("3", "x = 3, y = 4"), ("x=3", "y=3"),
     # chains: a wrong last right-hand side; equations that are not assignments
-    ("11", "x = 5+5+1 = 12"), ("11", "x = 11 = 12"), ("5", "2+2=5"), ("11", "5+5+1 = 12"),
+    ("11", "x = 5+5+1 = 12"), ("11", "x = 11 = 12"), ("5", "2+2=5"), ("4", "2+2=5"), ("11", "5+5+1 = 12"),
+    ("11", "x = 5+5+2 = 11"), ("24", "30-3=24"), ("27", "30-3=24"), ("x+1", "x+1=x+1"),
     # matrices: another entry, the transpose, a determinant, the flattened entries
     (PM, r"\begin{bmatrix} 1 & 2 \\ 3 & 5 \end{bmatrix}"),
     (PM, r"\left[\begin{array}{cc} 1 & 3 \\ 2 & 4 \end{array}\right]"),

@@ -15,7 +15,9 @@ Pipeline of :func:`is_equivalent` (all in the calling process unless said otherw
    followed by a space stays a list separator (``32, 349`` is never 32349).
    Then *alignment* (:func:`_align`): the names come off assignments so that values meet values
    (gold ``(p,q)=(3,2)`` / ``V_1:V_2=11:21`` vs a bare value; gold ``AB=4,CD=5`` vs ``4, 5`` in
-   the gold's order; a chain ``x = 5+5+1 = 11`` by its last right-hand side).
+   the gold's order; a chain ``x = 5+5+1 = 11`` by its last right-hand side). A chain of
+   constants (``30-12 = 18``) states a number only when every side equals it (``2+2=5`` is
+   not 5), decided here for plain numbers and in the workers otherwise.
 3. *Fast path* (:func:`_fast_compare`): identical normalised strings, or two plain numbers
    (integers, decimals, thousands separators, ``a/b``, ``\\frac{a}{b}``, mixed numbers,
    ``x \\times 10^{k}``) compared exactly as :class:`fractions.Fraction` -- no sympy, no
@@ -788,6 +790,26 @@ _LHS_RE = re.compile(rf"{_NAME}|\({_NAME}(?:,{_NAME})+\)|{_NAME}(?::{_NAME})+")
 _NOT_ASSIGNMENT = ("<", ">", "\\le", "\\ge", "\\ne", "\\approx", "\\pm", "\\mp", "\\in", "\\sim", "\\equiv")
 
 
+_CONST_CMD_RE = re.compile(r"\\(?:frac|cdot|times|div|sqrt|pi)(?![A-Za-z])")
+_LETTER_RE = re.compile(r"[A-Za-z]")
+
+
+def _is_constant(s: str) -> bool:
+    """Arithmetic on numbers only (no variables): ``5+5+1``, ``\\frac{48}{2}``, ``2\\sqrt{2}``."""
+    return bool(s) and _LETTER_RE.search(_CONST_CMD_RE.sub("", s)) is None
+
+
+def _constant_chain(s: str) -> list[str] | None:
+    """The sides of ``30-12=18`` / ``5+5+1=11`` (equalities between constants), else None."""
+    if "=" not in s or any(t in s for t in _NOT_ASSIGNMENT):
+        return None
+    sides = _split_top(s, "=")
+    if sides is None or len(sides) < 2 or len(sides) > 16:
+        return None
+    sides = [x.strip() for x in sides]
+    return sides if all(map(_is_constant, sides)) else None
+
+
 def _assignments(s: str) -> list[tuple[str, str]] | None:
     """``x=3`` -> [(x, 3)]; ``AB=4,CD=5`` -> [(AB, 4), (CD, 5)]; a chain ``x=5+5+1=11`` ->
     [(x, 11)] (its last right-hand side); None for anything else, equations included."""
@@ -806,7 +828,9 @@ def _assignments(s: str) -> list[tuple[str, str]] | None:
         lhs = sides[0].strip()
         if not _LHS_RE.fullmatch(lhs):
             return None
-        out.append((lhs, sides[-1].strip()))
+        rest = [x.strip() for x in sides[1:]]
+        # x = 5+5+1 = 11: the last right-hand side, and the constant sides before it must agree
+        out.append((lhs, "=".join(rest) if len(rest) > 1 and all(map(_is_constant, rest)) else rest[-1]))
     return out
 
 
@@ -824,7 +848,8 @@ def _align(g: str, p: str) -> tuple[str, str]:
 
     * gold ``x=3`` / ``(p,q)=(3,2)`` / ``V_1:V_2=11:21`` against a bare value: the right-hand side;
       against an assignment to the same name: both right-hand sides; other equations: unchanged;
-    * a prediction ``x=3`` or a chain ``x=5+5+1=11`` against a bare gold: its (last) right-hand side;
+    * a prediction ``x=3`` or a chain ``x=5+5+1=11`` against a bare gold: its (last) right-hand
+      side, with the constant sides before it kept (``5+5+1=11``: every side must equal the gold);
     * gold ``AB=4,CD=5`` (distinct names): the ordered tuple ``(4,5)``, against the prediction's
       values in the gold's order of names (``CD=5,AB=4``) or a bare list / tuple in its own order;
     * ``x=5,x=7`` (one name throughout): the list of values ``5,7`` (compared as a set).
@@ -882,6 +907,11 @@ def _fast_compare(g: str, p: str) -> bool | None:
         comma = _as_decimal_comma(p)
         if comma is not None:
             return gv == comma
+        if "=" in p:  # 30-12=18 against a number gold: every side must equal it (sympy unless plain)
+            sides = _constant_chain(p)
+            values = [_as_number(x) for x in sides] if sides is not None else [None]
+            if all(v is not None for v in values):
+                return all(v == gv for v in values)
     based = _compare_bases(g, p)
     if based is not None:
         return based
@@ -1328,6 +1358,13 @@ def _w_equal(g: Any, p: Any, depth: int = 0) -> bool:
 
 
 def _w_compare(gold: str, pred: str) -> tuple[bool, str]:
+    chain = _constant_chain(pred) if "=" not in gold else None
+    if chain is not None:  # "30-12=18" states 18 only when every side is 18 ("2+2=5" is not 5)
+        g = _w_parse(gold)
+        sides = [_w_parse(x) for x in chain]
+        if g is None or any(x is None for x in sides):
+            return False, "parse_failure"
+        return all(_w_equal(g, x) for x in sides), "ok"
     g = _w_parse(gold)
     p = _w_parse(pred)
     if g is None or p is None:
