@@ -612,8 +612,8 @@ def normalize_answer(ans: str) -> str:
         if dollars >= 2 and dollars % 2 == 0:  # "$28$ percent": math delimiters inside the answer
             s = re.sub(r"\s+", " ", _UNESCAPED_DOLLAR_RE.sub(" ", s)).strip()
     s = _SIZE_CMD_RE.sub("", s)
-    if ",\\!" in s:  # 10,\!000: a thousands separator, before \! becomes a space
-        s = re.sub(r",\\!\s?", ",", s)
+    if "\\!" in s:  # 10,\!000 and 111, \! 111: \! cancels the space, a thousands separator
+        s = re.sub(r",\s?\\!\s?", ",", s)
     s = _SPACE_CMD_RE.sub(lambda m: m.group(0) if m.group(0) == "\\\\" else " ", s)
     s = re.sub(r"\\[dt]frac(?![A-Za-z])", r"\\frac", s)
     s = re.sub(r"\\varnothing(?![A-Za-z])", r"\\emptyset", s)
