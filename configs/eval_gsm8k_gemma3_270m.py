@@ -19,5 +19,4 @@ def get_config():
     c.generate.prompt_format = "few-shot"
     c.generate.sampling.temperature = 0.7
     c.generate.sampling.max_new_tokens = 256
-    c.generate.batch_prompts = 8
     return c

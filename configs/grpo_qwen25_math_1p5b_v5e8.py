@@ -13,7 +13,8 @@ strict grader; 4 optimizer updates of 128 rows (minibatches=4, mu=1), each in 4 
 (the prepare pass; needed once minibatches > 1). DAPO-style settings: clip-higher (0.2 / 0.28),
 token-mean loss, no KL (beta = 0, so no reference model), dynamic sampling, overlong shaping
 over the last 256 tokens, truncated importance-sampling correction (cap 2) for the bf16 sampler.
-The dry run checks the train step only; the sampler's KV cache is allocated while generating.
+The dry run compiles the train step and the rollout engine's decode block (its slots' KV cache
+from grpo.kv_budget_gb) and checks that the larger of the two fits.
 """
 
 from reasonax.train.grpo import default_config

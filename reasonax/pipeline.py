@@ -254,7 +254,7 @@ def sample_model(model_dir: Path, out: Path, n: int, seed: int, run: Path, c, pr
                                top_p=c.sampling.top_p, n=n)
     with progress.bar(len(prompts) * n, f"{name}: {len(prompts)} questions x {n}") as bar:
         res = sample.generate(params, cfg, [p.tokens for p in prompts], sp, eos_ids=eos, seed=seed,
-                              progress=bar.update)
+                              progress=sample.engine.tqdm_progress(bar))
     rows = [{"prompt_id": problems[i].id, "sample_index": j, "text": completion_text(tok, t, eos),
              "tokens": len(t), "finish": f}
             for i, j, t, f in zip(res.prompt_index, res.sample_index, res.tokens, res.finish_reasons)]

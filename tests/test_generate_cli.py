@@ -37,7 +37,7 @@ def _run(root, out, *extra):
     args = [sys.executable, "-m", "reasonax.sample.generate", "--config=configs/generate_gemma3_270m.py",
             f"--config.model={root / 'model'}", f"--config.prompts={root / 'prompts.jsonl'}",
             f"--config.output={out}", "--config.sampling.n=2", "--config.sampling.max_new_tokens=6",
-            "--config.batch_prompts=2", "--config.progress=False", *extra]
+            "--config.num_slots=4", "--config.block_steps=3", "--config.progress=False", *extra]
     return subprocess.run(args, capture_output=True, text=True, env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin",
                                                                      "HF_HUB_OFFLINE": "1"})
 

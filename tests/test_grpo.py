@@ -385,23 +385,27 @@ def test_completion_text_drops_stop_tokens_and_cuts_at_stop_strings():
     assert rollout.completion_text(tok, ids, (258,), ("\n\n",)) == " So \\boxed{4}."
 
 
-def test_tokens_to_stop_keeps_through_the_token_that_completes_the_stop_string():
+def test_stop_strings_cut_through_the_token_that_completes_the_stop_string():
+    from reasonax.sample import StopStrings
     from reasonax.tasks.byte_tokenizer import byte_tokenizer
-    from reasonax.train import rollout
 
     tok = byte_tokenizer()
     enc = lambda t: tok.encode(t, add_special_tokens=False)  # noqa: E731
     ids = enc(" So \\boxed{4}.\n\nQuestion: 1+1?") + [258]
-    assert rollout.tokens_to_stop(tok, ids, (258,), ("\n\n",)) == len(enc(" So \\boxed{4}.\n\n"))
-    assert rollout.tokens_to_stop(tok, ids, (258,), ("Question", "\n\n")) == len(enc(" So \\boxed{4}.\n\n"))
-    assert rollout.tokens_to_stop(tok, enc("\n\nabc"), (258,), ("\n\n",)) == 2
-    assert rollout.tokens_to_stop(tok, ids, (258,), ("\n\n\n",)) is None
-    assert rollout.tokens_to_stop(tok, ids, (258,), ()) is None
+    keep = len(enc(" So \\boxed{4}.\n\n"))
+    assert StopStrings(tok, ("\n\n",), (258,)).cut(ids) == keep
+    assert StopStrings(tok, ("Question", "\n\n"), (258,)).cut(ids) == keep
+    assert StopStrings(tok, ("\n\n",), (258,)).cut(ids, checked=keep - 1) == keep  # told the head is clean
+    assert StopStrings(tok, ("\n\n",), (258,)).cut(ids[:keep - 1]) is None  # one newline is not a stop
+    assert StopStrings(tok, ("\n\n",), (258,)).cut(enc("\n\nabc")) == 2
+    assert StopStrings(tok, ("\n\n\n",), (258,)).cut(ids) is None
+    assert not StopStrings(tok, ("",)) and StopStrings(tok, ("",)).cut(ids) is None  # empty stops nothing
 
 
-def test_rollout_cuts_completions_at_a_stop_string_before_grading_and_training(tmp_path, monkeypatch):
-    """A completion that ran past few-shot's blank line is graded and trained only up to it and
-    is not truncated; one that ended with EOS is unchanged."""
+def test_rollout_trains_a_stopped_completion_up_to_its_stop_and_not_as_truncated(tmp_path, monkeypatch):
+    """The engine ends a completion at few-shot's blank line (finish reason "stop"): the rollout
+    asks for the template's stop strings, grades and trains the completion as it came, and does
+    not count it as truncated; one that ended with EOS is unchanged."""
     import types
 
     from reasonax import sample
@@ -412,30 +416,32 @@ def test_rollout_cuts_completions_at_a_stop_string_before_grading_and_training(t
     tok = byte_tokenizer()
     enc = lambda t: tok.encode(t, add_special_tokens=False)  # noqa: E731
     kept = enc(" \\boxed{3}\n\n")
-    ran_on = kept + enc("Question: 9? \\boxed{9}")  # no EOS: the sampler hit max_new_tokens
     ended = enc(" \\boxed{5}") + [258]
     c = _tiny(tmp_path)
     c.grpo.prompts_per_step, c.grpo.group_size, c.grpo.mask_truncated = 1, 2, True
-    c.grpo.reward_fns, c.grpo.max_new_tokens = [], len(ran_on)
+    c.grpo.reward_fns, c.grpo.max_new_tokens = [], 24
     cfg = sft.model_config(c)
     mesh = make_mesh(data=1, fsdp=1, tensor=1, devices=jax.devices()[:1])
     params = init_params(cfg, jax.random.key(0), mesh=mesh)
     prompt = rollout.Prompt(tokens=(257, 49, 43, 50), gold="3", text="1+2", where="x:1")
+    asked = {}
 
-    def fake_generate(params, cfg, prompts, sp, eos_ids, seed, key_ids):
-        rows = [ran_on, ended]
+    def fake_generate(params, cfg, prompts, sp, eos_ids, seed, key_ids, stop, **engine):
+        asked["stop"] = stop
+        rows = [kept, ended]
         return sample.GenerateResult(tokens=rows, logprobs=[[-0.5] * len(r) for r in rows],
                                      model_logprobs=[[-0.5] * len(r) for r in rows],
-                                     finish_reasons=["length", "eos"], prompt_index=[0, 0], sample_index=[0, 1],
+                                     finish_reasons=["stop", "eos"], prompt_index=[0, 0], sample_index=[0, 1],
                                      prompt_lengths=[len(prompt.tokens)])
 
     monkeypatch.setattr(rollout.sample, "generate", fake_generate)
     source = rollout.RolloutSource([prompt], cfg, tok, c.grpo, mesh, seed=0, eos_ids=(258,), stop_strings=("\n\n",))
     batch = jax.tree.map(np.asarray, source.next(types.SimpleNamespace(params=params, step=0)))
+    assert asked["stop"].strings == ("\n\n",) and asked["stop"].skip == {258}
     m = source.metrics()
-    assert m["reward/accuracy"] == 0.5  # row 0 graded on " \boxed{3}" only (the gold), row 1 wrong
+    assert m["reward/accuracy"] == 0.5  # row 0 graded on " \boxed{3}" (the gold), row 1 wrong
     assert m["rollout/truncated"] == 0.0 and m["rollout/stop_string"] == 0.5
-    np.testing.assert_array_equal(batch["weights"].sum(1), [len(kept), len(ended)])
+    np.testing.assert_array_equal(batch["weights"].sum(1), [len(kept), len(ended)])  # neither masked
     P = len(prompt.tokens)
     np.testing.assert_array_equal(batch["targets"][0, P - 1:P - 1 + len(kept)], kept)
-    assert (batch["segment_ids"][0, P + len(kept):] == 0).all()  # nothing after the cut
+    assert (batch["segment_ids"][0, P + len(kept):] == 0).all()

@@ -1,4 +1,4 @@
-"""The sampler against transformers' generate, against a full forward, and against exact probabilities."""
+"""The rollout engine against transformers' generate, a full forward, a cache-free reference and exact probabilities."""
 
 import functools
 
@@ -113,24 +113,131 @@ def test_sampling_frequencies_within_three_standard_errors(sp):
     np.testing.assert_allclose(np.asarray(model_lp), np.log(PROBS[tok]), atol=1e-5)
 
 
-def test_n_samples_share_one_prefill_and_keys_do_not_depend_on_batching(root):
+def test_argmax_is_jnp_argmax_with_first_index_ties():
+    rng = np.random.default_rng(0)
+    for V in (262144, 151936, 101, 4096):
+        x = rng.normal(size=(5, V)).astype(np.float32)
+        x[1, [3, V // 2, V - 1]] = 50.0  # ties: the first index wins
+        x[2, :] = 1.0  # all equal
+        x[3, V - 1] = 60.0  # the last chunk
+        x[4, [0, V - 2]] = -np.inf
+        np.testing.assert_array_equal(np.asarray(sampler.argmax(jnp.asarray(x))), np.argmax(x, axis=-1))
+    assert np.argmax(x, -1)[1] == 3
+
+
+@pytest.mark.parametrize("sp", [sample.SamplingParams(temperature=1.0),
+                                sample.SamplingParams(temperature=0.7, top_k=5, top_p=0.8)])
+def test_draws_are_jax_random_categorical_of_the_row_key_folded_with_the_step(sp):
+    """The engine's draw rule: token t of a row is categorical(fold_in(row key, t), masked logits)."""
+    logits = jax.random.normal(jax.random.key(3), (16, 300)) * 3
+    keys = sampler.row_keys(2, np.arange(16), np.arange(16) % 3)
+    steps = jnp.arange(16, dtype=jnp.int32) * 7
+    tok, lp, model_lp = jax.jit(sampler.select_tokens, static_argnames="sp")(logits, keys, steps, sp=sp)
+    masked = sampler.sampling_logits(logits, sp)
+    want = jax.vmap(lambda k, t, m: jax.random.categorical(jax.random.fold_in(k, t), m))(keys, steps, masked)
+    np.testing.assert_array_equal(np.asarray(tok), np.asarray(want))
+    rows = np.arange(16)
+    np.testing.assert_allclose(np.asarray(lp), np.asarray(jax.nn.log_softmax(masked))[rows, np.asarray(want)],
+                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(model_lp), np.asarray(jax.nn.log_softmax(logits))[rows, np.asarray(want)],
+                               atol=1e-5)
+
+
+def _reference_rows(params, cfg, prompts, sp, eos, seed, key_ids):
+    """The sampler's definition, row by row without a cache: a full forward over prompt + tokens so far,
+    then select_tokens with the row's key and the token's index."""
+    T = max(map(len, prompts)) + sp.max_new_tokens
+    out = []
+    for i, p in enumerate(prompts):
+        keys = sampler.row_keys(seed, np.full(sp.n, key_ids[i]), np.arange(sp.n))
+        for j in range(sp.n):
+            seq = list(p)
+            toks = []
+            while len(toks) < sp.max_new_tokens:
+                ids = np.zeros((1, T), np.int32)
+                seg = np.zeros((1, T), np.int32)
+                ids[0, :len(seq)], seg[0, :len(seq)] = seq, 1
+                logits = model.forward(params, ids, cfg, segment_ids=seg)[:, len(seq) - 1]
+                tok = int(sampler.select_tokens(logits, keys[j:j + 1], jnp.int32(len(toks)), sp)[0][0])
+                toks.append(tok)
+                seq.append(tok)
+                if tok in eos:
+                    break
+            out.append(toks)
+    return out
+
+
+def test_engine_equals_the_reference_whatever_the_slots_and_arrival_order(root):
+    """Continuous batching is invisible in the output: every slot count (one slot, fewer slots
+    than samples, more), block size and arrival order gives the reference's tokens for every row,
+    with rows of very different lengths (EOS) refilling slots mid-run."""
     _, cfg, params = _checkpoint("qwen3", root)
-    prompts = _prompts([6, 8, 7], seed=2)
-    sp = sample.SamplingParams(max_new_tokens=10, temperature=1.0, n=4)
-    res = sample.generate(params, cfg, prompts, sp, eos_ids=(), seed=5)
-    assert res.prompt_index == [0] * 4 + [1] * 4 + [2] * 4 and res.sample_index == [0, 1, 2, 3] * 3
-    assert len({tuple(t) for t in res.tokens[:4]}) > 1  # samples of one prompt differ
-    again = sample.generate(params, cfg, prompts, sp, eos_ids=(), seed=5)
-    assert again.tokens == res.tokens  # reproducible
-    # tiny memory budget: one row per chunk, prompts re-prefilled per chunk; same rows, same tokens
-    split = sample.generate(params, cfg, prompts, sp, eos_ids=(), seed=5, memory_budget_bytes=1)
-    assert split.tokens == res.tokens
-    np.testing.assert_allclose(np.concatenate(split.logprobs), np.concatenate(res.logprobs), atol=1e-5)
-    other = sample.generate(params, cfg, prompts, sp, eos_ids=(), seed=6)
-    assert other.tokens != res.tokens
-    greedy = sample.generate(params, cfg, prompts, sample.SamplingParams(max_new_tokens=10, temperature=0.0, n=3),
-                             eos_ids=())
-    assert greedy.tokens[0] == greedy.tokens[1] == greedy.tokens[2]
+    prompts = _prompts([6, 30, 3, 12, 7], seed=2)
+    sp = sample.SamplingParams(max_new_tokens=14, temperature=1.0, n=3)
+    eos = (4, 9, 17)
+    want = _reference_rows(params, cfg, prompts, sp, eos, seed=5, key_ids=list(range(5)))
+    lengths = sorted({len(t) for t in want})
+    assert len(lengths) >= 4 and lengths[0] < 6 and lengths[-1] == 14  # heavy-tailed rows
+    for slots, block in ((1, 16), (2, 3), (4, 1), (8, 5), (32, 16)):
+        res = sample.generate(params, cfg, prompts, sp, eos_ids=eos, seed=5, num_slots=slots, block_steps=block)
+        assert res.tokens == want, (slots, block)
+        assert res.stats["num_slots"] == slots
+        assert res.finish_reasons == ["eos" if t[-1] in eos else "length" for t in want]
+    # arrival order: the prompts reversed, with their key ids, give the same rows
+    order = [4, 3, 2, 1, 0]
+    rev = sample.generate(params, cfg, [prompts[i] for i in order], sp, eos_ids=eos, seed=5, key_ids=order,
+                          num_slots=4, block_steps=4)
+    assert rev.tokens == [want[i * 3 + j] for i in order for j in range(3)]
+    assert rev.prompt_index == [i for i in range(5) for _ in range(3)] and rev.sample_index == [0, 1, 2] * 5
+    other = sample.generate(params, cfg, prompts, sp, eos_ids=eos, seed=6)
+    assert other.tokens != want
+
+
+def test_slot_accounting_and_refill(root):
+    """Slot-steps add up: live slot-steps are the decode steps the rows needed (every token but the
+    first, drawn at insertion), and refilling keeps slots busier than one static batch would."""
+    _, cfg, params = _checkpoint("llama", root)
+    prompts = _prompts([5, 9, 4, 11, 6, 8, 3, 10], seed=3)
+    sp = sample.SamplingParams(max_new_tokens=20, temperature=1.0, n=2)
+    free = sample.generate(params, cfg, prompts, sp, eos_ids=(), seed=1)
+    eos = tuple(sorted({t[k] for t, k in zip(free.tokens, range(1, 17))}))[:6]  # rows end at varied lengths
+    res = sample.generate(params, cfg, prompts, sp, eos_ids=eos, seed=1, num_slots=4, block_steps=2)
+    st = res.stats
+    assert st["rows_done"] == st["rows"] == 16 and st["tokens"] == res.generated_tokens == st["drawn"]
+    assert st["live_slot_steps"] == sum(len(t) - 1 for t in res.tokens)
+    assert st["slot_steps"] == 4 * (st["slot_steps"] // 4) and st["live_slot_steps"] <= st["slot_steps"]
+    static = len(res.tokens) * max(map(len, res.tokens))  # every row waits for the longest, all at once
+    assert st["slot_steps"] < static
+    assert st["prefills"] >= 1 and st["prefill_tokens"] == sum(map(len, prompts))
+
+
+class _CharTokenizer:
+    """id -> one character: ids divisible by 5 are newlines, the rest letters."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join("\n" if i % 5 == 0 else chr(97 + i % 26) for i in ids)
+
+
+def test_stop_strings_end_rows_after_the_token_that_completes_them(root):
+    """With a stop string the engine gives each row the free-running row cut after the token that
+    completes the stop (finish reason "stop"), here a blank line written as two tokens; rows
+    without one are unchanged."""
+    from reasonax.sample import StopStrings
+
+    _, cfg, params = _checkpoint("gemma", root)
+    prompts = _prompts([4, 8, 6], seed=6)
+    sp = sample.SamplingParams(max_new_tokens=30, temperature=1.0, n=4)
+    free = sample.generate(params, cfg, prompts, sp, eos_ids=(), seed=2)
+    stop = StopStrings(_CharTokenizer(), ("\n\n",))
+    cuts = [stop.cut(t) for t in free.tokens]
+    assert sum(c is not None for c in cuts) >= 3 and any(c is None for c in cuts)
+    for block in (1, 4, 16):
+        res = sample.generate(params, cfg, prompts, sp, eos_ids=(), seed=2, stop=stop, num_slots=4, block_steps=block)
+        for row, c, got, reason in zip(free.tokens, cuts, res.tokens, res.finish_reasons):
+            assert got == (row if c is None else row[:c])
+            assert reason == ("length" if c is None else "stop")
+            assert c is None or got[-1] % 5 == 0 == got[-2] % 5  # the two newlines are kept
+        assert res.stats["drawn"] - res.stats["tokens"] <= block * len(res.tokens)
 
 
 def test_eos_is_kept_and_ends_the_row(root):
@@ -149,16 +256,35 @@ def test_eos_is_kept_and_ends_the_row(root):
         assert res.tokens[1] == row1 and res.finish_reasons[1] == "length"
 
 
-def test_prompt_lengths_in_one_bucket_compile_once(root):
+def test_requests_in_the_same_buckets_compile_nothing_new(root):
+    from reasonax.sample import engine
+
     _, cfg, params = _checkpoint("gemma", root)
     sp = sample.SamplingParams(max_new_tokens=4, temperature=0.0)
-    sample.generate(params, cfg, _prompts([10, 12]), sp, eos_ids=())
-    compiled = sampler._generate_chunk._cache_size()
-    for lengths in ([20, 3], [31, 17], [32, 1]):  # all in the 32 bucket, same row bucket
-        sample.generate(params, cfg, _prompts(lengths), sp, eos_ids=())
-    assert sampler._generate_chunk._cache_size() == compiled
-    sample.generate(params, cfg, _prompts([33, 50]), sp, eos_ids=())  # both in the 64 bucket: one more program
-    assert sampler._generate_chunk._cache_size() == compiled + 1
+    # the 32 bucket: 36 cache columns; blocks attend to 32 (short rows) or all 36 columns
+    for lengths in ([10, 12], [31, 17]):
+        sample.generate(params, cfg, _prompts(lengths), sp, eos_ids=(), num_slots=2)
+    programs = [f._cache_size() for f in (engine._prefill, engine._insert, engine._decode_block)]
+    for lengths in ([20, 3], [9, 2], [32, 1]):  # all in the 32 bucket, same slot count
+        sample.generate(params, cfg, _prompts(lengths), sp, eos_ids=(), num_slots=2)
+    assert [f._cache_size() for f in (engine._prefill, engine._insert, engine._decode_block)] == programs
+    sample.generate(params, cfg, _prompts([33, 50]), sp, eos_ids=(), num_slots=2)  # the 64 bucket
+    assert engine._prefill._cache_size() == programs[0] + 1
+
+
+def test_slot_count_follows_the_kv_budget(root):
+    from reasonax.model.cache import kv_bytes_per_row
+    from reasonax.sample import engine
+
+    _, cfg, params = _checkpoint("qwen2", root)
+    per_slot = kv_bytes_per_row(cfg, 32 + 8, "float32") + engine.step_bytes_per_slot(cfg)
+    assert engine.plan_slots(cfg, 40, "float32", 5 * per_slot) == 4  # a power of two that fits
+    assert engine.plan_slots(cfg, 40, "float32", 5 * per_slot, batch_shards=2) == 8  # per device
+    assert engine.plan_slots(cfg, 40, "float32", 100 * per_slot, rows=3) == 4  # no more than the rows need
+    assert engine.plan_slots(cfg, 40, "float32", 1) == 1
+    res = sample.generate(params, cfg, _prompts([5, 6, 7]), sample.SamplingParams(max_new_tokens=8, n=3),
+                          eos_ids=(), kv_budget_bytes=5 * per_slot)
+    assert res.stats["num_slots"] == 4 and res.stats["kv_bytes_per_device"] == 4 * kv_bytes_per_row(cfg, 40, "float32")
 
 
 @pytest.mark.parametrize("family", ["gemma3", "qwen2"])
@@ -184,6 +310,10 @@ def test_bad_requests_are_named(root):
         sample.generate(params, cfg, [[5, 500]], sample.SamplingParams(max_new_tokens=2))
     with pytest.raises(ValueError, match="top_p must be in"):
         sample.SamplingParams(top_p=0.0)
+    with pytest.raises(ValueError, match="num_slots must be >= 1, got 0"):
+        sample.generate(params, cfg, [[5]], sample.SamplingParams(max_new_tokens=2), num_slots=0)
+    with pytest.raises(ValueError, match="block_steps must be >= 1, got 0"):
+        sample.generate(params, cfg, [[5]], sample.SamplingParams(max_new_tokens=2), block_steps=0)
 
 
 def test_unstacked_decode_equals_scanned(root):

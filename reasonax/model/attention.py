@@ -21,12 +21,16 @@ _MASKED = float(jnp.finfo(jnp.float32).min)
 
 def make_mask(q_slots: jax.Array, k_slots: jax.Array, q_seg: jax.Array, k_seg: jax.Array,
               window: int | None = None) -> jax.Array:
-    """Boolean [B, T, S]: causal, same non-zero segment, and (optionally) within the window."""
-    causal = k_slots[None, None, :] <= q_slots[None, :, None]
+    """Boolean [B, T, S]: causal, same non-zero segment, and (optionally) within the window.
+
+    q_slots [T] (shared by the rows) or [B, T] (each row writes at its own cache column), k_slots [S].
+    """
+    q = q_slots if q_slots.ndim == 2 else q_slots[None]
+    causal = k_slots[None, None, :] <= q[:, :, None]
     same = (q_seg[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] != 0)
     mask = causal & same
     if window:
-        mask &= (q_slots[None, :, None] - k_slots[None, None, :]) < window
+        mask &= (q[:, :, None] - k_slots[None, None, :]) < window
     return mask
 
 

@@ -1,9 +1,15 @@
 """Fixed-size KV cache, stacked over layers like the params.
 
-k, v        [L, B, S, K, H]  keys after RoPE, values
-segment_ids [B, S]           0 for empty or padding slots (never attended to)
-next_pos    [B]              position of the next token of each row
-index       []               next slot to write (shared by all rows: prompts are left-padded)
+k, v        [L, B, S, K, H]  keys after RoPE, values; columns in the order each row wrote them
+segment_ids [B, S]           0 for empty or padding columns (never attended to)
+lengths     [B]              next column each row writes: a chunk of T tokens goes to columns
+                             lengths .. lengths + T - 1 of its row
+next_pos    [B]              position of each row's next token
+
+Rows are independent: each has its own write column, so a decode slot can hold a prompt of any
+length next to slots in other phases (the rollout engine, reasonax.sample.engine). A row's real
+tokens sit in consecutive columns (padding, if any, only before them), so column distance is
+position distance and the causal / sliding-window masks work on columns.
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ class KVCache:
     k: jax.Array
     v: jax.Array
     segment_ids: jax.Array
+    lengths: jax.Array
     next_pos: jax.Array
-    index: jax.Array
 
     @property
     def max_len(self) -> int:
@@ -40,7 +46,7 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32, me
     def make():
         return KVCache(k=jnp.zeros(kv_shape, dtype), v=jnp.zeros(kv_shape, dtype),
                        segment_ids=jnp.zeros((batch, max_len), jnp.int32),
-                       next_pos=jnp.zeros((batch,), jnp.int32), index=jnp.zeros((), jnp.int32))
+                       lengths=jnp.zeros((batch,), jnp.int32), next_pos=jnp.zeros((batch,), jnp.int32))
 
     if mesh is None:
         return make()
@@ -50,7 +56,20 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32, me
 def cache_shardings(cfg: ModelConfig, mesh, batch: int, max_len: int) -> KVCache:
     kv_shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
     kv = sharding.named_sharding(mesh, KV_AXES, kv_shape)
-    return KVCache(k=kv, v=kv,
-                   segment_ids=sharding.named_sharding(mesh, ("batch", None), (batch, max_len)),
-                   next_pos=sharding.named_sharding(mesh, ("batch",), (batch,)),
-                   index=sharding.named_sharding(mesh, (), ()))
+    row = sharding.named_sharding(mesh, ("batch",), (batch,))
+    return KVCache(k=kv, v=kv, segment_ids=sharding.named_sharding(mesh, ("batch", None), (batch, max_len)),
+                   lengths=row, next_pos=row)
+
+
+def kv_bytes_per_row(cfg: ModelConfig, max_len: int, dtype) -> int:
+    """Bytes of keys and values one row of a max_len cache holds (all layers)."""
+    return 2 * cfg.num_layers * max_len * cfg.num_kv_heads * cfg.head_dim * jnp.dtype(dtype).itemsize
+
+
+def write_columns(buf: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
+    """buf [B, S, ...] with new [B, T, ...] written at columns start[b] .. start[b] + T - 1 of each row
+    (a scatter: in place inside jitted loops); columns past S are dropped."""
+    B, T = new.shape[:2]
+    rows = jnp.arange(B, dtype=jnp.int32)[:, None]
+    cols = start.astype(jnp.int32)[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
+    return buf.at[rows, cols].set(new.astype(buf.dtype), mode="drop")

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reasonax.model import attention, layers
-from reasonax.model.cache import KVCache
+from reasonax.model.cache import KVCache, write_columns
 from reasonax.model.config import SLIDING, ModelConfig
 from reasonax.model.sharding import constrain
 
@@ -65,11 +65,12 @@ def _project_out(a, w):
     return jnp.einsum("BTX,DX->BTD", a.reshape(B, T, -1), w.reshape(w.shape[0], -1))
 
 
-def _decoder_layer(cfg: ModelConfig, x, p, cos, sin, mask, kv, layer, index):
+def _decoder_layer(cfg: ModelConfig, x, p, cos, sin, mask, kv, layer, cols, attn_len):
     """One pre-norm decoder layer.
 
     kv: None (keys are this chunk) or the whole stacked cache (k, v) [L,B,S,K,H]; this chunk's keys
-    and values are written at [layer, :, index] in place and the layer's slice is attended to.
+    and values are written at [layer, b, cols[b]] in place, and the layer's first attn_len columns
+    are attended to.
     """
     h = _norm(cfg, x, p["pre_attn_norm"])
     q, k, v = (_project_in(h, p[name]) for name in ("q", "k", "v"))
@@ -79,9 +80,9 @@ def _decoder_layer(cfg: ModelConfig, x, p, cos, sin, mask, kv, layer, index):
         q, k = _norm(cfg, q, p["q_norm"]), _norm(cfg, k, p["k_norm"])
     q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
     if kv is not None:
-        start = (layer, 0, index, 0, 0)
-        kv = tuple(jax.lax.dynamic_update_slice(c, new[None].astype(c.dtype), start) for c, new in zip(kv, (k, v)))
-        k, v = (jax.lax.dynamic_index_in_dim(c, layer, axis=0, keepdims=False) for c in kv)
+        rows = jnp.arange(x.shape[0], dtype=jnp.int32)[:, None]
+        kv = tuple(c.at[layer, rows, cols].set(new.astype(c.dtype), mode="drop") for c, new in zip(kv, (k, v)))
+        k, v = (jax.lax.dynamic_index_in_dim(c, layer, axis=0, keepdims=False)[:, :attn_len] for c in kv)
     out = _project_out(attention.attend(cfg, q, k, v, mask), p["o"])
     if cfg.o_bias:
         out = out + p["o_bias"]
@@ -109,11 +110,14 @@ def embed(params: dict, tokens: jax.Array, cfg: ModelConfig) -> jax.Array:
 
 
 def hidden_states(params: dict, tokens: jax.Array, cfg: ModelConfig, *, positions=None, segment_ids=None,
-                  cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+                  cache: KVCache | None = None, attn_len: int | None = None) -> tuple[jax.Array, KVCache | None]:
     """Final-norm hidden states [B,T,D] (and the updated cache when one is given).
 
     tokens int32 [B,T]; segment_ids [B,T] (0 = padding, default all 1); positions [B,T] (default:
-    index within the segment, continuing from cache.next_pos when a cache is given).
+    index within the segment, continuing from cache.next_pos when a cache is given). With a cache,
+    row b's chunk is written at columns cache.lengths[b] onwards and attends to the cache's first
+    attn_len columns (default all; a static bound on every row's lengths + T, so decode reads only
+    the filled part of the cache).
     """
     B, T = tokens.shape
     dtype = params["embed"].dtype
@@ -126,21 +130,21 @@ def hidden_states(params: dict, tokens: jax.Array, cfg: ModelConfig, *, position
 
     if cache is None:
         slots = jnp.arange(T, dtype=jnp.int32)
-        q_slots, k_slots, k_seg, index = slots, slots, segment_ids, None
+        q_slots, k_slots, k_seg, cols, attn_len = slots, slots, segment_ids, None, None
     else:
-        index = cache.index
-        q_slots = index + jnp.arange(T, dtype=jnp.int32)
-        k_slots = jnp.arange(cache.max_len, dtype=jnp.int32)
-        k_seg = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids, index, axis=1)
-    masks, coss, sins, type_ids = _layer_type_tables(cfg, positions, q_slots, k_slots, segment_ids, k_seg,
-                                                     dtype)
+        attn_len = cache.max_len if attn_len is None else min(attn_len, cache.max_len)
+        q_slots = cols = cache.lengths[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
+        k_slots = jnp.arange(attn_len, dtype=jnp.int32)
+        k_seg = write_columns(cache.segment_ids, segment_ids, cache.lengths)
+    masks, coss, sins, type_ids = _layer_type_tables(
+        cfg, positions, q_slots, k_slots, segment_ids, k_seg if cache is None else k_seg[:, :attn_len], dtype)
     single_type = masks.shape[0] == 1
 
     def body(carry, xs):  # the cache rides in the carry so each layer updates it in place
         x, kv = carry
         p, tid, layer = xs
         pick = (lambda a: a[0]) if single_type else (lambda a: a[tid])
-        return _decoder_layer(cfg, x, p, pick(coss), pick(sins), pick(masks), kv, layer, index), None
+        return _decoder_layer(cfg, x, p, pick(coss), pick(sins), pick(masks), kv, layer, cols, attn_len), None
 
     if cfg.remat != "none":
         body = jax.checkpoint(body, policy=_REMAT[cfg.remat])
@@ -155,7 +159,8 @@ def hidden_states(params: dict, tokens: jax.Array, cfg: ModelConfig, *, position
     x = _norm(cfg, x, params["final_norm"])
     if cache is None:
         return x, None
-    return x, KVCache(k=kv[0], v=kv[1], segment_ids=k_seg, next_pos=positions[:, -1] + 1, index=index + T)
+    return x, KVCache(k=kv[0], v=kv[1], segment_ids=k_seg, lengths=cache.lengths + T,
+                      next_pos=positions[:, -1] + 1)
 
 
 def unstack_layers(params: dict) -> dict:

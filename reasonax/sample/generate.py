@@ -4,10 +4,12 @@
         --config.model=/models/gemma-3-270m --config.prompts=questions.jsonl --config.output=out/samples.jsonl
 
 Each output line: {"prompt_id", "sample_index", "text", "num_tokens", "finish_reason"[, "logprobs"]}.
-Records are appended (and fsynced) after every batch of prompts; a rerun with the same output
-skips prompt ids already complete and regenerates unfinished ones with the same keys, so an
-interrupted run ends with exactly the file an uninterrupted one writes. The summary
-(<output>.summary.json) has tokens, FLOPs, wall time and tokens/s of the run.
+All prompts go to one run of the rollout engine (reasonax.sample.engine: continuous batching,
+stop strings end a row in the loop); a prompt's records are appended (and fsynced) as soon as
+all its samples are done. A rerun with the same output skips prompt ids already complete and
+regenerates unfinished ones with the same keys, so an interrupted run ends with the records an
+uninterrupted one writes. The summary (<output>.summary.json) has tokens, FLOPs, wall time,
+tokens/s, the decode slots and their KV memory, and slot use.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from ml_collections import config_flags
 
 from reasonax import jsonl
 from reasonax.model import convert, prompts as prompts_lib
-from reasonax.sample import budget
-from reasonax.sample.sampler import SamplingParams, generate
+from reasonax.sample import budget, engine
+from reasonax.sample.sampler import SamplingParams
+from reasonax.sample.stops import StopStrings
 
 def default_config():
     """Every field of a generate config, with its default and meaning."""
@@ -40,7 +43,7 @@ def default_config():
     c.instruction = prompts_lib.BOXED_INSTRUCTION  # instruction of the chat formats
     c.few_shot = ""  # JSONL of {"question", "answer"} worked examples prepended to every prompt
     c.num_few_shot = 0  # how many of them (0 = all)
-    c.stop_strings = ()  # text that ends a completion (single-token ones end generation); empty = the format's
+    c.stop_strings = ()  # text that ends a completion (checked after every decode block); empty = the format's
     c.output = ""  # output JSONL; <output>.summary.json is written next to it
     c.sampling = ml_collections.ConfigDict()
     c.sampling.max_new_tokens = 256
@@ -50,8 +53,9 @@ def default_config():
     c.sampling.min_p = 0.0  # 0 = off
     c.sampling.n = 1  # samples per prompt (the prompt is prefilled once for all of them)
     c.seed = 0  # sampling seed; each (prompt line, sample index) has its own key
-    c.batch_prompts = 32  # prompts per sampler call; records are appended after each call
-    c.memory_budget_gb = 2.0  # KV cache + logits budget per chunk of rows
+    c.kv_budget_gb = 2.0  # per device: KV cache + decode temporaries of the slots (sets the slot count)
+    c.num_slots = 0  # decode slots (0 = as many as kv_budget_gb holds, at most 256)
+    c.block_steps = 16  # decode steps per jitted block (stop strings are checked between blocks)
     c.save_logprobs = False  # add per-token log-probs (sampling distribution) to each record
     c.progress = True  # progress bar
     return c
@@ -121,38 +125,42 @@ def run(cfg) -> dict:
 
     from tqdm import tqdm
 
+    token_prompts = [tokenizer(fmt.render(it["question"], shots, cfg.instruction))["input_ids"] for it in todo]
     stats = Counter()
-    flops = {"dense": 0, "attention": 0, "total": 0}
+    groups: dict[int, list] = {}
+
+    def write(c: engine.Completion) -> None:  # a prompt's records go out when all its samples are done
+        text = prompts_lib.cut_at_stop(tokenizer.decode(c.tokens, skip_special_tokens=True), stops)[0]
+        rec = {"prompt_id": todo[c.prompt]["id"], "sample_index": c.sample, "text": text,
+               "num_tokens": len(c.tokens), "finish_reason": c.finish_reason}
+        if cfg.save_logprobs:
+            rec["logprobs"] = [round(x, 5) for x in c.logprobs]
+        group = groups.setdefault(c.prompt, [])
+        group.append(rec)
+        if len(group) == sp.n:
+            jsonl.append(output, sorted(groups.pop(c.prompt), key=lambda r: r["sample_index"]))
+
     t0 = time.perf_counter()
-    with tqdm(total=len(todo) * sp.n, desc="samples", unit="sample", disable=not cfg.progress) as bar:
-        for lo in range(0, len(todo), cfg.batch_prompts):
-            batch = todo[lo:lo + cfg.batch_prompts]
-            token_prompts = [tokenizer(fmt.render(it["question"], shots, cfg.instruction))["input_ids"]
-                             for it in batch]
-            res = generate(params, model_cfg, token_prompts, sp, eos_ids=eos_ids, seed=cfg.seed,
-                           key_ids=[it["key"] for it in batch], memory_budget_bytes=int(cfg.memory_budget_gb * 2**30),
-                           progress=bar.update)
-            records = []
-            for r, toks in enumerate(res.tokens):
-                text, stopped = prompts_lib.cut_at_stop(tokenizer.decode(toks, skip_special_tokens=True), stops)
-                rec = {"prompt_id": batch[res.prompt_index[r]]["id"], "sample_index": res.sample_index[r],
-                       "text": text, "num_tokens": len(toks),
-                       "finish_reason": "stop" if stopped and res.finish_reasons[r] == "length" else
-                       res.finish_reasons[r]}
-                if cfg.save_logprobs:
-                    rec["logprobs"] = [round(x, 5) for x in res.logprobs[r]]
-                records.append(rec)
-            jsonl.append(output, records)
-            stats.update(prompts=len(batch), samples=len(res.tokens), generated_tokens=res.generated_tokens,
-                         prefill_tokens=res.prefill_tokens)
-            for k, v in budget.realised_flops(model_cfg, res.prompt_lengths, res.prompt_index, res.lengths).items():
-                flops[k] += v
+    res, run_stats = None, {}
+    if todo:
+        with tqdm(total=len(todo) * sp.n, desc="samples", unit="sample", disable=not cfg.progress) as bar:
+            res = engine.generate(params, model_cfg, token_prompts, sp, eos_ids=eos_ids, seed=cfg.seed,
+                                  key_ids=[it["key"] for it in todo], stop=StopStrings(tokenizer, stops, eos_ids),
+                                  num_slots=cfg.num_slots or None, kv_budget_bytes=int(cfg.kv_budget_gb * 2**30),
+                                  block_steps=cfg.block_steps, progress=engine.tqdm_progress(bar), on_complete=write)
+        stats.update(prompts=len(todo), samples=len(res.tokens), generated_tokens=res.generated_tokens,
+                     prefill_tokens=res.prefill_tokens)
+        run_stats = {k: res.stats[k] for k in ("num_slots", "cache_columns", "kv_bytes_per_device",
+                                               "step_bytes_per_device", "slot_use", "blocks", "prefills")}
+    flops = {"dense": 0, "attention": 0, "total": 0}
+    if res is not None:
+        flops = budget.realised_flops(model_cfg, res.prompt_lengths, res.prompt_index, res.lengths)
     wall = time.perf_counter() - t0
     summary = {"model": str(cfg.model), "model_type": model_cfg.model_type, "output": str(output),
                "prompts_total": len(items), "prompts_skipped_as_done": len(done), **stats,
                "flops": flops, "wall_time_s": round(wall, 3),
                "generated_tokens_per_s": round(stats["generated_tokens"] / wall, 2) if wall > 0 else None,
-               "sampling": sp.__dict__, "seed": cfg.seed, "prompt_format": fmt.name}
+               "sampling": sp.__dict__, "seed": cfg.seed, "prompt_format": fmt.name, "engine": run_stats}
     Path(str(output) + ".summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -164,8 +172,10 @@ def main(argv):
     if not cfg.model or not cfg.prompts or not cfg.output:
         raise app.UsageError("--config.model, --config.prompts and --config.output are required")
     summary = run(cfg)
-    print(json.dumps({k: summary[k] for k in ("samples", "generated_tokens", "wall_time_s",
-                                               "generated_tokens_per_s") if k in summary}))
+    print(json.dumps({**{k: summary[k] for k in ("samples", "generated_tokens", "wall_time_s",
+                                                 "generated_tokens_per_s") if k in summary},
+                      **{k: summary["engine"][k] for k in ("num_slots", "kv_bytes_per_device", "slot_use")
+                         if k in summary["engine"]}}))
 
 
 if __name__ == "__main__":  # flags only for the CLI: config files import this module's default_config

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from reasonax.model import num_params
+from reasonax.model.cache import kv_bytes_per_row
 from reasonax.model import sharding as sharding_lib
 from reasonax.model.config import ModelConfig
 from reasonax.train import state as state_lib
@@ -137,14 +138,37 @@ def fit(total_bytes: int, device_memory_gib: float) -> dict:
 # The dry run
 
 
+def sampler_memory(model_cfg: ModelConfig, abstract_params, mesh, rollout, rows: int) -> dict:
+    """The rollout engine's memory next to the train step (GRPO): decode slots from the KV budget
+    (or rollout.num_slots), their KV cache exactly, and the compiled decode block (the longest one:
+    attending to every column) on this mesh. rollout: the grpo config."""
+    from reasonax.sample import SamplingParams, engine, sampler
+
+    columns = sampler.bucket(int(rollout.max_prompt_len)) + int(rollout.max_new_tokens)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    dtype = abstract_params["embed"].dtype
+    slots = int(rollout.num_slots) or engine.plan_slots(model_cfg, columns, dtype,
+                                                        int(rollout.kv_budget_gb * GIB), shards, rows)
+    sp = SamplingParams(max_new_tokens=int(rollout.max_new_tokens), temperature=float(rollout.temperature),
+                        top_k=int(rollout.top_k), top_p=float(rollout.top_p), n=int(rollout.group_size))
+    compiled = engine.compile_decode_block(abstract_params, model_cfg, mesh, slots, columns, sp,
+                                           int(rollout.block_steps))
+    return {"num_slots": slots, "cache_columns": columns,
+            "kv_cache": kv_bytes_per_row(model_cfg, columns, dtype) * math.ceil(slots / shards),
+            "compiled": compiled_memory(compiled)}
+
+
 def dry_run(config, model_cfg: ModelConfig, loss_fn: Callable,
             batch_spec_fn: Callable = sft_batch_spec, device_memory_gib: float | None = None, *,
-            prepare: Callable | None = None, reference: bool = False, step_options: dict | None = None) -> dict:
+            prepare: Callable | None = None, reference: bool = False, step_options: dict | None = None,
+            rollout=None) -> dict:
     """Lower and compile the train step for config.mesh on this process's devices; return the report.
 
     loss_fn(params, batch) as for loop.run; batch_spec_fn(config, mesh) -> dict of sharded
     ShapeDtypeStructs. prepare / step_options as for loop.run; reference=True adds a frozen copy
-    of the params as the step's aux (SLM online, GRPO with beta > 0). Needs at least
+    of the params as the step's aux (SLM online, GRPO with beta > 0). rollout (the grpo config):
+    also compile the rollout engine's decode block; the peak is then the larger of the train step
+    and the rollout (train state + reference + engine slots + the decode block's temporaries). Needs at least
     data*fsdp*tensor devices (uses the first ones). See the module docstring for what each
     figure counts and how far to trust it.
     """
@@ -187,8 +211,20 @@ def dry_run(config, model_cfg: ModelConfig, loss_fn: Callable,
         "compiled": compiled_memory(compiled),
         "lower_seconds": lowered_at - start, "compile_seconds": done - lowered_at,
     }
-    if device_memory_gib is not None and report["compiled"] and "total" in report["compiled"]:
-        report["fit"] = fit(report["compiled"]["total"], device_memory_gib)
+    peak = report["compiled"].get("total") if report["compiled"] else None
+    if rollout is not None:
+        sampler = sampler_memory(model_cfg, abstract.params, mesh, rollout, int(config.batch_size))
+        c = sampler["compiled"] or {}
+        # while rolling out the train state stays resident; the decode block's arguments are the
+        # params (already counted) and the slots
+        sampler["total"] = (per_device_bytes(abstract.params) + per_device_bytes(abstract.opt_state)
+                            + (per_device_bytes(abstract.params) if reference else 0)
+                            + sampler["kv_cache"] + c.get("temp", 0))
+        report["sampler"] = sampler
+        peak = max(peak or 0, sampler["total"])
+    report["peak"] = peak
+    if device_memory_gib is not None and peak is not None:
+        report["fit"] = fit(peak, device_memory_gib)
     return report
 
 
@@ -225,6 +261,14 @@ def format_report(report: dict) -> str:
         rows += [f"  {label:<42}{_gib(c[k])}" for k, label in labels if k in c]
         if "total" in c:
             rows.append(f"  {'total = args + outputs - alias + temp':<42}{_gib(c['total'])}")
+    if sm := report.get("sampler"):
+        sc = sm["compiled"] or {}
+        rows += ["", f"rollout engine: {sm['num_slots']} decode slots x {sm['cache_columns']} columns",
+                 f"  {'KV cache of the slots (exact)':<42}{_gib(sm['kv_cache'])}",
+                 f"  {'compiled decode block: temporaries':<42}{_gib(sc.get('temp'))}",
+                 f"  {'rollout total = state + slots + temp':<42}{_gib(sm['total'])}"]
+    if report.get("sampler") and report.get("peak") is not None:
+        rows.append(f"  {'peak = max(train step, rollout)':<42}{_gib(report['peak'])}")
     if f := report.get("fit"):
         verdict = "fits" if f["fits"] else "DOES NOT FIT"
         rows += ["", f"{verdict} in {f['device_memory_gib']:g} GiB per device: headroom "
@@ -303,8 +347,8 @@ def grpo_batch_spec(config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtype
 
 def main_grpo(c) -> None:
     """--dry_run of reasonax.train.grpo: the train step with its prepare pass, mu x minibatches
-    updates and, with beta > 0, the reference params. The sampler's KV cache is not included
-    (it is allocated while generating, within the sampler's memory budget)."""
+    updates and, with beta > 0, the reference params; and the rollout engine's slots (KV cache)
+    and compiled decode block next to it (sampler_memory)."""
     from reasonax.train import grpo, sft
 
     def build(c):
@@ -318,6 +362,6 @@ def main_grpo(c) -> None:
             batch_spec_fn=grpo_batch_spec, reference=bool(g.beta),
             prepare=grpo.make_prepare(model_cfg, g, chunk, old=g.mu > 1 or g.minibatches > 1 or bool(g.is_cap),
                                       ref=bool(g.beta)),
-            step_options=dict(minibatches=g.minibatches, epochs=g.mu))
+            step_options=dict(minibatches=g.minibatches, epochs=g.mu), rollout=g)
 
     _main(c, "reasonax.train.grpo", build)

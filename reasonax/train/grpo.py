@@ -202,6 +202,9 @@ def default_config() -> ml_collections.ConfigDict:
         row_bucket=64,            # training rows are cut to the batch's longest prompt + completion, rounded
                                   # up to a multiple of this (one compiled step per length); 0: always full
         temperature=1.0, top_p=1.0, top_k=0,  # sampling (the learner's log-probs use the same temperature)
+        kv_budget_gb=2.0,         # rollout engine, per device: KV cache + decode temporaries (sets the slots)
+        num_slots=0,              # rollout engine decode slots (0: as many as kv_budget_gb holds, at most 256)
+        block_steps=16,           # decode steps per jitted block (stop strings checked, slots refilled between)
         mu=1,                     # updates over each rollout batch (num_iterations)
         minibatches=1,            # optimizer updates per pass over the rollout batch
         beta=0.0,                 # k3 KL weight; > 0 builds a frozen reference (the initial params)
@@ -238,6 +241,9 @@ def check_config(c) -> None:
         problems.append(f"grpo.aggregation={g.aggregation!r} (one of {AGGREGATIONS})")
     if g.mu < 1 or g.minibatches < 1:
         problems.append("grpo.mu and grpo.minibatches must be >= 1")
+    if g.num_slots < 0 or g.block_steps < 1 or g.kv_budget_gb <= 0:
+        problems.append(f"grpo.num_slots={g.num_slots} (>= 0), grpo.block_steps={g.block_steps} (>= 1), "
+                        f"grpo.kv_budget_gb={g.kv_budget_gb} (> 0)")
     if problems:
         raise ValueError("invalid GRPO config: " + "; ".join(problems))
 
@@ -284,7 +290,8 @@ def greedy_correct(params, prompts, cfg, tokenizer, max_new_tokens: int, eos_ids
     from reasonax.train.rollout import completion_text
 
     sp = sample.SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
-    res = sample.generate(params, cfg, [p.tokens for p in prompts], sp, eos_ids=eos_ids, seed=0)
+    res = sample.generate(params, cfg, [p.tokens for p in prompts], sp, eos_ids=eos_ids, seed=0,
+                          stop=sample.StopStrings(tokenizer, stops, eos_ids))
     texts = [completion_text(tokenizer, toks, eos_ids, stops) for toks in res.tokens]
     return grader.grade_batch(texts, [p.gold for p in prompts], fallback=False)
 

@@ -10,9 +10,10 @@ run, the same on every process: all processes generate the same global batch, SP
 places its own rows). The sampling seed differs at every step and round (derived from the run
 seed, the step and the round), so a resumed run samples exactly what the uninterrupted one would.
 
-A completion containing one of the template's stop strings (multi-token, e.g. few-shot's blank
-line; the sampler only stops on single tokens) is cut after the token that completes it: the
-rest is neither graded nor trained on, and it counts as finished, not truncated.
+A completion ends after the token that completes one of the template's stop strings (multi-token,
+e.g. few-shot's blank line): the engine checks them between decode blocks and frees the slot, so
+nothing past the stop is graded or trained on, and the completion counts as finished, not
+truncated.
 
 Rows (N = prompts x G, prompt-major; T = the batch's longest prompt + completion rounded up to
 a multiple of row_bucket, at most max_prompt_len + max_new_tokens): inputs / targets the
@@ -73,8 +74,8 @@ class _Completions:
     tokens: list
     logprobs: list
     truncated: list[bool]  # neither EOS nor a stop string before max_new_tokens
-    stopped: list[bool]  # cut at a stop string
-    generated: int  # tokens the sampler generated (before the cut)
+    stopped: list[bool]  # ended by a stop string
+    generated: int  # tokens the engine drew (with those past a stop string, up to a block each)
 
 
 def prompt_stream(n: int, seed: int) -> grain.DatasetIterator:
@@ -84,34 +85,18 @@ def prompt_stream(n: int, seed: int) -> grain.DatasetIterator:
 
 def completion_text(tokenizer, tokens: Sequence[int], eos_ids: Sequence[int], stop_strings: Sequence[str] = ()) -> str:
     """What the grader sees of a completion: decoded without its stop tokens and cut at the first
-    stop string (multi-token stops such as few-shot's blank line do not end generation), as the
-    generate CLI writes samples."""
+    stop string (the engine's rows end with the token that completes it), as the generate CLI
+    writes samples."""
     from reasonax.model.prompts import cut_at_stop
 
     text = tokenizer.decode([t for t in tokens if t not in eos_ids], skip_special_tokens=True)
     return cut_at_stop(text, stop_strings)[0]
 
 
-def tokens_to_stop(tokenizer, tokens: Sequence[int], eos_ids: Sequence[int], stop_strings: Sequence[str]) -> int | None:
-    """How many of a completion's tokens to keep when it contains a stop string: up to and
-    including the token that completes the first one (a multi-token stop ends the completion
-    as EOS would), or None when there is none. Found by bisection over decoded prefixes."""
-    from reasonax.model.prompts import cut_at_stop
-
-    if not stop_strings:
-        return None
-
-    def stopped(k: int) -> bool:
-        text = tokenizer.decode([t for t in tokens[:k] if t not in eos_ids], skip_special_tokens=True)
-        return cut_at_stop(text, stop_strings)[1]
-
-    if not stopped(len(tokens)):
-        return None
-    lo, hi = 1, len(tokens)  # stopped(hi) holds; find the smallest such k
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if stopped(mid) else (mid + 1, hi)
-    return lo
+def engine_options(rc) -> dict:
+    """The rollout engine's sizing from the grpo config (slots, KV budget, block steps)."""
+    return dict(num_slots=rc.num_slots or None, kv_budget_bytes=int(rc.kv_budget_gb * 2**30),
+                block_steps=rc.block_steps)
 
 
 def load_reward_fn(path: str) -> Callable:
@@ -189,6 +174,7 @@ class RolloutSource:
                  eos_ids: Sequence[int], stop_strings: Sequence[str] = ()):
         self.prompts, self.cfg, self.tokenizer, self.rc, self.mesh = prompts, cfg, tokenizer, rc, mesh
         self.seed, self.eos_ids, self.stop_strings = seed, tuple(eos_ids), tuple(stop_strings)
+        self.stop = sample.StopStrings(tokenizer, self.stop_strings, self.eos_ids)
         self.iterator = prompt_stream(len(prompts), seed)
         self.user_fns = [load_reward_fn(p) for p in rc.reward_fns]
         self.sp = sample.SamplingParams(max_new_tokens=rc.max_new_tokens, temperature=rc.temperature,
@@ -206,16 +192,13 @@ class RolloutSource:
         t0 = time.perf_counter()
         res = sample.generate(state.params, self.cfg, [self.prompts[i].tokens for i in idx], self.sp,
                               eos_ids=self.eos_ids, seed=(self.seed * 1_000_003 + step * 97 + round_) % (2**31 - 1),
-                              key_ids=idx)
+                              key_ids=idx, stop=self.stop, **engine_options(self.rc))
         t_gen = time.perf_counter() - t0
         t0 = time.perf_counter()
-        cuts = [tokens_to_stop(self.tokenizer, t, self.eos_ids, self.stop_strings) for t in res.tokens]
-        # a completion cut at a stop string ends there: later tokens are neither graded nor trained on
-        out = _Completions(
-            tokens=[t if k is None else t[:k] for t, k in zip(res.tokens, cuts)],
-            logprobs=[lp if k is None else lp[:k] for lp, k in zip(res.logprobs, cuts)],
-            truncated=[reason != "eos" and k is None for reason, k in zip(res.finish_reasons, cuts)],
-            stopped=[k is not None for k in cuts], generated=res.generated_tokens)
+        out = _Completions(tokens=res.tokens, logprobs=res.logprobs,
+                           truncated=[reason == "length" for reason in res.finish_reasons],
+                           stopped=[reason == "stop" for reason in res.finish_reasons],
+                           generated=res.stats.get("drawn", res.generated_tokens))
         texts = [completion_text(self.tokenizer, t, self.eos_ids, self.stop_strings) for t in out.tokens]
         G = self.rc.group_size
         golds = [self.prompts[i].gold for i in idx for _ in range(G)]

@@ -1,0 +1,519 @@
+"""The rollout engine: continuous batching over a fixed number of decode slots.
+
+    res = engine.generate(params, cfg, prompts, SamplingParams(...), eos_ids, seed,
+                          stop=StopStrings(tokenizer, ("\\n\\n",)))
+
+Device state: `num_slots` rows of one KV cache [L, S, C, K, H], C = the longest prompt's length
+bucket + max_new_tokens, and per slot its last token, PRNG key and token count. The host runs a
+scheduler loop over the request's rows (prompt, sample), in request order:
+
+1. admit: free slots take the next pending rows. Each distinct prompt is prefilled once, in a
+   batch of prompts right-padded to a length bucket; its KV and last-position logits stay on the
+   device (the store) until every sample of it has a slot, and are copied into each sample's
+   slot, where the sample's first token is drawn.
+2. decode: a jitted block of up to `block_steps` steps over all slots (a lax.while_loop). It
+   leaves early when a slot finishes while rows are waiting, so that slot is refilled at once.
+3. collect: tokens go to their rows; a row ends at EOS, at max_new_tokens, or after the token
+   that completes a stop string (checked here, at block boundaries: a row never runs more than
+   block_steps tokens past one).
+
+Attention reads only the filled part of the cache: each block attends to the first A columns,
+A the power of two (capped at C) above the longest live slot + block_steps. Bucketed lengths,
+not pages: slots are rows of one dense array, so the step is plain einsums with static shapes
+on every backend (no paged-attention kernel, no gather of pages per step), and the work per step
+follows the live lengths within a factor of two; a paged layout would only save the memory of
+slots reserved at full length, which the slot count already budgets for.
+
+Compiled programs: prefill per (prompt batch bucket, length bucket), insert per (row bucket,
+store shape), decode block per attention length A; nothing recompiles per request.
+
+Rows keep their (seed, prompt key id, sample index) keys, and a row's t-th token is drawn with
+fold_in(key, t) (reasonax.sample.sampler.select_tokens), so the tokens of a row do not depend on
+the slot count, the arrival order or what shares its block.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reasonax.model import transformer
+from reasonax.model.cache import KV_AXES, KVCache, init_cache, kv_bytes_per_row
+from reasonax.model.config import ModelConfig
+from reasonax.model.sharding import constrain
+from reasonax.sample.sampler import GenerateResult, SamplingParams, bucket, row_keys, select_tokens
+from reasonax.sample.stops import StopStrings
+
+DEFAULT_KV_BUDGET = 2 << 30  # bytes per device for the slots' KV cache and decode temporaries
+MAX_SLOTS = 256
+PREFILL_TOKENS = 16384  # prompt tokens per prefill call (P * T), at least one prompt
+
+
+# ----------------------------------------------------------------------------------------------
+# Device state and programs
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class _Slots:
+    cache: KVCache  # [L, S, C, K, H]; lengths = columns filled (the last token is not yet written)
+    last: jax.Array  # [S] int32: last drawn token, fed at the next step
+    keys: jax.Array  # [S, ...] raw PRNG key data of the slot's row
+    steps: jax.Array  # [S] int32: tokens drawn so far (the index of the next draw)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class _Store:
+    cache: KVCache  # [L, P, T, K, H] prompt KV; lengths = next_pos = prompt length
+    logits: jax.Array  # [P, V] float32 logits after each prompt's last token
+
+
+def _constrain_slots(s: _Slots) -> _Slots:
+    c = s.cache
+    cache = KVCache(k=constrain(c.k, KV_AXES), v=constrain(c.v, KV_AXES),
+                    segment_ids=constrain(c.segment_ids, ("batch", None)),
+                    lengths=constrain(c.lengths, ("batch",)), next_pos=constrain(c.next_pos, ("batch",)))
+    return _Slots(cache=cache, last=constrain(s.last, ("batch",)), keys=constrain(s.keys, ("batch", None)),
+                  steps=constrain(s.steps, ("batch",)))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "slots", "columns", "dtype"))
+def _init_slots(cfg: ModelConfig, slots: int, columns: int, dtype) -> _Slots:
+    key_data = jax.random.key_data(jax.random.key(0))
+    return _constrain_slots(_Slots(cache=init_cache(cfg, slots, columns, dtype),
+                                   last=jnp.zeros((slots,), jnp.int32),
+                                   keys=jnp.zeros((slots, *key_data.shape), key_data.dtype),
+                                   steps=jnp.zeros((slots,), jnp.int32)))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _prefill(params, tokens, segments, cfg: ModelConfig) -> _Store:
+    """Right-padded prompts [P, T] (segments 1 on real tokens) -> their KV and last logits."""
+    P, T = tokens.shape
+    cache = init_cache(cfg, P, T, params["embed"].dtype)
+    h, cache = transformer.hidden_states(params, tokens, cfg, segment_ids=segments, cache=cache)
+    n = jnp.sum(segments != 0, axis=1).astype(jnp.int32)
+    last = jnp.take_along_axis(h, (n - 1)[:, None, None], axis=1)
+    logits = transformer.unembed(params, last, cfg)[:, 0]
+    cache = dataclasses.replace(cache, k=constrain(cache.k, KV_AXES), v=constrain(cache.v, KV_AXES),
+                                lengths=n, next_pos=n)
+    return _Store(cache=cache, logits=logits)
+
+
+@functools.partial(jax.jit, static_argnames=("sp",), donate_argnames=("slots",))
+def _insert(slots: _Slots, store: _Store, src, dst, key_data, sp: SamplingParams):
+    """Copy store rows src [F] into slots dst [F] (an index past the slots is skipped) and draw
+    each row's first token from its prompt's logits; returns (slots, tokens, logprobs, model lps)."""
+    T = store.cache.max_len
+    c, s = slots.cache, store.cache
+    put = lambda buf, val: buf.at[:, dst, :T].set(val[:, src], mode="drop")  # noqa: E731
+    cache = KVCache(k=put(c.k, s.k), v=put(c.v, s.v),
+                    segment_ids=c.segment_ids.at[dst, :T].set(s.segment_ids[src], mode="drop"),
+                    lengths=c.lengths.at[dst].set(s.lengths[src], mode="drop"),
+                    next_pos=c.next_pos.at[dst].set(s.next_pos[src], mode="drop"))
+    keys = jax.random.wrap_key_data(key_data)
+    tok, lp, mlp = select_tokens(store.logits[src], keys, jnp.zeros(src.shape, jnp.int32), sp)
+    slots = _Slots(cache=cache, last=slots.last.at[dst].set(tok, mode="drop"),
+                   keys=slots.keys.at[dst].set(key_data, mode="drop"),
+                   steps=slots.steps.at[dst].set(1, mode="drop"))
+    return _constrain_slots(slots), tok, lp, mlp
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sp", "eos_ids", "steps", "attn_len"),
+                   donate_argnames=("slots",))
+def _decode_block(params, slots: _Slots, live, exit_early, cfg: ModelConfig, sp: SamplingParams,
+                  eos_ids: tuple[int, ...], steps: int, attn_len: int):
+    """Up to `steps` decode steps over every slot; live [S] marks the slots holding unfinished rows.
+    Leaves after the step in which a live slot finishes when exit_early. Returns (slots, tokens,
+    logprobs, model logprobs [S, steps], steps run); column i holds step i's draw of every slot."""
+    S = live.shape[0]
+    eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
+    keys = jax.random.wrap_key_data(slots.keys)
+    out = (jnp.zeros((S, steps), jnp.int32), jnp.zeros((S, steps), jnp.float32), jnp.zeros((S, steps), jnp.float32))
+
+    def cond(carry):
+        i, _, live, finished, _ = carry
+        return (i < steps) & jnp.any(live) & ~(exit_early & finished)
+
+    def body(carry):
+        i, s, live, finished, bufs = carry
+        h, cache = transformer.hidden_states(params, s.last[:, None], cfg, cache=s.cache, attn_len=attn_len)
+        tok, lp, mlp = select_tokens(transformer.unembed(params, h, cfg)[:, 0], keys, s.steps, sp)
+        ends = live & (jnp.isin(tok, eos) | (s.steps + 1 >= sp.max_new_tokens))
+        # a slot without a live row keeps its columns and positions (it wrote into its own row)
+        cache = dataclasses.replace(cache, lengths=jnp.where(live, cache.lengths, s.cache.lengths),
+                                    next_pos=jnp.where(live, cache.next_pos, s.cache.next_pos))
+        s = _Slots(cache=cache, last=tok, keys=s.keys, steps=s.steps + live.astype(jnp.int32))
+        bufs = tuple(jax.lax.dynamic_update_index_in_dim(b, x, i, axis=1) for b, x in zip(bufs, (tok, lp, mlp)))
+        return i + 1, s, live & ~ends, finished | jnp.any(ends), bufs
+
+    init = (jnp.zeros((), jnp.int32), slots, live, jnp.zeros((), bool), out)
+    n, slots, _, _, out = jax.lax.while_loop(cond, body, init)
+    out = tuple(constrain(b, (None, None)) for b in out)  # replicated: every process reads all slots
+    return (slots, *out, n)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sizing
+
+
+@dataclasses.dataclass
+class EngineStats:
+    """Counters of one generate call, updated after every decode block (see `progress`)."""
+
+    rows: int = 0  # (prompt, sample) rows requested
+    rows_done: int = 0
+    num_slots: int = 0
+    cache_columns: int = 0  # C: the longest prompt bucket + max_new_tokens
+    kv_bytes_per_device: int = 0  # the slots' KV cache on one device
+    step_bytes_per_device: int = 0  # the decode step's per-slot temporaries (logits, sampling) on one device
+    tokens: int = 0  # tokens kept in finished rows (useful tokens)
+    drawn: int = 0  # tokens drawn (kept + those past a stop string + rows in flight)
+    slot_steps: int = 0  # decode steps x slots
+    live_slot_steps: int = 0  # of which a slot held an unfinished row
+    blocks: int = 0
+    prefills: int = 0
+    prefill_tokens: int = 0  # prompt tokens prefilled (each distinct prompt once, padding excluded)
+    attn_lengths: dict = dataclasses.field(default_factory=dict)  # decode blocks per attention length
+    elapsed_s: float = 0.0
+
+    @property
+    def slot_use(self) -> float:
+        """Live slot-steps over all slot-steps."""
+        return self.live_slot_steps / self.slot_steps if self.slot_steps else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.drawn / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "slot_use": self.slot_use, "tokens_per_s": self.tokens_per_s}
+
+
+def _pow2_at_least(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def _pow2_at_most(x: int) -> int:
+    return 1 << (max(1, x).bit_length() - 1)
+
+
+def _batch_shards(mesh) -> int:
+    return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def step_bytes_per_slot(cfg: ModelConfig) -> int:
+    """Decode-step temporaries per slot: float32 logits and ~5 vocabulary-sized sampling buffers."""
+    return 6 * cfg.vocab_size * 4
+
+
+def plan_slots(cfg: ModelConfig, columns: int, dtype, kv_budget_bytes: int, batch_shards: int = 1,
+               rows: int | None = None) -> int:
+    """Decode slots for a cache of `columns` columns: as many as the per-device budget holds (KV
+    cache + step temporaries per slot) times the devices the slots shard over, as a power of two
+    (one compiled program per count), at most MAX_SLOTS and at most the rows (rounded up)."""
+    per_slot = kv_bytes_per_row(cfg, columns, dtype) + step_bytes_per_slot(cfg)
+    per_device = max(1, kv_budget_bytes // per_slot)
+    slots = _pow2_at_most(min(MAX_SLOTS, per_device * batch_shards))
+    if rows is not None:
+        slots = min(slots, _pow2_at_least(max(rows, batch_shards)))
+    return max(1, slots)
+
+
+def attention_length(longest: int, block_steps: int, columns: int) -> int:
+    """Columns a decode block attends to: a power of two >= longest + block_steps, at most columns."""
+    return min(columns, _pow2_at_least(longest + block_steps))
+
+
+def compile_decode_block(abstract_params, cfg: ModelConfig, mesh, num_slots: int, columns: int,
+                         sp: SamplingParams, block_steps: int = 16):
+    """The decode block compiled for sharded abstract params (ShapeDtypeStructs) and `num_slots`
+    slots of `columns` columns, attending to all of them (the longest block): for memory
+    estimates (the dry run) without allocating anything."""
+    from reasonax.model.cache import cache_shardings
+    from reasonax.model.sharding import named_sharding
+
+    dtype = abstract_params["embed"].dtype
+    kv_shape = (cfg.num_layers, num_slots, columns, cfg.num_kv_heads, cfg.head_dim)
+    cs = cache_shardings(cfg, mesh, num_slots, columns)
+    sds = jax.ShapeDtypeStruct
+    row = named_sharding(mesh, ("batch",), (num_slots,))
+    key_shape = jax.random.key_data(jax.random.key(0)).shape
+    slots = _Slots(cache=KVCache(k=sds(kv_shape, dtype, sharding=cs.k), v=sds(kv_shape, dtype, sharding=cs.v),
+                                 segment_ids=sds((num_slots, columns), jnp.int32, sharding=cs.segment_ids),
+                                 lengths=sds((num_slots,), jnp.int32, sharding=row),
+                                 next_pos=sds((num_slots,), jnp.int32, sharding=row)),
+                   last=sds((num_slots,), jnp.int32, sharding=row),
+                   keys=sds((num_slots, *key_shape), jnp.uint32,
+                            sharding=named_sharding(mesh, ("batch", None), (num_slots, *key_shape))),
+                   steps=sds((num_slots,), jnp.int32, sharding=row))
+    live = sds((num_slots,), bool, sharding=row)
+    with jax.set_mesh(mesh):
+        return _decode_block.lower(abstract_params, slots, live, sds((), bool), cfg=cfg, sp=sp,
+                                   eos_ids=tuple(cfg.eos_token_ids), steps=block_steps,
+                                   attn_len=columns).compile()
+
+
+# ----------------------------------------------------------------------------------------------
+# Host side
+
+
+def _validate(prompts, cfg: ModelConfig, sp: SamplingParams):
+    if not prompts:
+        raise ValueError("no prompts")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty")
+        bad = [t for t in p if not 0 <= int(t) < cfg.vocab_size]
+        if bad:
+            raise ValueError(f"prompt {i} has token ids outside [0, {cfg.vocab_size}): {bad[:5]}")
+        if len(p) + sp.max_new_tokens > cfg.max_position_embeddings:
+            raise ValueError(f"prompt {i}: {len(p)} tokens + max_new_tokens {sp.max_new_tokens} exceed the "
+                             f"model's {cfg.max_position_embeddings} positions")
+
+
+def _mesh_of(params):
+    """The mesh params live on, or None on a single device."""
+    mesh = getattr(getattr(params["embed"], "sharding", None), "mesh", None)
+    return mesh if mesh is not None and mesh.size > 1 else None
+
+
+@dataclasses.dataclass
+class Completion:
+    """A finished row, as `on_complete` receives it."""
+
+    prompt: int  # index into the request's prompts
+    sample: int
+    tokens: list[int]
+    logprobs: list[float]
+    model_logprobs: list[float]
+    finish_reason: str  # "eos" | "stop" | "length"
+
+
+@dataclasses.dataclass
+class _Row:
+    prompt: int
+    sample: int
+    key: np.ndarray  # raw key data
+    tokens: list = dataclasses.field(default_factory=list)
+    logprobs: list = dataclasses.field(default_factory=list)
+    model_logprobs: list = dataclasses.field(default_factory=list)
+    reason: str | None = None
+    checked: int = 0  # tokens known to hold no stop string
+
+
+class _Run:
+    """One generate call's scheduler state (see the module docstring)."""
+
+    def __init__(self, params, cfg, prompts, sp, eos, key_data, stop, num_slots, block_steps, mesh, progress,
+                 on_complete):
+        self.params, self.cfg, self.prompts, self.sp, self.eos = params, cfg, prompts, sp, eos
+        self.stop, self.block_steps, self.mesh, self.progress = stop, block_steps, mesh, progress
+        self.on_complete = on_complete
+        self.eos_set = frozenset(eos)
+        self.rows = [_Row(i, j, key_data[i * sp.n + j]) for i in range(len(prompts)) for j in range(sp.n)]
+        self.columns = bucket(max(map(len, prompts))) + sp.max_new_tokens
+        self.S = num_slots
+        self.slot_row = [-1] * self.S  # row id per slot, -1 when free
+        self.slot_len = [0] * self.S  # cache columns filled per slot
+        self.queue = collections.deque(range(len(prompts)))  # prompts not yet prefilled
+        self.store = None
+        self.store_rows: collections.deque = collections.deque()  # (row id, store row) waiting for a slot
+        self.stats = EngineStats(rows=len(self.rows), num_slots=self.S, cache_columns=self.columns)
+        self.t0 = time.perf_counter()
+
+    def _finish(self, r: int, reason: str) -> None:
+        row = self.rows[r]
+        row.reason = reason
+        self.stats.rows_done += 1
+        self.stats.tokens += len(row.tokens)
+        if self.on_complete is not None:
+            self.on_complete(Completion(row.prompt, row.sample, row.tokens, row.logprobs, row.model_logprobs, reason))
+
+    def _add(self, r: int, toks, lps, mlps) -> tuple[bool, int]:
+        """Append drawn tokens to row r up to where it ends. Returns (whether it ended, how many of
+        toks the device drew for it: up to its EOS or max_new_tokens, wherever a stop string cut)."""
+        row = self.rows[r]
+        reason, used = None, len(toks)
+        for i, (t, lp, mlp) in enumerate(zip(toks, lps, mlps)):
+            row.tokens.append(int(t))
+            row.logprobs.append(float(lp))
+            row.model_logprobs.append(float(mlp))
+            if int(t) in self.eos_set or len(row.tokens) >= self.sp.max_new_tokens:
+                reason, used = "eos" if int(t) in self.eos_set else "length", i + 1
+                break
+        if self.stop:
+            k = self.stop.cut(row.tokens, row.checked)
+            if k is not None:
+                del row.tokens[k:], row.logprobs[k:], row.model_logprobs[k:]
+                reason = "stop"
+            else:
+                row.checked = len(row.tokens)
+        if reason is not None:
+            self._finish(r, reason)
+        return reason is not None, used
+
+    def _prefill_next(self, free: int) -> None:
+        """Prefill the next prompts (enough for `free` slots, one length bucket's token budget)."""
+        want = max(1, math.ceil(free / self.sp.n))
+        batch = [self.queue.popleft()]
+        T = bucket(len(self.prompts[batch[0]]))
+        while self.queue and len(batch) < want:
+            T2 = bucket(max(T, len(self.prompts[self.queue[0]])))
+            if _pow2_at_least(len(batch) + 1) * T2 > max(PREFILL_TOKENS, T2):
+                break
+            batch.append(self.queue.popleft())
+            T = T2
+        P = _pow2_at_least(len(batch))
+        tokens = np.zeros((P, T), np.int32)
+        segments = np.zeros((P, T), np.int32)
+        segments[:, 0] = 1  # dummy rows: one valid token so their attention is well defined
+        for b, i in enumerate(batch):
+            p = np.asarray(self.prompts[i], np.int32)
+            tokens[b, :len(p)] = p
+            segments[b, :len(p)] = 1
+            self.stats.prefill_tokens += len(p)
+        self.store = self._call(_prefill, self.params, tokens, segments, cfg=self.cfg)
+        self.stats.prefills += 1
+        self.store_rows = collections.deque((i * self.sp.n + j, b) for b, i in enumerate(batch)
+                                            for j in range(self.sp.n))
+
+    def _insert(self, pairs: list[tuple[int, tuple[int, int]]]) -> None:
+        """Give each (slot, (row, store row)) its slot and its row's first token."""
+        F = min(self.S, _pow2_at_least(len(pairs)))
+        src = np.zeros((F,), np.int32)
+        dst = np.full((F,), self.S, np.int32)  # past the slots: skipped
+        keys = np.stack([self.rows[pairs[0][1][0]].key] * F)
+        for f, (slot, (r, b)) in enumerate(pairs):
+            src[f], dst[f], keys[f] = b, slot, self.rows[r].key
+        self.slots, tok, lp, mlp = self._call(_insert, self.slots, self.store, src, dst, keys, sp=self.sp)
+        tok, lp, mlp = jax.device_get((tok, lp, mlp))
+        for f, (slot, (r, b)) in enumerate(pairs):
+            self.stats.drawn += 1
+            if self._add(r, tok[f:f + 1], lp[f:f + 1], mlp[f:f + 1])[0]:
+                self.slot_row[slot] = -1
+            else:
+                self.slot_row[slot] = r
+                self.slot_len[slot] = len(self.prompts[self.rows[r].prompt])
+
+    def _admit(self) -> None:
+        while True:
+            free = [s for s in range(self.S) if self.slot_row[s] < 0]
+            if not free or not (self.store_rows or self.queue):
+                return
+            if not self.store_rows:
+                self._prefill_next(len(free))
+            pairs = [(free[i], self.store_rows.popleft()) for i in range(min(len(free), len(self.store_rows)))]
+            self._insert(pairs)
+
+    def _call(self, fn, *args, **static):
+        if self.mesh is None:
+            return fn(*args, **static)
+        with jax.set_mesh(self.mesh):
+            return fn(*args, **static)
+
+    def run(self, decode_params) -> None:
+        self.slots = self._call(_init_slots, cfg=self.cfg, slots=self.S, columns=self.columns,
+                                dtype=self.params["embed"].dtype)
+        st = self.stats
+        while True:
+            self._admit()
+            live = [s for s in range(self.S) if self.slot_row[s] >= 0]
+            if not live:
+                break
+            A = attention_length(max(self.slot_len[s] for s in live), self.block_steps, self.columns)
+            live_mask = np.zeros((self.S,), bool)
+            live_mask[live] = True
+            waiting = bool(self.store_rows or self.queue)
+            self.slots, tok, lp, mlp, n = self._call(
+                _decode_block, decode_params, self.slots, live_mask, np.bool_(waiting), cfg=self.cfg, sp=self.sp,
+                eos_ids=self.eos, steps=self.block_steps, attn_len=A)
+            tok, lp, mlp, n = jax.device_get((tok, lp, mlp, n))
+            n = int(n)
+            st.blocks += 1
+            st.slot_steps += self.S * n
+            st.attn_lengths[A] = st.attn_lengths.get(A, 0) + 1
+            for s in live:
+                ended, used = self._add(self.slot_row[s], tok[s, :n], lp[s, :n], mlp[s, :n])
+                st.live_slot_steps += used
+                st.drawn += used
+                self.slot_len[s] += used
+                if ended:
+                    self.slot_row[s] = -1
+            st.elapsed_s = time.perf_counter() - self.t0
+            if self.progress is not None:
+                self.progress(st)
+        st.elapsed_s = time.perf_counter() - self.t0
+
+
+def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], sampling: SamplingParams,
+             eos_ids: Sequence[int] | None = None, seed: int = 0, *, key_ids: Sequence[int] | None = None,
+             stop: StopStrings | None = None, num_slots: int | None = None,
+             kv_budget_bytes: int = DEFAULT_KV_BUDGET, block_steps: int = 16, unstack_layers: bool | None = None,
+             progress: Callable[[EngineStats], None] | None = None,
+             on_complete: Callable[[Completion], None] | None = None) -> GenerateResult:
+    """Generate `sampling.n` completions for each prompt (token id lists). See the module docstring.
+
+    eos_ids: token ids that end a row (default: cfg.eos_token_ids). key_ids: a stable id per prompt
+    (default its index) from which its rows' PRNG keys derive, so a prompt gets the same samples in
+    any call. stop: stop strings (checked once per block). num_slots: decode slots (default: as
+    many as kv_budget_bytes per device holds, see plan_slots). progress: called with the
+    EngineStats after every decode block; on_complete: with each row as it finishes (to write
+    results as they come). Params sharded on a mesh shard the slots over the
+    mesh's data axes. unstack_layers: decode over per-layer copies of the weights
+    (transformer.unstack_layers), which XLA's CPU backend runs 1.5-2x faster than the scanned
+    stack (bench/decode_ops.py); default: on CPU only (one copy of the layer weights while
+    generating).
+    """
+    sp = sampling
+    _validate(prompts, cfg, sp)
+    if block_steps < 1:
+        raise ValueError(f"block_steps must be >= 1, got {block_steps}")
+    key_ids = list(range(len(prompts))) if key_ids is None else [int(k) for k in key_ids]
+    if len(key_ids) != len(prompts):
+        raise ValueError(f"key_ids has {len(key_ids)} entries for {len(prompts)} prompts")
+    eos = tuple(sorted(set(cfg.eos_token_ids if eos_ids is None else eos_ids)))
+    mesh = _mesh_of(params)
+    dtype = params["embed"].dtype
+    columns = bucket(max(map(len, prompts))) + sp.max_new_tokens
+    rows = len(prompts) * sp.n
+    if num_slots is None:
+        num_slots = plan_slots(cfg, columns, dtype, kv_budget_bytes, _batch_shards(mesh), rows)
+    elif num_slots < 1:
+        raise ValueError(f"num_slots must be >= 1, got {num_slots}")
+    keys = np.asarray(jax.random.key_data(row_keys(seed, np.repeat(np.asarray(key_ids), sp.n),
+                                                   np.tile(np.arange(sp.n), len(prompts)))))
+    t0 = time.perf_counter()
+    unstack = jax.default_backend() == "cpu" if unstack_layers is None else unstack_layers
+    decode_params = transformer.unstack_layers(params) if unstack else params
+    run = _Run(params, cfg, prompts, sp, eos, keys, stop, num_slots, block_steps, mesh, progress, on_complete)
+    shards = _batch_shards(mesh)
+    run.stats.kv_bytes_per_device = kv_bytes_per_row(cfg, columns, dtype) * math.ceil(num_slots / shards)
+    run.stats.step_bytes_per_device = step_bytes_per_slot(cfg) * math.ceil(num_slots / shards)
+    run.run(decode_params)
+    return GenerateResult(tokens=[r.tokens for r in run.rows], logprobs=[r.logprobs for r in run.rows],
+                          model_logprobs=[r.model_logprobs for r in run.rows],
+                          finish_reasons=[r.reason for r in run.rows], prompt_index=[r.prompt for r in run.rows],
+                          sample_index=[r.sample for r in run.rows], prompt_lengths=[len(p) for p in prompts],
+                          wall_time_s=time.perf_counter() - t0, stats=run.stats.as_dict())
+
+
+def tqdm_progress(bar) -> Callable[[EngineStats], None]:
+    """A progress callback that advances a tqdm bar by finished rows and shows tokens/s and slot use."""
+    seen = [0]
+
+    def update(st: EngineStats) -> None:
+        bar.update(st.rows_done - seen[0])
+        seen[0] = st.rows_done
+        bar.set_postfix_str(f"{st.tokens_per_s:.1f} tok/s, slots {st.slot_use:.0%} of {st.num_slots}", refresh=False)
+
+    return update
