@@ -85,6 +85,8 @@ GRADE = [
     ("$x = 5+5+1 = 11$", "11", True, True),
     (r"\boxed{x = 5+5+1 = 11}", "11", False, True),
     (r"\boxed{x = 5+5+1 = 12}", "11", False, False),  # a wrong last right-hand side
+    ("Answer: = 4cm", "4", False, True),
+    ("Answer: = 5cm", "4", False, False),
     ("So the answer is 30-12= 18.", "18", False, True),
     ("So the answer is 30-3= 24.", "24", False, False),  # 30-3 is not 24
     ("So the answer is 30-3= 24.", "27", False, False),

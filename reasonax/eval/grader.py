@@ -282,7 +282,7 @@ _GSM_RE = re.compile(r"####[ \t]*([^\n]*)")
 # Bounded repetitions only: nested \s* runs backtrack polynomially on long whitespace.
 _ANSWER_PHRASE_RE = re.compile(
     r"(?i)\b(?:final\s{1,3}answer|the\s{1,3}answer|answer)\s{0,3}(?:\*\*)?\s{0,3}(?:is\b|:|=)"
-    r"[ \t]{0,3}:?[ \t]{0,3}(?:\*\*)?[ \t]{0,3}"
+    r"[ \t]{0,3}:?[ \t]{0,3}(?:\*\*)?[ \t]{0,3}(?:=[ \t]{0,3})?"  # "Answer: = 4cm"
 )
 # "the solution is $x \ge 5$": only a math span or a number right after it counts
 _SOLUTION_PHRASE_RE = re.compile(
