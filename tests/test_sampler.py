@@ -261,7 +261,7 @@ def test_requests_in_the_same_buckets_compile_nothing_new(root):
 
     _, cfg, params = _checkpoint("gemma", root)
     sp = sample.SamplingParams(max_new_tokens=4, temperature=0.0)
-    # the 32 bucket: 36 cache columns; blocks attend to 32 (short rows) or all 36 columns
+    # the 32 bucket (short rows and the bucket's longest): every attention length the bucket needs
     for lengths in ([10, 12], [31, 17]):
         sample.generate(params, cfg, _prompts(lengths), sp, eos_ids=(), num_slots=2)
     programs = [f._cache_size() for f in (engine._prefill, engine._insert, engine._decode_block)]
@@ -277,14 +277,17 @@ def test_slot_count_follows_the_kv_budget(root):
     from reasonax.sample import engine
 
     _, cfg, params = _checkpoint("qwen2", root)
-    per_slot = kv_bytes_per_row(cfg, 32 + 8, "float32") + engine.step_bytes_per_slot(cfg)
-    assert engine.plan_slots(cfg, 40, "float32", 5 * per_slot) == 4  # a power of two that fits
-    assert engine.plan_slots(cfg, 40, "float32", 5 * per_slot, batch_shards=2) == 8  # per device
-    assert engine.plan_slots(cfg, 40, "float32", 100 * per_slot, rows=3) == 4  # no more than the rows need
-    assert engine.plan_slots(cfg, 40, "float32", 1) == 1
+    C = engine.cache_columns(7, 8, engine.BLOCK if jax.default_backend() == "cpu" else 1)
+    assert C == 128 or jax.default_backend() != "cpu"  # the 32 bucket + 8, in whole 128-column blocks
+    per_slot = kv_bytes_per_row(cfg, C, "float32") + engine.step_bytes_per_slot(cfg)
+    assert engine.plan_slots(cfg, C, "float32", 5 * per_slot) == 4  # a power of two that fits
+    assert engine.plan_slots(cfg, C, "float32", 5 * per_slot, batch_shards=2) == 8  # per device
+    assert engine.plan_slots(cfg, C, "float32", 100 * per_slot, rows=3) == 4  # no more than the rows need
+    assert engine.plan_slots(cfg, C, "float32", 1) == 1
     res = sample.generate(params, cfg, _prompts([5, 6, 7]), sample.SamplingParams(max_new_tokens=8, n=3),
                           eos_ids=(), kv_budget_bytes=5 * per_slot)
-    assert res.stats["num_slots"] == 4 and res.stats["kv_bytes_per_device"] == 4 * kv_bytes_per_row(cfg, 40, "float32")
+    assert res.stats["num_slots"] == 4 and res.stats["kv_bytes_per_device"] == 4 * kv_bytes_per_row(cfg, C, "float32")
+    assert res.stats["cache_columns"] == C
 
 
 @pytest.mark.parametrize("family", ["gemma3", "qwen2"])

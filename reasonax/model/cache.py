@@ -1,6 +1,7 @@
 """Fixed-size KV cache, stacked over layers like the params.
 
 k, v        [L, B, S, K, H]  keys after RoPE, values; columns in the order each row wrote them
+                             (or per layer, a tuple of column blocks [B, S_i, K, H]: see per_layer)
 segment_ids [B, S]           0 for empty or padding columns (never attended to)
 lengths     [B]              next column each row writes: a chunk of T tokens goes to columns
                              lengths .. lengths + T - 1 of its row
@@ -36,7 +37,21 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.segment_ids.shape[1]
+
+
+def per_layer(cache: KVCache, block: int) -> KVCache:
+    """The cache with k and v as tuples (one per layer) of column blocks [B, block, K, H]: what a
+    decode over unstacked layers (transformer.unstack_layers) reads in place. On XLA's CPU backend a
+    layer sliced out of a stacked cache, or its first columns sliced out of a longer one, is a
+    copy (and a slow dot) on every step; separate arrays are read where they are."""
+    if cache.max_len % block:
+        raise ValueError(f"a cache of {cache.max_len} columns does not split into blocks of {block}")
+
+    def split(a):
+        return tuple(tuple(a[i, :, j:j + block] for j in range(0, cache.max_len, block)) for i in range(a.shape[0]))
+
+    return dataclasses.replace(cache, k=split(cache.k), v=split(cache.v))
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32, mesh=None) -> KVCache:

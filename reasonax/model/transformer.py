@@ -65,12 +65,36 @@ def _project_out(a, w):
     return jnp.einsum("BTX,DX->BTD", a.reshape(B, T, -1), w.reshape(w.shape[0], -1))
 
 
+def _first_blocks(blocks: tuple, columns: int) -> tuple:
+    """The column blocks that hold the first `columns` columns (a whole number of blocks)."""
+    n, width = 0, 0
+    while width < columns:
+        width += blocks[n].shape[1]
+        n += 1
+    return blocks[:n]
+
+
+def _write_blocks(blocks: tuple, new, rows, cols, columns: int) -> tuple:
+    """new [B,T,...] written at columns cols [B,T] of a row of column blocks; only the blocks of
+    the first `columns` columns can take a write (the caller's bound on every row's columns)."""
+    out, lo = [], 0
+    for i, b in enumerate(blocks):
+        w = b.shape[1]
+        if lo < columns:
+            local = cols - lo
+            local = jnp.where((local >= 0) & (local < w), local, w)  # elsewhere: past the block, dropped
+            b = b.at[rows, local].set(new.astype(b.dtype), mode="drop")
+        out.append(b)
+        lo += w
+    return tuple(out)
+
+
 def _decoder_layer(cfg: ModelConfig, x, p, cos, sin, mask, kv, layer, cols, attn_len):
     """One pre-norm decoder layer.
 
-    kv: None (keys are this chunk) or the whole stacked cache (k, v) [L,B,S,K,H]; this chunk's keys
-    and values are written at [layer, b, cols[b]] in place, and the layer's first attn_len columns
-    are attended to.
+    kv: None (keys are this chunk) or the whole cache (k, v), each stacked [L,B,S,K,H] or a tuple of
+    per-layer [B,S,K,H] arrays; this chunk's keys and values are written at [layer, b, cols[b]] in
+    place, and the layer's first attn_len columns are attended to.
     """
     h = _norm(cfg, x, p["pre_attn_norm"])
     q, k, v = (_project_in(h, p[name]) for name in ("q", "k", "v"))
@@ -81,8 +105,13 @@ def _decoder_layer(cfg: ModelConfig, x, p, cos, sin, mask, kv, layer, cols, attn
     q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
     if kv is not None:
         rows = jnp.arange(x.shape[0], dtype=jnp.int32)[:, None]
-        kv = tuple(c.at[layer, rows, cols].set(new.astype(c.dtype), mode="drop") for c, new in zip(kv, (k, v)))
-        k, v = (jax.lax.dynamic_index_in_dim(c, layer, axis=0, keepdims=False)[:, :attn_len] for c in kv)
+        if isinstance(kv[0], tuple):  # per layer, column blocks (cache.per_layer): no copies
+            kv = tuple(c[:layer] + (_write_blocks(c[layer], new, rows, cols, attn_len),) + c[layer + 1:]
+                       for c, new in zip(kv, (k, v)))
+            k, v = (_first_blocks(c[layer], attn_len) for c in kv)
+        else:
+            kv = tuple(c.at[layer, rows, cols].set(new.astype(c.dtype), mode="drop") for c, new in zip(kv, (k, v)))
+            k, v = (jax.lax.dynamic_index_in_dim(c, layer, axis=0, keepdims=False)[:, :attn_len] for c in kv)
     out = _project_out(attention.attend(cfg, q, k, v, mask), p["o"])
     if cfg.o_bias:
         out = out + p["o_bias"]

@@ -18,11 +18,14 @@ scheduler loop over the request's rows (prompt, sample), in request order:
    block_steps tokens past one).
 
 Attention reads only the filled part of the cache: each block attends to the first A columns,
-A the power of two (capped at C) above the longest live slot + block_steps. Bucketed lengths,
-not pages: slots are rows of one dense array, so the step is plain einsums with static shapes
-on every backend (no paged-attention kernel, no gather of pages per step), and the work per step
-follows the live lengths within a factor of two; a paged layout would only save the memory of
-slots reserved at full length, which the slot count already budgets for.
+A a power of two (of 128-column blocks on CPU, capped at C) above the longest live slot +
+block_steps. Bucketed lengths, not pages: slots are rows of dense arrays, so the step is plain
+einsums with static shapes on every backend (no paged-attention kernel, no gather of pages per
+step), and the work per step follows the live lengths within a factor of two; a paged layout
+would only save the memory of slots reserved at full length, which the slot count budgets for.
+On CPU (layers unstacked) each layer's cache is a tuple of 128-column blocks, so reading the
+first A columns reads whole arrays in place: XLA:CPU copies a slice of a larger cache on every
+step, and its dot on the copy runs 2-4x slower than on whole arrays (bench/decode_ops.py).
 
 Compiled programs: prefill per (prompt batch bucket, length bucket), insert per (row bucket,
 store shape), decode block per attention length A; nothing recompiles per request.
@@ -46,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reasonax.model import transformer
-from reasonax.model.cache import KV_AXES, KVCache, init_cache, kv_bytes_per_row
+from reasonax.model.cache import KV_AXES, KVCache, init_cache, kv_bytes_per_row, per_layer
 from reasonax.model.config import ModelConfig
 from reasonax.model.sharding import constrain
 from reasonax.sample.sampler import GenerateResult, SamplingParams, bucket, row_keys, select_tokens
@@ -54,6 +57,7 @@ from reasonax.sample.stops import StopStrings
 
 DEFAULT_KV_BUDGET = 2 << 30  # bytes per device for the slots' KV cache and decode temporaries
 MAX_SLOTS = 256
+BLOCK = 128  # cache columns per block of a per-layer cache (the unstacked decode; see cache.per_layer)
 PREFILL_TOKENS = 16384  # prompt tokens per prefill call (P * T), at least one prompt
 
 
@@ -77,19 +81,27 @@ class _Store:
     logits: jax.Array  # [P, V] float32 logits after each prompt's last token
 
 
+def _constrain_kv(a):
+    if isinstance(a, tuple):
+        return jax.tree.map(lambda x: constrain(x, KV_AXES[1:]), a)
+    return constrain(a, KV_AXES)
+
+
 def _constrain_slots(s: _Slots) -> _Slots:
     c = s.cache
-    cache = KVCache(k=constrain(c.k, KV_AXES), v=constrain(c.v, KV_AXES),
+    cache = KVCache(k=_constrain_kv(c.k), v=_constrain_kv(c.v),
                     segment_ids=constrain(c.segment_ids, ("batch", None)),
                     lengths=constrain(c.lengths, ("batch",)), next_pos=constrain(c.next_pos, ("batch",)))
     return _Slots(cache=cache, last=constrain(s.last, ("batch",)), keys=constrain(s.keys, ("batch", None)),
                   steps=constrain(s.steps, ("batch",)))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "slots", "columns", "dtype"))
-def _init_slots(cfg: ModelConfig, slots: int, columns: int, dtype) -> _Slots:
+@functools.partial(jax.jit, static_argnames=("cfg", "slots", "columns", "dtype", "layered"))
+def _init_slots(cfg: ModelConfig, slots: int, columns: int, dtype, layered: bool = False) -> _Slots:
+    """Empty slots; layered: the cache as per-layer arrays (for a decode over unstacked layers)."""
     key_data = jax.random.key_data(jax.random.key(0))
-    return _constrain_slots(_Slots(cache=init_cache(cfg, slots, columns, dtype),
+    cache = init_cache(cfg, slots, columns, dtype)
+    return _constrain_slots(_Slots(cache=per_layer(cache, BLOCK) if layered else cache,
                                    last=jnp.zeros((slots,), jnp.int32),
                                    keys=jnp.zeros((slots, *key_data.shape), key_data.dtype),
                                    steps=jnp.zeros((slots,), jnp.int32)))
@@ -115,7 +127,19 @@ def _insert(slots: _Slots, store: _Store, src, dst, key_data, sp: SamplingParams
     each row's first token from its prompt's logits; returns (slots, tokens, logprobs, model lps)."""
     T = store.cache.max_len
     c, s = slots.cache, store.cache
-    put = lambda buf, val: buf.at[:, dst, :T].set(val[:, src], mode="drop")  # noqa: E731
+    def put(buf, val):
+        if not isinstance(buf, tuple):
+            return buf.at[:, dst, :T].set(val[:, src], mode="drop")
+        out = []
+        for layer, blocks in enumerate(buf):  # per layer, column blocks: the first T columns from the store
+            new, lo = [], 0
+            for b in blocks:
+                w = min(b.shape[1], T - lo)
+                new.append(b.at[dst, :w].set(val[layer, src, lo:lo + w], mode="drop") if w > 0 else b)
+                lo += b.shape[1]
+            out.append(tuple(new))
+        return tuple(out)
+
     cache = KVCache(k=put(c.k, s.k), v=put(c.v, s.v),
                     segment_ids=c.segment_ids.at[dst, :T].set(s.segment_ids[src], mode="drop"),
                     lengths=c.lengths.at[dst].set(s.lengths[src], mode="drop"),
@@ -229,9 +253,15 @@ def plan_slots(cfg: ModelConfig, columns: int, dtype, kv_budget_bytes: int, batc
     return max(1, slots)
 
 
-def attention_length(longest: int, block_steps: int, columns: int) -> int:
-    """Columns a decode block attends to: a power of two >= longest + block_steps, at most columns."""
-    return min(columns, _pow2_at_least(longest + block_steps))
+def cache_columns(longest_prompt: int, max_new_tokens: int, block: int = 1) -> int:
+    """C: the longest prompt's length bucket + max_new_tokens, rounded up to whole column blocks."""
+    return -(-(bucket(longest_prompt) + max_new_tokens) // block) * block
+
+
+def attention_length(longest: int, block_steps: int, columns: int, block: int = 1) -> int:
+    """Columns a decode block attends to: a power of two of column blocks holding longest +
+    block_steps columns, at most all columns."""
+    return min(columns, block * _pow2_at_least(-(-(longest + block_steps) // block)))
 
 
 def compile_decode_block(abstract_params, cfg: ModelConfig, mesh, num_slots: int, columns: int,
@@ -315,13 +345,13 @@ class _Run:
     """One generate call's scheduler state (see the module docstring)."""
 
     def __init__(self, params, cfg, prompts, sp, eos, key_data, stop, num_slots, block_steps, mesh, progress,
-                 on_complete):
+                 on_complete, columns: int, block: int):
         self.params, self.cfg, self.prompts, self.sp, self.eos = params, cfg, prompts, sp, eos
         self.stop, self.block_steps, self.mesh, self.progress = stop, block_steps, mesh, progress
         self.on_complete = on_complete
         self.eos_set = frozenset(eos)
         self.rows = [_Row(i, j, key_data[i * sp.n + j]) for i in range(len(prompts)) for j in range(sp.n)]
-        self.columns = bucket(max(map(len, prompts))) + sp.max_new_tokens
+        self.columns, self.block = columns, block  # block > 1: a per-layer cache of column blocks
         self.S = num_slots
         self.slot_row = [-1] * self.S  # row id per slot, -1 when free
         self.slot_len = [0] * self.S  # cache columns filled per slot
@@ -423,14 +453,14 @@ class _Run:
 
     def run(self, decode_params) -> None:
         self.slots = self._call(_init_slots, cfg=self.cfg, slots=self.S, columns=self.columns,
-                                dtype=self.params["embed"].dtype)
+                                dtype=self.params["embed"].dtype, layered=self.block > 1)
         st = self.stats
         while True:
             self._admit()
             live = [s for s in range(self.S) if self.slot_row[s] >= 0]
             if not live:
                 break
-            A = attention_length(max(self.slot_len[s] for s in live), self.block_steps, self.columns)
+            A = attention_length(max(self.slot_len[s] for s in live), self.block_steps, self.columns, self.block)
             live_mask = np.zeros((self.S,), bool)
             live_mask[live] = True
             waiting = bool(self.store_rows or self.queue)
@@ -453,6 +483,9 @@ class _Run:
             if self.progress is not None:
                 self.progress(st)
         st.elapsed_s = time.perf_counter() - self.t0
+
+
+_unstack = jax.jit(transformer.unstack_layers)
 
 
 def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], sampling: SamplingParams,
@@ -484,7 +517,9 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], s
     eos = tuple(sorted(set(cfg.eos_token_ids if eos_ids is None else eos_ids)))
     mesh = _mesh_of(params)
     dtype = params["embed"].dtype
-    columns = bucket(max(map(len, prompts))) + sp.max_new_tokens
+    unstack = jax.default_backend() == "cpu" if unstack_layers is None else unstack_layers
+    block = BLOCK if unstack else 1
+    columns = cache_columns(max(map(len, prompts)), sp.max_new_tokens, block)
     rows = len(prompts) * sp.n
     if num_slots is None:
         num_slots = plan_slots(cfg, columns, dtype, kv_budget_bytes, _batch_shards(mesh), rows)
@@ -493,9 +528,9 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], s
     keys = np.asarray(jax.random.key_data(row_keys(seed, np.repeat(np.asarray(key_ids), sp.n),
                                                    np.tile(np.arange(sp.n), len(prompts)))))
     t0 = time.perf_counter()
-    unstack = jax.default_backend() == "cpu" if unstack_layers is None else unstack_layers
-    decode_params = transformer.unstack_layers(params) if unstack else params
-    run = _Run(params, cfg, prompts, sp, eos, keys, stop, num_slots, block_steps, mesh, progress, on_complete)
+    decode_params = _unstack(params) if unstack else params
+    run = _Run(params, cfg, prompts, sp, eos, keys, stop, num_slots, block_steps, mesh, progress, on_complete,
+               columns, block)
     shards = _batch_shards(mesh)
     run.stats.kv_bytes_per_device = kv_bytes_per_row(cfg, columns, dtype) * math.ceil(num_slots / shards)
     run.stats.step_bytes_per_device = step_bytes_per_slot(cfg) * math.ceil(num_slots / shards)
