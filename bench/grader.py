@@ -178,7 +178,8 @@ def main() -> None:
         math_notes.append(f"{name} golds in answer styles rejected against their own gold:")
         math_notes += [f"  - {t!r} vs {mg[i]!r}" for t, i, r in zip(mstyled, msidx, res_mst) if not r] or ["  (none)"]
         math_notes.append(f"{name} golds in answer styles accepted against a shuffled gold (false accepts):")
-        math_notes += [f"  - {t!r} vs {mshuffled[i]!r}" for t, i, r in zip(mstyled, msidx, res_msts) if r] or ["  (none)"]
+        math_notes += [f"  - {t!r} vs {mshuffled[i]!r}" for t, i, r in zip(mstyled, msidx, res_msts) if r] or [
+            "  (none)"]
         math_notes.append(f"{name} shuffled pairs accepted (inspect: equal values or false accepts):")
         math_notes += [f"  - {g!r} vs {p!r}" for g, p, r in zip(msg, msp, res_msh) if r] or ["  (none)"]
         math_notes.append(f"stats over the MATH runs: {math_stats}")

@@ -181,8 +181,8 @@ def test_batch_length_mismatch_is_an_error():
 
 
 def test_grade_uses_no_fallback_by_default():
-    assert grader.grade("so it is 72", "72") is False
-    assert grader.grade("so it is 72", "72", fallback=True) is True
+    assert grader.grade("so we get 72", "72") is False  # no stated answer ("so it is 72." states one)
+    assert grader.grade("so we get 72", "72", fallback=True) is True
     assert grader.grade(r"... \boxed{72}", "72") is True
     assert grader.grade(r"... \boxed{73}", "72") is False
     assert grader.grade("<think>\\boxed{72}", "72") is False

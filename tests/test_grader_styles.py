@@ -43,6 +43,20 @@ EXTRACT = [
     ("Final Answer: The value is 34 when $n$ is 2.", "The value is 34 when $n$ is 2"),
     ("Therefore $x \\geq 5$ or $x \\leq 1$ is the solution.", "x \\geq 5, x \\leq 1"),
     ("So 2 + 3 is the answer.", None),
+    # a completion that ends in a statement of its value (Gemma 3 270M on MATH-500)
+    ("The degree of $f$ is 3.", "3"),
+    ("So the remaining 24 liters is 15 liters.", "15"),
+    (r"The value is $\frac{1}{2}$.", r"\frac{1}{2}"),
+    ("The degree is 3 or 4.", None),  # a hedge
+    ("Is the degree 3?", None),  # a question
+    ("...if he makes and sells 20 candles?", None),  # the question restated
+    ("The degree of $f$ is 3 when $x$ is 2.", None),  # two values
+    ("The sum is 12 more than the product.", None),  # not the end of the sentence
+    ("The degree of $f$ is 3. Then we add 1.", None),  # not the last sentence
+    ("The degree of $f$ is 3.\nQuestion: what is 4?", None),
+    # a completion that is nothing but its answer (after "Answer:" in the prompt)
+    (" 3/20", "3/20"), (" 42.", "42"), (r" $\frac{3}{20}$", r"\frac{3}{20}"),
+    ("3/20 or 1/5", None), ("3 + 4", None), ("5\n6", None), ("42 apples", None),
     ("The solution is as follows: first 3, then 4", None),
 ]
 
@@ -85,6 +99,13 @@ GRADE = [
     ("$x = 5+5+1 = 11$", "11", True, True),
     (r"\boxed{x = 5+5+1 = 11}", "11", False, True),
     (r"\boxed{x = 5+5+1 = 12}", "11", False, False),  # a wrong last right-hand side
+    ("The degree of $f$ is 3.", "3", False, True),
+    ("The degree of $f$ is 4.", "3", False, False),
+    ("The degree of $f$ is 3 or 4.", "3", False, False),
+    ("The degree of $f$ is 3 when $x$ is 2.", "2", False, False),
+    (" 3/20", "0.15", False, True),
+    (" 3/21", "0.15", False, False),
+    ("3/20 or 1/5", "0.15", False, False),
     ("Answer: = 4cm", "4", False, True),
     ("Answer: = 5cm", "4", False, False),
     ("So the answer is 30-12= 18.", "18", False, True),

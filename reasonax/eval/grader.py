@@ -332,6 +332,12 @@ _SPAN_OPEN_RE = re.compile(r"\$|\\\(|\\\[")
 def _leading_spans(text: str) -> str | None:
     """The math span text starts with, joined with the spans a joiner ties to it
     (``$5$ or $7$`` -> ``5, 7``)."""
+    got = _leading_spans_at(text)
+    return None if got is None else got[0]
+
+
+def _leading_spans_at(text: str) -> tuple[str, int] | None:
+    """:func:`_leading_spans` and the index after the last span."""
     got = _math_span_at(text)
     if got is None or not got[0]:
         return None
@@ -345,7 +351,7 @@ def _leading_spans(text: str) -> str | None:
             break
         parts.append(nxt[0])
         pos = nxt[1]
-    return ", ".join(parts)
+    return ", ".join(parts), pos
 
 
 def _span_ending_at(text: str, end: int) -> tuple[str, int] | None:
@@ -404,19 +410,55 @@ def _after_phrase(tail: str, strict: bool) -> str | None:
     if strict:
         return None
     sentence = re.split(r"\.\s|\.$", line, maxsplit=1)[0].strip().rstrip(".")
-    # "Final Answer: The largest $n$ is 34.": the value after "is"; two such values are ambiguous
-    values = []
-    for verb in list(_COPULA_RE.finditer(sentence))[:8]:
-        rest = sentence[verb.end() :]
-        num = _LEADING_NUMBER_RE.match(rest)
-        value = _leading_spans(rest) or (num.group(0).strip() if num else None)
-        if value:
-            values.append(value)
-    if len(values) == 1:
-        return values[0]
+    value = _copula_value(sentence, tight=False)  # "Final Answer: The largest $n$ is 34."
+    if value:
+        return value
     if sentence and len(sentence) <= 200:
         return sentence
     return None
+
+
+_TRAILING_WORD_RE = re.compile(r"[ \t]{0,3}(?:[A-Za-z]{1,20}\.?)?[ \t]{0,3}")
+
+
+def _copula_value(sentence: str, tight: bool) -> str | None:
+    """The value after the one "is" / "are" / "equals" / "was" of a sentence that has a value
+    after it (two such values are ambiguous: None). ``tight``: the value must end the sentence,
+    one word (a unit) aside: "is 15 liters", not "is 12 more than the product"."""
+    values = []
+    for verb in list(_COPULA_RE.finditer(sentence))[:8]:
+        rest = sentence[verb.end() :]
+        spans = _leading_spans_at(rest)
+        num = None if spans else _LEADING_NUMBER_RE.match(rest)
+        if spans is None and num is None:
+            continue
+        value, end = spans if spans else (num.group(0).strip(), num.end())
+        values.append((value, _TRAILING_WORD_RE.fullmatch(rest, end) is not None))
+    if len(values) != 1 or (tight and not values[0][1]):
+        return None
+    return values[0][0]
+
+
+def _final_sentence_answer(text: str) -> str | None:
+    """A completion that ends in a statement of its value: "The degree of $f$ is 3." (the last
+    sentence, one "is" with a value that ends the sentence; not a question); or a completion
+    that is nothing but one number or one math span (" 3/20" after "Answer:")."""
+    whole = text.strip()
+    if len(whole) <= 200 and "\n" not in whole:
+        spans = _leading_spans_at(whole)
+        if spans is not None and spans[1] == len(whole):
+            return spans[0]
+        bare = whole.rstrip(".").rstrip()
+        num = _LEADING_NUMBER_RE.match(bare)
+        if num is not None and num.end() == len(bare):
+            return num.group(0).strip()
+    line = text[-1000:].rstrip().rsplit("\n", 1)[-1].strip()
+    if not line or line.endswith(("?", ":", ",", ";")):
+        return None
+    sentence = re.split(r"(?<=[.!?])\s+", line)[-1].rstrip(".").strip()
+    if not sentence or len(sentence) > 300 or sentence.endswith("?"):
+        return None
+    return _copula_value(sentence, tight=True)
 
 
 def _phrase_answer(text: str) -> str | None:
@@ -450,10 +492,12 @@ def extract_answer(text: str, fallback: bool = True) -> str | None:
     (with the boxes a comma, "and" or "or" ties to it: ``\\boxed{1} and \\boxed{2}`` -> ``1, 2``),
     the last GSM8K ``#### 42`` line, the last answer phrase ("the answer is ...", "final answer:
     ...", "the solution is $...$", "$x \\ge 5$ is the solution", "Final Answer: The largest $n$
-    is 34") and -- only when ``fallback`` is true (turn it off for rewards) -- the last number
-    (``2,74`` with a decimal comma). A number followed by "or" / "and" is not cut out of its
-    hedge. Text inside ``<think>`` blocks is ignored (an unclosed block means no answer) and chat
-    tokens (``<|im_end|>``, ``<end_of_turn>``, ``<eos>``, ...) end the completion. Never raises.
+    is 34"), a last sentence that states one value ("The degree of $f$ is 3.", not a question,
+    not "is 3 or 4", not "is 12 more than ..."), a completion that is only its answer (" 3/20")
+    and -- only when ``fallback`` is true (turn it off for rewards) -- the last number (``2,74``
+    with a decimal comma). A number followed by "or" / "and" is not cut out of its hedge. Text
+    inside ``<think>`` blocks is ignored (an unclosed block means no answer) and chat tokens
+    (``<|im_end|>``, ``<end_of_turn>``, ``<eos>``, ...) end the completion. Never raises.
     """
     try:
         if not isinstance(text, str):
@@ -463,7 +507,7 @@ def extract_answer(text: str, fallback: bool = True) -> str | None:
         body = _strip_think(text)
         if body is None:
             return None
-        for finder in (_last_boxed_group, _gsm_answer, _phrase_answer):
+        for finder in (_last_boxed_group, _gsm_answer, _phrase_answer, _final_sentence_answer):
             ans = finder(body)
             if ans:
                 return ans
