@@ -640,6 +640,19 @@ def _squash_spaces(s: str) -> str:
     return "".join(out)
 
 
+_WS_RE = re.compile(r"\s+")
+_SIMPLE_NUMBER_RE = re.compile(r"-?\d{1,400}(?:\.\d{1,400})?")
+_COMMA_BANG_RE = re.compile(r",\s?\\!\s?")
+_DFRAC_RE = re.compile(r"\\[dt]frac(?![A-Za-z])")
+_VARNOTHING_RE = re.compile(r"\\varnothing(?![A-Za-z])")
+_BRACED_THOUSANDS_RE = re.compile(r"(?<=(?<!\\)\{)(\d{1,3}(?:,\d{3})+)(?=\})")
+_FRAC_SHORTHAND_RE = re.compile(r"\\frac(?![A-Za-z])(?!\s*\{)\s*(\\[A-Za-z]+|\w)\s*(\\[A-Za-z]+|\w)")
+_LEQ_RE = re.compile(r"\\(?:leq|leqslant)(?![A-Za-z])")
+_GEQ_RE = re.compile(r"\\(?:geq|geqslant)(?![A-Za-z])")
+_NEQ_RE = re.compile(r"\\neq(?![A-Za-z])")
+_CHOICE_RE = re.compile(r"^\(\s*([A-Za-z])\s*\)$")  # multiple-choice "(C)"
+
+
 def normalize_answer(ans: str) -> str:
     """Canonical surface form of an answer string (no parsing, linear time, never raises on str).
 
@@ -647,26 +660,28 @@ def normalize_answer(ans: str) -> str:
     grouping answers in maj@k (see :func:`answer_key`).
     """
     s = _clean_text(ans)
-    s = re.sub(r"\s+", " ", s).strip()  # single spaces from here on: no long runs to backtrack over
+    if _SIMPLE_NUMBER_RE.fullmatch(s):  # "72", "-3.5": every step below leaves these alone
+        return s
+    s = _WS_RE.sub(" ", s).strip()  # single spaces from here on: no long runs to backtrack over
     if "²" in s or "³" in s:
         s = _SQUARE_UNIT_RE.sub("", s).strip() or s
     s = _UNICODE_RE.sub(lambda m: _UNICODE_MAP[m.group(0)], s)
     if s.count("$") >= 2:
         dollars = len(_UNESCAPED_DOLLAR_RE.findall(s))
         if dollars >= 2 and dollars % 2 == 0:  # "$28$ percent": math delimiters inside the answer
-            s = re.sub(r"\s+", " ", _UNESCAPED_DOLLAR_RE.sub(" ", s)).strip()
+            s = _WS_RE.sub(" ", _UNESCAPED_DOLLAR_RE.sub(" ", s)).strip()
     s = _SIZE_CMD_RE.sub("", s)
     if "\\!" in s:  # 10,\!000 and 111, \! 111: \! cancels the space, a thousands separator
-        s = re.sub(r",\s?\\!\s?", ",", s)
+        s = _COMMA_BANG_RE.sub(",", s)
     s = _SPACE_CMD_RE.sub(lambda m: m.group(0) if m.group(0) == "\\\\" else " ", s)
-    s = re.sub(r"\\[dt]frac(?![A-Za-z])", r"\\frac", s)
-    s = re.sub(r"\\varnothing(?![A-Za-z])", r"\\emptyset", s)
+    s = _DFRAC_RE.sub(r"\\frac", s)
+    s = _VARNOTHING_RE.sub(r"\\emptyset", s)
     s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}").replace("{,}", ",")
-    s = re.sub(r"(?<=(?<!\\)\{)(\d{1,3}(?:,\d{3})+)(?=\})", lambda m: m.group(1).replace(",", ""), s)
-    s = re.sub(r"\\frac(?![A-Za-z])(?!\s*\{)\s*(\\[A-Za-z]+|\w)\s*(\\[A-Za-z]+|\w)", r"\\frac{\1}{\2}", s)
-    s = re.sub(r"\\(?:leq|leqslant)(?![A-Za-z])", r"\\le", s)
-    s = re.sub(r"\\(?:geq|geqslant)(?![A-Za-z])", r"\\ge", s)
-    s = re.sub(r"\\neq(?![A-Za-z])", r"\\ne", s)
+    s = _BRACED_THOUSANDS_RE.sub(lambda m: m.group(1).replace(",", ""), s)
+    s = _FRAC_SHORTHAND_RE.sub(r"\\frac{\1}{\2}", s)
+    s = _LEQ_RE.sub(r"\\le", s)
+    s = _GEQ_RE.sub(r"\\ge", s)
+    s = _NEQ_RE.sub(r"\\ne", s)
     s = _canon_matrices(s).strip()
     for _ in range(8):
         prev = s
@@ -684,7 +699,7 @@ def normalize_answer(ans: str) -> str:
         s = _NUMBER_THEN_WORDS_RE.sub(r"\1", s)
         if s == prev:
             break
-    s = re.sub(r"^\(\s*([A-Za-z])\s*\)$", r"\1", s)  # multiple-choice "(C)"
+    s = _CHOICE_RE.sub(r"\1", s)  # multiple-choice "(C)"
     return _squash_spaces(s)
 
 
