@@ -195,7 +195,8 @@ def test_engine_equals_the_reference_whatever_the_slots_and_arrival_order(root):
 
 def test_slot_accounting_and_refill(root):
     """Slot-steps add up: live slot-steps are the decode steps the rows needed (every token but the
-    first, drawn at insertion), and refilling keeps slots busier than one static batch would."""
+    first, drawn at insertion); refilling, then draining into fewer slots, takes fewer slot-steps
+    than one static batch."""
     _, cfg, params = _checkpoint("llama", root)
     prompts = _prompts([5, 9, 4, 11, 6, 8, 3, 10], seed=3)
     sp = sample.SamplingParams(max_new_tokens=20, temperature=1.0, n=2)
@@ -205,7 +206,7 @@ def test_slot_accounting_and_refill(root):
     st = res.stats
     assert st["rows_done"] == st["rows"] == 16 and st["tokens"] == res.generated_tokens == st["drawn"]
     assert st["live_slot_steps"] == sum(len(t) - 1 for t in res.tokens)
-    assert st["slot_steps"] == 4 * (st["slot_steps"] // 4) and st["live_slot_steps"] <= st["slot_steps"]
+    assert st["live_slot_steps"] <= st["slot_steps"] and st["shrinks"] >= 1
     static = len(res.tokens) * max(map(len, res.tokens))  # every row waits for the longest, all at once
     assert st["slot_steps"] < static
     assert st["prefills"] >= 1 and st["prefill_tokens"] == sum(map(len, prompts))

@@ -8,14 +8,17 @@ bucket + max_new_tokens, and per slot its last token, PRNG key and token count. 
 scheduler loop over the request's rows (prompt, sample), in request order:
 
 1. admit: free slots take the next pending rows. Each distinct prompt is prefilled once, in a
-   batch of prompts right-padded to a length bucket; its KV and last-position logits stay on the
-   device (the store) until every sample of it has a slot, and are copied into each sample's
-   slot, where the sample's first token is drawn.
+   batch of prompts right-padded to a length bucket, where the first token of each of its
+   samples is drawn; its KV stays on the device (the store) until every sample of it that goes
+   on has a slot, and is copied into each sample's slot.
 2. decode: a jitted block of up to `block_steps` steps over all slots (a lax.while_loop). It
    leaves early when a slot finishes while rows are waiting, so that slot is refilled at once.
 3. collect: tokens go to their rows; a row ends at EOS, at max_new_tokens, or after the token
    that completes a stop string (checked here, at block boundaries: a row never runs more than
    block_steps tokens past one).
+4. drain: once no row waits, the live rows move into the smallest power-of-two slot array that
+   holds them whenever that is a quarter of the slots or less, so the longest rows do not decode
+   beside empty slots.
 
 Attention reads only the filled part of the cache: each block attends to the first A columns,
 A a power of two (of 128-column blocks on CPU, capped at C) above the longest live slot +
@@ -27,8 +30,8 @@ On CPU (layers unstacked) each layer's cache is a tuple of 128-column blocks, so
 first A columns reads whole arrays in place: XLA:CPU copies a slice of a larger cache on every
 step, and its dot on the copy runs 2-4x slower than on whole arrays (bench/decode_ops.py).
 
-Compiled programs: prefill per (prompt batch bucket, length bucket), insert per (row bucket,
-store shape), decode block per attention length A; nothing recompiles per request.
+Compiled programs: prefill per (prompt batch bucket, length bucket), insert (a copy) per
+(row bucket, store shape), decode block per (slot count, attention length A); nothing recompiles per request.
 
 Rows keep their (seed, prompt key id, sample index) keys, and a row's t-th token is drawn with
 fold_in(key, t) (reasonax.sample.sampler.select_tokens), so the tokens of a row do not depend on
@@ -74,13 +77,6 @@ class _Slots:
     steps: jax.Array  # [S] int32: tokens drawn so far (the index of the next draw)
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class _Store:
-    cache: KVCache  # [L, P, T, K, H] prompt KV; lengths = next_pos = prompt length
-    logits: jax.Array  # [P, V] float32 logits after each prompt's last token
-
-
 def _constrain_kv(a):
     if isinstance(a, tuple):
         return jax.tree.map(lambda x: constrain(x, KV_AXES[1:]), a)
@@ -107,26 +103,31 @@ def _init_slots(cfg: ModelConfig, slots: int, columns: int, dtype, layered: bool
                                    steps=jnp.zeros((slots,), jnp.int32)))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _prefill(params, tokens, segments, cfg: ModelConfig) -> _Store:
-    """Right-padded prompts [P, T] (segments 1 on real tokens) -> their KV and last logits."""
+@functools.partial(jax.jit, static_argnames=("cfg", "sp"))
+def _prefill(params, tokens, segments, key_data, cfg: ModelConfig, sp: SamplingParams):
+    """Right-padded prompts [P, T] (segments 1 on real tokens) -> (the store: their KV [L, P, T, K, H]
+    with lengths = next_pos = prompt length, and the first token of each of their sp.n samples,
+    drawn from the prompt's last logits with the row keys key_data [P * n]: tokens, log-probs,
+    model log-probs [P * n])."""
     P, T = tokens.shape
     cache = init_cache(cfg, P, T, params["embed"].dtype)
     h, cache = transformer.hidden_states(params, tokens, cfg, segment_ids=segments, cache=cache)
     n = jnp.sum(segments != 0, axis=1).astype(jnp.int32)
     last = jnp.take_along_axis(h, (n - 1)[:, None, None], axis=1)
-    logits = transformer.unembed(params, last, cfg)[:, 0]
-    cache = dataclasses.replace(cache, k=constrain(cache.k, KV_AXES), v=constrain(cache.v, KV_AXES),
+    logits = jnp.repeat(transformer.unembed(params, last, cfg)[:, 0], sp.n, axis=0)
+    first = select_tokens(logits, jax.random.wrap_key_data(key_data), jnp.zeros((P * sp.n,), jnp.int32), sp)
+    store = dataclasses.replace(cache, k=constrain(cache.k, KV_AXES), v=constrain(cache.v, KV_AXES),
                                 lengths=n, next_pos=n)
-    return _Store(cache=cache, logits=logits)
+    return store, *first
 
 
-@functools.partial(jax.jit, static_argnames=("sp",), donate_argnames=("slots",))
-def _insert(slots: _Slots, store: _Store, src, dst, key_data, sp: SamplingParams):
-    """Copy store rows src [F] into slots dst [F] (an index past the slots is skipped) and draw
-    each row's first token from its prompt's logits; returns (slots, tokens, logprobs, model lps)."""
-    T = store.cache.max_len
-    c, s = slots.cache, store.cache
+@functools.partial(jax.jit, donate_argnames=("slots",))
+def _insert(slots: _Slots, store: KVCache, src, dst, key_data, first):
+    """Copy store rows src [F] into slots dst [F] (an index past the slots is skipped), whose rows
+    drew their first token `first` [F] at the prefill and have keys key_data [F]."""
+    T = store.max_len
+    c = slots.cache
+
     def put(buf, val):
         if not isinstance(buf, tuple):
             return buf.at[:, dst, :T].set(val[:, src], mode="drop")
@@ -140,16 +141,25 @@ def _insert(slots: _Slots, store: _Store, src, dst, key_data, sp: SamplingParams
             out.append(tuple(new))
         return tuple(out)
 
-    cache = KVCache(k=put(c.k, s.k), v=put(c.v, s.v),
-                    segment_ids=c.segment_ids.at[dst, :T].set(s.segment_ids[src], mode="drop"),
-                    lengths=c.lengths.at[dst].set(s.lengths[src], mode="drop"),
-                    next_pos=c.next_pos.at[dst].set(s.next_pos[src], mode="drop"))
-    keys = jax.random.wrap_key_data(key_data)
-    tok, lp, mlp = select_tokens(store.logits[src], keys, jnp.zeros(src.shape, jnp.int32), sp)
-    slots = _Slots(cache=cache, last=slots.last.at[dst].set(tok, mode="drop"),
+    cache = KVCache(k=put(c.k, store.k), v=put(c.v, store.v),
+                    segment_ids=c.segment_ids.at[dst, :T].set(store.segment_ids[src], mode="drop"),
+                    lengths=c.lengths.at[dst].set(store.lengths[src], mode="drop"),
+                    next_pos=c.next_pos.at[dst].set(store.next_pos[src], mode="drop"))
+    slots = _Slots(cache=cache, last=slots.last.at[dst].set(first, mode="drop"),
                    keys=slots.keys.at[dst].set(key_data, mode="drop"),
                    steps=slots.steps.at[dst].set(1, mode="drop"))
-    return _constrain_slots(slots), tok, lp, mlp
+    return _constrain_slots(slots)
+
+
+@jax.jit
+def _gather_slots(slots: _Slots, idx) -> _Slots:
+    """The slots at idx [S'] (a smaller slot array when rows drain: the same rows, fewer slot-steps)."""
+    c = slots.cache
+    take = lambda a, axis=0: jnp.take(a, idx, axis=axis)  # noqa: E731
+    kv = lambda a: jax.tree.map(take, a) if isinstance(a, tuple) else take(a, 1)  # noqa: E731
+    cache = KVCache(k=kv(c.k), v=kv(c.v), segment_ids=take(c.segment_ids), lengths=take(c.lengths),
+                    next_pos=take(c.next_pos))
+    return _constrain_slots(_Slots(cache=cache, last=take(slots.last), keys=take(slots.keys), steps=take(slots.steps)))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sp", "eos_ids", "steps", "attn_len"),
@@ -205,6 +215,7 @@ class EngineStats:
     slot_steps: int = 0  # decode steps x slots
     live_slot_steps: int = 0  # of which a slot held an unfinished row
     blocks: int = 0
+    shrinks: int = 0  # times the draining rows moved into fewer slots
     prefills: int = 0
     prefill_tokens: int = 0  # prompt tokens prefilled (each distinct prompt once, padding excluded)
     attn_lengths: dict = dataclasses.field(default_factory=dict)  # decode blocks per attention length
@@ -357,9 +368,25 @@ class _Run:
         self.slot_len = [0] * self.S  # cache columns filled per slot
         self.queue = collections.deque(range(len(prompts)))  # prompts not yet prefilled
         self.store = None
-        self.store_rows: collections.deque = collections.deque()  # (row id, store row) waiting for a slot
+        self.store_rows: collections.deque = collections.deque()  # (row id, store row, first token) waiting
         self.stats = EngineStats(rows=len(self.rows), num_slots=self.S, cache_columns=self.columns)
+        self.min_slots = min(self.S, _batch_shards(mesh))
         self.t0 = time.perf_counter()
+
+    def _shrink(self) -> None:
+        """Nothing waits and at most a quarter of the slots are live: move the live rows into the
+        smallest power-of-two slot array that holds them, so the drain decodes fewer slot-steps (by
+        factors of 4 or more: each slot count is one more compiled decode block)."""
+        live = [s for s in range(self.S) if self.slot_row[s] >= 0]
+        S = max(self.min_slots, _pow2_at_least(len(live)))
+        if 4 * S > self.S or self.store_rows or self.queue:
+            return
+        idx = live + [s for s in range(self.S) if self.slot_row[s] < 0][:S - len(live)]
+        self.slots = self._call(_gather_slots, self.slots, np.asarray(idx, np.int32))
+        self.slot_row = [self.slot_row[s] for s in idx]
+        self.slot_len = [self.slot_len[s] for s in idx]
+        self.S = S
+        self.stats.shrinks += 1
 
     def _finish(self, r: int, reason: str) -> None:
         row = self.rows[r]
@@ -403,37 +430,40 @@ class _Run:
                 break
             batch.append(self.queue.popleft())
             T = T2
-        P = _pow2_at_least(len(batch))
+        P, n = _pow2_at_least(len(batch)), self.sp.n
         tokens = np.zeros((P, T), np.int32)
         segments = np.zeros((P, T), np.int32)
         segments[:, 0] = 1  # dummy rows: one valid token so their attention is well defined
+        keys = np.zeros((P * n, *self.rows[0].key.shape), self.rows[0].key.dtype)
         for b, i in enumerate(batch):
             p = np.asarray(self.prompts[i], np.int32)
             tokens[b, :len(p)] = p
             segments[b, :len(p)] = 1
+            keys[b * n:(b + 1) * n] = [self.rows[i * n + j].key for j in range(n)]
             self.stats.prefill_tokens += len(p)
-        self.store = self._call(_prefill, self.params, tokens, segments, cfg=self.cfg)
+        self.store, *first = self._call(_prefill, self.params, tokens, segments, keys, cfg=self.cfg, sp=self.sp)
+        tok, lp, mlp = jax.device_get(first)
         self.stats.prefills += 1
-        self.store_rows = collections.deque((i * self.sp.n + j, b) for b, i in enumerate(batch)
-                                            for j in range(self.sp.n))
+        self.store_rows = collections.deque()
+        for b, i in enumerate(batch):
+            for j in range(n):
+                f = b * n + j
+                self.stats.drawn += 1
+                if not self._add(i * n + j, tok[f:f + 1], lp[f:f + 1], mlp[f:f + 1])[0]:
+                    self.store_rows.append((i * n + j, b, int(tok[f])))  # needs a slot to go on
 
-    def _insert(self, pairs: list[tuple[int, tuple[int, int]]]) -> None:
-        """Give each (slot, (row, store row)) its slot and its row's first token."""
+    def _insert(self, pairs: list[tuple[int, tuple[int, int, int]]]) -> None:
+        """Give each (slot, (row, store row, first token)) its slot."""
         F = min(self.S, _pow2_at_least(len(pairs)))
         src = np.zeros((F,), np.int32)
         dst = np.full((F,), self.S, np.int32)  # past the slots: skipped
+        first = np.zeros((F,), np.int32)
         keys = np.stack([self.rows[pairs[0][1][0]].key] * F)
-        for f, (slot, (r, b)) in enumerate(pairs):
-            src[f], dst[f], keys[f] = b, slot, self.rows[r].key
-        self.slots, tok, lp, mlp = self._call(_insert, self.slots, self.store, src, dst, keys, sp=self.sp)
-        tok, lp, mlp = jax.device_get((tok, lp, mlp))
-        for f, (slot, (r, b)) in enumerate(pairs):
-            self.stats.drawn += 1
-            if self._add(r, tok[f:f + 1], lp[f:f + 1], mlp[f:f + 1])[0]:
-                self.slot_row[slot] = -1
-            else:
-                self.slot_row[slot] = r
-                self.slot_len[slot] = len(self.prompts[self.rows[r].prompt])
+        for f, (slot, (r, b, tok)) in enumerate(pairs):
+            src[f], dst[f], keys[f], first[f] = b, slot, self.rows[r].key, tok
+            self.slot_row[slot] = r
+            self.slot_len[slot] = len(self.prompts[self.rows[r].prompt])
+        self.slots = self._call(_insert, self.slots, self.store, src, dst, keys, first)
 
     def _admit(self) -> None:
         while True:
@@ -443,7 +473,8 @@ class _Run:
             if not self.store_rows:
                 self._prefill_next(len(free))
             pairs = [(free[i], self.store_rows.popleft()) for i in range(min(len(free), len(self.store_rows)))]
-            self._insert(pairs)
+            if pairs:
+                self._insert(pairs)
 
     def _call(self, fn, *args, **static):
         if self.mesh is None:
@@ -457,6 +488,7 @@ class _Run:
         st = self.stats
         while True:
             self._admit()
+            self._shrink()
             live = [s for s in range(self.S) if self.slot_row[s] >= 0]
             if not live:
                 break
