@@ -445,3 +445,20 @@ def test_rollout_trains_a_stopped_completion_up_to_its_stop_and_not_as_truncated
     P = len(prompt.tokens)
     np.testing.assert_array_equal(batch["targets"][0, P - 1:P - 1 + len(kept)], kept)
     assert (batch["segment_ids"][0, P + len(kept):] == 0).all()
+
+
+def test_format_reward_pays_for_a_box_only():
+    """format_weight rewards a \\boxed answer; a stated answer ("The answer is 3.") earns the
+    correctness reward but not the format one."""
+    import ml_collections
+
+    from reasonax.eval import grader
+    from reasonax.train import rollout
+
+    rc = ml_collections.ConfigDict(dict(format_weight=0.5, overlong_buffer=0, max_new_tokens=16))
+    texts = ["The answer is 3.", "so \\boxed{3}.", "so \\boxed{4}.", "\\boxed{} and nothing"]
+    total, parts = rollout.rewards(texts, ["3"] * 4, [4] * 4, ["q"] * 4, rc)
+    np.testing.assert_array_equal(parts["format"], [0, 1, 1, 0])
+    np.testing.assert_array_equal(parts["accuracy"], [1, 1, 0, 0])
+    np.testing.assert_allclose(total, [1, 1.5, 0.5, 0])
+    assert grader.boxed_answer("\\boxed{1} and \\boxed{2}") == grader.extract_answer("\\boxed{1} and \\boxed{2}")

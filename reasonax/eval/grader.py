@@ -485,6 +485,13 @@ def _last_number(text: str) -> str | None:
     return None if found is None else found.group(0).strip()
 
 
+def boxed_answer(text: str) -> str | None:
+    """The completion's last complete, non-empty \\boxed{} answer (with the boxes a joiner ties to
+    it), or None: what a format reward checks for, without the stated-answer phrases that
+    extract_answer also reads."""
+    return _last_boxed_group(_clean_text(text)) if isinstance(text, str) else None
+
+
 def extract_answer(text: str, fallback: bool = True) -> str | None:
     """The final answer a completion states, or None.
 

@@ -120,7 +120,7 @@ def rewards(texts: Sequence[str], golds: Sequence[str], lengths: Sequence[int], 
     total = correct.copy()
     parts = {"accuracy": correct}
     if rc.format_weight:
-        has_box = np.asarray([grader.extract_answer(t, fallback=False) is not None for t in texts], np.float32)
+        has_box = np.asarray([grader.boxed_answer(t) is not None for t in texts], np.float32)
         total += rc.format_weight * has_box
         parts["format"] = has_box
     if rc.overlong_buffer:
