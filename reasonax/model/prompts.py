@@ -27,7 +27,7 @@ class Example:
 @dataclasses.dataclass(frozen=True)
 class PromptFormat:
     name: str
-    stop_strings: tuple[str, ...]  # text that ends a completion (also ends generation if one token)
+    stop_strings: tuple[str, ...]  # text that ends a completion (the engine stops the row there)
 
     def render(self, question: str, few_shot: Sequence[Example] = (), instruction: str = BOXED_INSTRUCTION) -> str:
         if self.name == "qwen-chat":
@@ -54,8 +54,9 @@ class PromptFormat:
 FORMATS = {
     "qwen-chat": PromptFormat("qwen-chat", ("<|im_end|>", "<|endoftext|>")),
     "gemma-chat": PromptFormat("gemma-chat", ("<end_of_turn>", "<eos>")),
-    # answers in few-shot blocks never contain a blank line, so one ends the answer
-    "few-shot": PromptFormat("few-shot", ("\n\n",)),
+    # answers in few-shot blocks never contain a blank line, so one ends the answer; so does a
+    # made-up next block ("...\nQuestion: ...") written after a single newline
+    "few-shot": PromptFormat("few-shot", ("\n\n", "\nQuestion:")),
 }
 
 
@@ -79,7 +80,8 @@ def stop_token_ids(tokenizer, stop_strings: Sequence[str], cfg: ModelConfig | No
     """Token ids that end generation: EOS, every stop string the tokenizer encodes as one token
     (special tokens like <end_of_turn>, or "\n\n"), and every token whose text contains a stop
     string (Gemma's "\n\n\n", Qwen's ".\n\n"), found by decoding the vocabulary (about 2 s for
-    262k tokens). A stop string spread over several tokens is cut from the text only."""
+    262k tokens). A stop string spread over several tokens is found in the decoded text between
+    decode blocks (reasonax.sample.StopStrings)."""
     ids = set(cfg.eos_token_ids if cfg is not None else ())
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
