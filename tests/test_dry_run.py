@@ -148,3 +148,41 @@ def test_grpo_pod_configs_pass_the_dry_run(name, devices, reference):
     assert c.batch_size == c.grpo.prompts_per_step * c.grpo.group_size
     assert c.seq_len == c.grpo.max_prompt_len + c.grpo.max_new_tokens
     assert ("reference" in text) == reference
+    assert "rollout engine:" in text and "peak = max(train step, rollout)" in text
+
+
+def test_grpo_dry_run_reports_the_rollout_engine_next_to_the_train_step():
+    """The engine's slots follow grpo.kv_budget_gb per device; their KV cache is exact; the peak is
+    the larger of the train step and the rollout (train state + slots + decode temporaries)."""
+    from reasonax.model.cache import kv_bytes_per_row
+    from reasonax.sample import engine, sampler
+    from reasonax.train import grpo
+
+    c = load_config("grpo_qwen25_math_1p5b_v5e8")
+    g = c.grpo
+    g.prompts_per_step, g.group_size, g.max_prompt_len, g.max_new_tokens = 8, 8, 64, 64
+    g.minibatches, c.accum_steps = 1, 1
+    c.model.preset = ""
+    c.model.path = ""
+    cfg = grpo_tiny_model(c)
+    c.batch_size, c.seq_len = 64, 128
+    loss = functools.partial(grpo.grpo_loss, cfg=cfg, hp=g, chunk=None)
+    budget = 4 * (kv_bytes_per_row(cfg, 128, "bfloat16") + engine.step_bytes_per_slot(cfg))
+    g.kv_budget_gb = budget / 2**30
+    report = dry_run.dry_run(c, cfg, loss, dry_run.grpo_batch_spec, 100.0,
+                             prepare=grpo.make_prepare(cfg, g, None, old=False, ref=False), rollout=g)
+    sm = report["sampler"]
+    assert sampler.bucket(64) + 64 == sm["cache_columns"] == 128
+    assert sm["num_slots"] == 32  # 4 per device x 8 devices (fsdp shards the slots)
+    assert sm["kv_cache"] == 4 * kv_bytes_per_row(cfg, 128, "bfloat16")
+    d = report["per_device_bytes"]
+    assert sm["total"] == d["params"] + d["opt_state"] + sm["kv_cache"] + sm["compiled"]["temp"]
+    assert report["peak"] == max(report["compiled"]["total"], sm["total"])
+    assert "rollout engine: 32 decode slots x 128 columns" in dry_run.format_report(report)
+
+
+def grpo_tiny_model(c):
+    from reasonax.model import get_preset
+
+    return get_preset("qwen2.5-0.5b").replace(num_layers=2, vocab_size=512, hidden_size=64, intermediate_size=128,
+                                              num_heads=4, num_kv_heads=2, head_dim=16)
