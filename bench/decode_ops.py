@@ -9,7 +9,12 @@
 3. the unembedding matmul's read rate at batch 1 and 8 next to the machine's read bandwidth;
 4. a ceiling: only the matmuls of one batch-8 decode step (the 126 layer projections and the
    unembedding, on the real weights), in JAX and in torch (F.linear, MKL), and the tokens/s they
-   alone allow.
+   alone allow;
+5. one layer's decode attention at the rollout engine's shapes (Gemma 3 270M heads: 1 kv head of
+   256, 4 query heads; 32 slots, 1,408 cache columns, the first 1,024 live): the reference score
+   einsum 'BKGH,BSKH->BKGS' (attention._attend_einsum) against the engine's 'BSKH,BKGH->BKSG'
+   (attention._attend_decode), each on the first 1,024 columns sliced out of the cache, on the
+   whole cache (masked), and on the engine's per-layer 128-column blocks (the first 8 of 11).
 """
 
 import os
@@ -80,6 +85,37 @@ def main():
               f"{table.nbytes / t / 1e9:.1f} GB/s of the table (read bandwidth here {bandwidth / 1e9:.1f} GB/s)")
 
     matmul_ceiling(cfg, per_layer, table, batch=8)
+    decode_attention(cfg)
+
+
+def decode_attention(cfg, slots=32, columns=1408, live=1024, block=128):
+    import jax
+    import jax.numpy as jnp
+
+    from reasonax.model import attention
+
+    K, N, H = cfg.num_kv_heads, cfg.num_heads, cfg.head_dim
+    q = jax.random.normal(jax.random.key(0), (slots, 1, N, H))
+    k, v = (jax.random.normal(jax.random.key(i), (slots, columns, K, H)) for i in (1, 2))
+    kb, vb = (tuple(a[:, j:j + block] for j in range(0, columns, block)) for a in (k, v))
+    mask = lambda n: jnp.ones((slots, 1, n), bool)  # noqa: E731
+    cases = {
+        "reference einsum, first columns sliced": jax.jit(
+            lambda q, k, v: attention._attend_einsum(cfg, q, k[:, :live], v[:, :live], mask(live))),
+        "engine einsum, first columns sliced": jax.jit(
+            lambda q, k, v: attention._attend_decode(cfg, q, k[:, :live], v[:, :live], mask(live))),
+        "engine einsum, whole cache masked": jax.jit(
+            lambda q, k, v: attention._attend_decode(cfg, q, k, v, jnp.broadcast_to(jnp.arange(columns) < live,
+                                                                                     (slots, 1, columns)))),
+        "engine einsum, first column blocks (the engine on CPU)": jax.jit(
+            lambda q, k, v: attention._attend_decode(cfg, q, k[:live // block], v[:live // block], mask(live))),
+    }
+    for name, f in cases.items():
+        args = (q, kb, vb) if "blocks" in name else (q, k, v)
+        kv_bytes = 2 * slots * live * K * H * 4
+        t = _median(lambda: f(*args))
+        print(f"decode attention, one layer, {slots} slots x {live} of {columns} columns, {name}: "
+              f"{t * 1e3:.2f} ms ({kv_bytes / t / 1e9:.1f} GB/s of the live keys and values)")
 
 
 def matmul_ceiling(cfg, per_layer, table, batch):
