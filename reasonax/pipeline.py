@@ -12,7 +12,7 @@ Stages, each a call into the library, every artefact under config.workdir:
             solutions (reasonax.train.sft); greedy accuracy on the test set.
   sample    S samples per sampling question from WC and SE (reasonax.sample.generate), S_WC =
             floor(P_SE / P_WC * S_SE) (sample.budget), each graded (eval.grader, strict) and
-            step-checked (eval.steps). A budget's data are the first S samples of each question
+            step-checked (eval.step_check). A budget's data are the first S samples of each question
             (every sample is an independent draw keyed by question and sample index, so a prefix
             is what a separate run at that budget would draw); its realised FLOPs count exactly
             those rows, next to the plan (2·P per token, attention apart).

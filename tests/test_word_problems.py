@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reasonax.eval import grader, steps
+from reasonax.eval import grader, step_check
 from reasonax.tasks import word_problems as wp
 
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
@@ -30,7 +30,7 @@ def test_every_solution_is_checkable_and_right(level):
             if i:
                 assert a == eqs[i - 1][3]  # each step starts from the previous result
         assert rec["answer"] == str(eqs[-1][3])
-        checked = steps.check_steps(rec["completion"])
+        checked = step_check.check_steps(rec["completion"])
         assert len(checked) == lv.steps and all(s.ok for s in checked)
         assert grader.grade(rec["completion"], rec["answer"])
         assert rec["prompt"] == rec["question"] + "\n"
@@ -41,7 +41,7 @@ def test_a_wrong_step_is_caught_by_the_step_checker():
     rec = wp.records(1, "train", 2, seed=0)[0]
     a, op, b, r = rec["equations"][0]
     bad = rec["completion"].replace(f"{a} {op} {b} = {r}.", f"{a} {op} {b} = {r + 1}.", 1)
-    assert not steps.steps_ok(bad)
+    assert not step_check.steps_ok(bad)
 
 
 def test_train_and_test_are_disjoint_and_stable():

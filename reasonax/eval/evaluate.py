@@ -22,7 +22,7 @@ from pathlib import Path
 from absl import app, flags
 
 from reasonax import jsonl
-from reasonax.eval import datasets, grader, judge, metrics, steps
+from reasonax.eval import datasets, grader, judge, metrics, step_check
 from reasonax.eval.labels import SolutionLabel
 
 
@@ -66,7 +66,8 @@ def grade_samples(problems, samples: list[dict], fallback: bool, timeout: float)
     answers = [grader.extract_answer(s["text"], fallback=fallback) for s in samples]
     golds = [gold[s["prompt_id"]] for s in samples]
     verdicts = grader.is_equivalent_batch(golds, [a if a is not None else "" for a in answers], timeout=timeout)
-    return [{**s, "answer": a, "gold": g, "correct": bool(v and a is not None), "steps_ok": steps.steps_ok(s["text"])}
+    return [{**s, "answer": a, "gold": g, "correct": bool(v and a is not None),
+             "steps_ok": step_check.steps_ok(s["text"])}
             for s, a, g, v in zip(samples, answers, golds, verdicts)]
 
 
@@ -85,7 +86,7 @@ def compute_metrics(problems, graded: list[dict], ks, n_boot: int, judge_labels=
         out["by_k"][k] = {"pass@k": _d(metrics.coverage_at_k(correct, k, n_boot=n_boot)),
                           "maj@k": _d(metrics.maj_at_k(answers, golds, k, n_boot=n_boot)),
                           "diversity@k (all)": _d(div["all"]), "diversity@k (solved)": _d(div["solved"])}
-    # the label steps.label_solution makes, from the step check grade_samples already ran
+    # the label step_check.label_solution makes, from the step check grade_samples already ran
     step_labels = [SolutionLabel(r["prompt_id"], r["sample_index"], r["correct"], r["steps_ok"], "step_checker")
                    for r in graded]
     out["fpr (step checker)"] = _d(metrics.fpr(step_labels, n_boot=n_boot))

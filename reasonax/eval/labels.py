@@ -2,7 +2,7 @@
 
 A :class:`SolutionLabel` says, for one sampled solution, whether its final answer is correct
 and whether its reasoning is correct (None: not judged). Labels may come from the arithmetic
-step checker (:mod:`reasonax.eval.steps`), from humans (:func:`load_labels`), or from an LLM
+step checker (:mod:`reasonax.eval.step_check`), from humans (:func:`load_labels`), or from an LLM
 judge added later; :func:`reasonax.eval.metrics.fpr` accepts any of them.
 """
 

@@ -6,7 +6,7 @@
 A problem starts with a count ("Ava has 7 pens.") and changes it `steps` times: buys / finds /
 gets more (+), gives away / loses / sells some (-), or ends up with k times as many (*). The
 solution states one equation per change, e.g. "7 + 3 = 10. 10 * 2 = 20. The answer is
-\\boxed{20}.", so every equation can be checked exactly (reasonax.eval.steps) and the final
+\\boxed{20}.", so every equation can be checked exactly (reasonax.eval.step_check) and the final
 answer graded against the gold one. Counts never go negative.
 
 Difficulty levels (LEVELS) set the number of changes, the largest starting count / operand and

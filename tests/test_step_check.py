@@ -1,4 +1,4 @@
-"""reasonax.eval.steps (arithmetic step checker) and reasonax.eval.labels (label import)."""
+"""reasonax.eval.step_check (arithmetic step checker) and reasonax.eval.labels (label import)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from reasonax.eval import datasets, metrics, steps
+from reasonax.eval import datasets, metrics, step_check
 from reasonax.eval.labels import LabelFormatError, SolutionLabel, load_labels
 
 RIGHT = [
@@ -55,44 +55,44 @@ NOT_STEPS = [
 
 @pytest.mark.parametrize("text", RIGHT)
 def test_right_steps(text):
-    found = steps.check_steps(text)
+    found = step_check.check_steps(text)
     assert found and all(s.ok for s in found)
-    assert steps.steps_ok(text) is True
+    assert step_check.steps_ok(text) is True
 
 
 @pytest.mark.parametrize("text", WRONG)
 def test_wrong_steps(text):
-    found = steps.check_steps(text)
+    found = step_check.check_steps(text)
     assert found and not all(s.ok for s in found)
-    assert steps.steps_ok(text) is False
+    assert step_check.steps_ok(text) is False
 
 
 @pytest.mark.parametrize("text", NOT_STEPS)
 def test_not_steps(text):
-    assert steps.check_steps(text) == []
-    assert steps.steps_ok(text) is None
+    assert step_check.check_steps(text) == []
+    assert step_check.steps_ok(text) is None
 
 
 def test_rounding_can_be_turned_off():
-    assert steps.steps_ok("7/3 = 2.33", allow_rounding=False) is False
-    assert steps.steps_ok("7/3 = 2.33", allow_rounding=True) is True
+    assert step_check.steps_ok("7/3 = 2.33", allow_rounding=False) is False
+    assert step_check.steps_ok("7/3 = 2.33", allow_rounding=True) is True
 
 
 def test_evaluate_is_exact_and_refuses_code():
-    assert steps.evaluate("0.1 + 0.2") == Fraction(3, 10)
-    assert steps.evaluate(r"\frac{1}{3} \times 3") == 1
-    assert steps.evaluate("1,000,000 / 3") == Fraction(1_000_000, 3)
-    assert steps.evaluate("-2^{2}") == -4
+    assert step_check.evaluate("0.1 + 0.2") == Fraction(3, 10)
+    assert step_check.evaluate(r"\frac{1}{3} \times 3") == 1
+    assert step_check.evaluate("1,000,000 / 3") == Fraction(1_000_000, 3)
+    assert step_check.evaluate("-2^{2}") == -4
     for bad in ['__import__("os")', "2 ** 1000", "1/0", "9**9**9", "open('x')", "1" * 40, "(1"]:
         with pytest.raises(ValueError):
-            steps.evaluate(bad)
+            step_check.evaluate(bad)
 
 
 def test_gsm8k_reference_solutions_are_almost_all_clean():
     """The reference solutions state ~7,800 steps; a handful are genuinely wrong or sloppy
     (e.g. '$32 - $20 = $300'), and the checker must not flag much more than that."""
     probs = datasets.load_gsm8k()
-    checked = [steps.check_steps(p.meta["solution"]) for p in probs]
+    checked = [step_check.check_steps(p.meta["solution"]) for p in probs]
     n_steps = sum(len(c) for c in checked)
     flagged = sum(1 for c in checked if any(not s.ok for s in c))
     assert n_steps > 5 * len(probs)
@@ -104,7 +104,7 @@ def test_false_positive_labels_and_rate():
     lucky = "12 * 4 = 50 ... anyway \\boxed{48}"  # right answer, wrong step: a false positive
     wrong = "12 * 4 = 48, so \\boxed{49}"
     plain = "\\boxed{48}"  # no steps: not judged
-    labels = steps.label_solutions(["p1", "p2"], [[right, lucky, wrong], [plain, right]], ["48", "48"])
+    labels = step_check.label_solutions(["p1", "p2"], [[right, lucky, wrong], [plain, right]], ["48", "48"])
     by_key = {(lab.problem_id, lab.sample_index): lab for lab in labels}
     assert by_key[("p1", 1)] == SolutionLabel("p1", 1, True, False, "step_checker")
     assert by_key[("p1", 2)].answer_correct is False
