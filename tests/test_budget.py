@@ -1,4 +1,4 @@
-"""Compute-matched planning: ALGORITHMS.md section 1 hand cases, and planned vs realised FLOPs."""
+"""Compute-matched planning: docs/ALGORITHMS.md section 2 hand cases, and planned vs realised FLOPs."""
 
 import pytest
 

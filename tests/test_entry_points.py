@@ -1,4 +1,4 @@
-"""The acceptance entry points of ARCHITECTURE.md, called exactly as written there."""
+"""The acceptance entry points of docs/ARCHITECTURE.md, called exactly as written there."""
 
 import numpy as np
 

@@ -102,7 +102,7 @@ def test_sampling_frequencies_within_three_standard_errors(sp):
     draws = 10_000
     logits = jnp.tile(jnp.log(jnp.asarray(PROBS, jnp.float32)), (draws, 1))
     keys = sampler.row_keys(7, np.arange(draws), np.zeros(draws))
-    tok, lp, model_lp = jax.jit(sampler.select_tokens, static_argnames="sp")(logits, keys, jnp.int32(0), sp=sp)
+    tok, lp, model_lp = jax.jit(sampler.draw_tokens, static_argnames="sp")(logits, keys, jnp.int32(0), sp=sp)
     tok = np.asarray(tok)
     want = _exact(sp)
     freq = np.bincount(tok, minlength=len(PROBS)) / draws
@@ -125,6 +125,22 @@ def test_argmax_is_jnp_argmax_with_first_index_ties():
     assert np.argmax(x, -1)[1] == 3
 
 
+def test_sampling_distribution_hand_cases_of_docs_algorithms():
+    """docs/ALGORITHMS.md section 1: greedy ties, temperature, top-p and min-p on hand cases."""
+    assert int(sampler.argmax(jnp.asarray([[1.0, 3.0, 3.0]]))[0]) == 1
+
+    def probs(logits, **kw):
+        sp = sample.SamplingParams(temperature=kw.pop("temperature", 1.0), **kw)
+        return np.asarray(jax.nn.softmax(sampler.sampling_logits(jnp.asarray([logits], jnp.float32), sp)))[0]
+
+    np.testing.assert_allclose(probs([0.0, np.log(2.0)], temperature=0.5), [0.2, 0.8], rtol=1e-6)
+    p = np.log([0.1, 0.6, 0.3])
+    np.testing.assert_allclose(probs(p, top_p=0.5), [0, 1, 0], atol=1e-7)
+    np.testing.assert_allclose(probs(p, top_p=0.7), [0, 2 / 3, 1 / 3], rtol=1e-6)
+    np.testing.assert_allclose(probs(p, min_p=0.4), [0, 2 / 3, 1 / 3], rtol=1e-6)
+    np.testing.assert_allclose(probs(p, min_p=0.6), [0, 1, 0], atol=1e-7)
+
+
 @pytest.mark.parametrize("sp", [sample.SamplingParams(temperature=1.0),
                                 sample.SamplingParams(temperature=0.7, top_k=5, top_p=0.8)])
 def test_draws_are_jax_random_categorical_of_the_row_key_folded_with_the_step(sp):
@@ -132,7 +148,7 @@ def test_draws_are_jax_random_categorical_of_the_row_key_folded_with_the_step(sp
     logits = jax.random.normal(jax.random.key(3), (16, 300)) * 3
     keys = sampler.row_keys(2, np.arange(16), np.arange(16) % 3)
     steps = jnp.arange(16, dtype=jnp.int32) * 7
-    tok, lp, model_lp = jax.jit(sampler.select_tokens, static_argnames="sp")(logits, keys, steps, sp=sp)
+    tok, lp, model_lp = jax.jit(sampler.draw_tokens, static_argnames="sp")(logits, keys, steps, sp=sp)
     masked = sampler.sampling_logits(logits, sp)
     want = jax.vmap(lambda k, t, m: jax.random.categorical(jax.random.fold_in(k, t), m))(keys, steps, masked)
     np.testing.assert_array_equal(np.asarray(tok), np.asarray(want))
@@ -145,7 +161,7 @@ def test_draws_are_jax_random_categorical_of_the_row_key_folded_with_the_step(sp
 
 def _reference_rows(params, cfg, prompts, sp, eos, seed, key_ids):
     """The sampler's definition, row by row without a cache: a full forward over prompt + tokens so far,
-    then select_tokens with the row's key and the token's index."""
+    then draw_tokens with the row's key and the token's index."""
     T = max(map(len, prompts)) + sp.max_new_tokens
     out = []
     for i, p in enumerate(prompts):
@@ -158,7 +174,7 @@ def _reference_rows(params, cfg, prompts, sp, eos, seed, key_ids):
                 seg = np.zeros((1, T), np.int32)
                 ids[0, :len(seq)], seg[0, :len(seq)] = seq, 1
                 logits = model.forward(params, ids, cfg, segment_ids=seg)[:, len(seq) - 1]
-                tok = int(sampler.select_tokens(logits, keys[j:j + 1], jnp.int32(len(toks)), sp)[0][0])
+                tok = int(sampler.draw_tokens(logits, keys[j:j + 1], jnp.int32(len(toks)), sp)[0][0])
                 toks.append(tok)
                 seq.append(tok)
                 if tok in eos:

@@ -1,4 +1,4 @@
-"""Selective Language Modeling: the ALGORITHMS.md section 2 cases, selection properties, zero
+"""Selective Language Modeling: the docs/ALGORITHMS.md section 3 cases, selection properties, zero
 gradient on unselected tokens, global ranking under accumulation, sharded = single device, the
 reference scoring pass (keyed storage, resume, mismatch errors) and the recipe end to end."""
 
@@ -18,7 +18,7 @@ from reasonax.tasks import arithmetic
 from reasonax.tasks.byte_tokenizer import byte_tokenizer
 from reasonax.train import data as data_lib
 from reasonax.train import loss as L
-from reasonax.train import ref_scores as R
+from reasonax.train.slm import ref_scores as R
 from reasonax.train import slm
 from reasonax.train import state as S
 from reasonax.train import step as ST
@@ -34,7 +34,7 @@ BYTES_CFG = C.qwen2(vocab_size=259, hidden_size=32, intermediate_size=64, num_la
 
 
 # ----------------------------------------------------------------------------------------------
-# ALGORITHMS.md section 2
+# docs/ALGORITHMS.md section 3
 
 
 def test_hand_case_keeps_the_six_highest_excess_tokens():
@@ -289,7 +289,7 @@ def test_tokenizer_or_data_mismatch_is_an_error(tmp_path, tok):
         R.RefScores.load(tmp_path / "s", tokenizer=tok, data_config=_data(tmp_path, seq_len=40))
     # a byte tokenizer saved and reloaded (as the reference's export ships it) is the same tokenizer
     tok.save_pretrained(tmp_path / "tok")
-    from reasonax.model.prompts import load_tokenizer
+    from reasonax.model.tokenizer import load_tokenizer
 
     R.check_same_tokenizer(load_tokenizer(tmp_path / "tok"), tok)
     assert isinstance(load_tokenizer(tmp_path / "tok"), transformers.PreTrainedTokenizerFast)
