@@ -29,7 +29,6 @@ line and end in one box), for ``evaluate --config.few_shot=PATH``; nothing else 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform

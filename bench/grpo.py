@@ -44,7 +44,7 @@ forward/backward/update, logging). The first --warmup steps are excluded (reason
 compilation of the sampler and the train step; TRL: torch's first-call overheads); the first
 step's time is reported separately. Of each timed step:
 - rollout = the sampler call (reasonax: sample.generate, the time/rollout metric of
-  reasonax.train.rollout; TRL: GRPOTrainer._generate_single_turn, i.e. left padding +
+  reasonax.train.grpo.rollout; TRL: GRPOTrainer._generate_single_turn, i.e. left padding +
   model.generate + cutting at EOS). rollout tok/s = generated completion tokens / rollout s.
 - reward = the reward functions (reasonax: decoding + grader + digit reward, time/reward; TRL:
   GRPOTrainer._calculate_rewards).
@@ -197,7 +197,8 @@ def run_reasonax(workdir: Path, hf_dir: Path) -> dict:
     """GRPO via reasonax.train.grpo.run with timestamps taken where each step's rollout starts."""
     import jax
 
-    from reasonax.train import grpo, rollout
+    from reasonax.train import grpo
+    from reasonax.train.grpo import rollout
 
     total = F.warmup + F.steps + 1  # the extra step's start closes the last timed one
     c = reasonax_config(workdir, hf_dir, total)
@@ -254,7 +255,7 @@ def load_records(workdir: Path) -> list[dict]:
 
 def prompt_order(n: int, seed: int, count: int):
     """The record indices reasonax's RolloutSource draws, in order (its prompt stream)."""
-    from reasonax.train import rollout
+    from reasonax.train.grpo import rollout
 
     it = rollout.prompt_stream(n, seed)
     return [int(next(it)) for _ in range(count)]

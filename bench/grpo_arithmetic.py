@@ -56,7 +56,8 @@ def main(argv):
     import jax
 
     from reasonax.model import convert
-    from reasonax.train import grpo, rollout, sft
+    from reasonax.train import common, grpo, sft
+    from reasonax.train.grpo import rollout
 
     workdir = Path(FLAGS.workdir)
     s = _config("sft_tiny_cpu")
@@ -85,7 +86,7 @@ def main(argv):
     # accuracy of the SFT model on the held-out prompts GRPO evaluates on
     _, held_file = grpo.write_synthetic(g)
     cfg, params = convert.load_model(g.model.path)
-    tokenizer = sft.load_tokenizer(g)
+    tokenizer = common.load_tokenizer(g)
     eos = grpo.stop_ids(g, cfg, tokenizer)
     held = rollout.load_prompts(grpo.dict_config(g.grpo, files=[held_file]), tokenizer, g.grpo.max_prompt_len)
     before = grpo.accuracy_evaluator(held, cfg, tokenizer, g.grpo, eos, grpo.stop_strings(g))(params)["accuracy"]

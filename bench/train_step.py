@@ -226,10 +226,10 @@ class JaxSide:
                      eps=args.eps, weight_decay=args.weight_decay, clip_norm=args.clip)
         optimizer = state_lib.make_optimizer(optim, cfg)
         dtype = jnp.dtype(args.dtype)
-        abstract = state_lib.abstract_state(cfg, optimizer, mesh, dtype, args.seed)
+        abstract = state_lib.abstract_state(cfg, optimizer, mesh, dtype)
         shardings = jax.tree.map(lambda a: a.sharding, abstract)
         params = jax.tree.map(lambda x: x.astype(dtype), params)
-        self.state = state_lib.create_state(params, cfg, optimizer, mesh, args.seed)
+        self.state = state_lib.create_state(params, cfg, optimizer, mesh)
         loss = functools.partial(sft_loss, cfg=cfg, chunk=args.loss_chunk or None)
         self.unroll = resolve_layer_loop(args.layer_loop, on_cpu=mesh.devices.flat[0].platform == "cpu")
         self.step_fn = build_train_step(loss, optimizer, shardings, mesh, accum_steps=args.accum,

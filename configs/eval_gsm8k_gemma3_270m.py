@@ -1,12 +1,12 @@
 """Evaluate Gemma 3 270M base on GSM8K test with the standard few-shot CoT prompt.
 
-    python -m reasonax.eval.evaluate --config=configs/eval_gsm8k_gemma3_270m.py \
+    python -m reasonax.evaluate --config=configs/eval_gsm8k_gemma3_270m.py \
         --config.generate.model=$HOME/.cache/reasonax/gemma3-270m-f32 --config.limit=20
 
-Fields: reasonax.eval.evaluate.default_config (and .generate: reasonax.sample.generate.default_config).
+Fields: reasonax.evaluate.default_config (and .generate: reasonax.sample.generate_cli.default_config).
 """
 
-from reasonax.eval.evaluate import default_config
+from reasonax.evaluate import default_config
 
 
 def get_config():

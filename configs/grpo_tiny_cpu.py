@@ -7,7 +7,7 @@ the SFT run's export instead:
         --config.model.path=/tmp/sft_tiny/hf --config.model.preset=''
 """
 
-from reasonax.tasks.byte_tokenizer import TINY_MODEL
+from reasonax.model.config import TINY_MODEL
 from reasonax.train.grpo import default_config
 
 

@@ -4,7 +4,7 @@ Fields: reasonax.train.sft.default_config.
     python -m reasonax.train.sft --config=configs/sft_tiny_cpu.py --config.workdir=/tmp/sft_tiny
 """
 
-from reasonax.tasks.byte_tokenizer import TINY_MODEL
+from reasonax.model.config import TINY_MODEL
 from reasonax.train.sft import default_config
 
 

@@ -6,7 +6,7 @@ SLM run's slm.reference.path.
     python -m reasonax.train.sft --config=configs/slm_ref_tiny_cpu.py --config.workdir=/tmp/slm_ref
 """
 
-from reasonax.tasks.byte_tokenizer import TINY_MODEL
+from reasonax.model.config import TINY_MODEL
 from reasonax.train.sft import default_config
 
 

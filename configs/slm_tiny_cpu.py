@@ -7,7 +7,7 @@ clean problems (configs/slm_ref_tiny_cpu.py). Fields: reasonax.train.slm.default
         --config.slm.reference.path=/tmp/slm_ref/hf
 """
 
-from reasonax.tasks.byte_tokenizer import TINY_MODEL
+from reasonax.model.config import TINY_MODEL
 from reasonax.train.slm import default_config
 
 

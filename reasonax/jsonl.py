@@ -1,4 +1,5 @@
-"""JSONL files: read with line numbers in every error, append complete records only, resume.
+"""JSONL and JSON files: read with line numbers in every error, append complete records only,
+resume, write atomically (one helper for every file that must never be seen half-written).
 
 Depends on nothing else in reasonax, so every layer (eval, sample, train) can use it.
 """
@@ -89,13 +90,24 @@ def append(path: str | os.PathLike, records: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def rewrite(path: str | os.PathLike, records: list[dict]) -> None:
-    """Atomically replace the file's contents."""
+def write_atomic(path: str | os.PathLike, write) -> None:
+    """write(f) into path + '.tmp' (a binary file), fsync it, then rename it over path: a reader
+    (or a resumed run) sees the old file or the whole new one, never a part."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    with open(tmp, "wb") as f:
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def rewrite(path: str | os.PathLike, records: list[dict]) -> None:
+    """Atomically replace the file's contents with these records."""
+    payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    write_atomic(path, lambda f: f.write(payload))
+
+
+def write_json(path: str | os.PathLike, obj, **dumps) -> None:
+    """Atomically write one JSON document (json.dumps keyword arguments in dumps)."""
+    write_atomic(path, lambda f: f.write(json.dumps(obj, **dumps).encode("utf-8")))

@@ -47,8 +47,21 @@ from pathlib import Path
 
 import ml_collections
 
-from reasonax import jsonl
-from reasonax.tasks.byte_tokenizer import TINY_MODEL
+from reasonax import evaluate, jsonl, pipeline_report, sample
+from reasonax.cli import flag_config, require_workdir
+from reasonax.eval import metrics
+from reasonax.eval.datasets import Problem
+from reasonax.model import config as config_lib
+from reasonax.model import convert
+from reasonax.model import flops as flops_lib
+from reasonax.model.tokenizer import load_tokenizer
+from reasonax.sample import budget
+from reasonax.sample.stops import stop_token_ids
+from reasonax.tasks import word_problems
+from reasonax.model.config import TINY_MODEL
+from reasonax.train import common, grpo, sft
+from reasonax.train.grpo import rollout
+from reasonax.train.grpo.rollout import completion_text
 
 STAGES = ("data", "pretrain", "sample", "filter", "finetune", "grpo", "rounds", "report")
 MODELS = ("wc", "se", "student")
@@ -112,15 +125,12 @@ def _read_json(path: Path):
 
 def _write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
+    jsonl.write_json(path, obj, indent=1, default=float)
 
 
 def _coverage(correct: list[list[bool]], k: int, n_boot: int) -> dict:
     """coverage@k (pass@k) over questions' verdicts with its bootstrap 95% interval, as a dict;
     k = 1 with one verdict per question is plain accuracy."""
-    from reasonax.eval import metrics
 
     e = metrics.coverage_at_k(correct, k, n_boot=n_boot)
     return {"value": e.value, "low": e.low, "high": e.high}
@@ -128,14 +138,12 @@ def _coverage(correct: list[list[bool]], k: int, n_boot: int) -> dict:
 
 def matmul_params(name: str, c) -> int:
     """Parameters in the matmuls of a model (2x this = FLOPs per token): the P of the budget."""
-    from reasonax.model.flops import matmul_params as count
 
-    return count(model_cfg(name, c))
+    return flops_lib.matmul_params(preset_config(name, c))
 
 
-def model_cfg(name: str, c):
-    from reasonax.model import config as config_lib
-
+def preset_config(name: str, c):
+    """The ModelConfig of the demo's model `name` (wc, se, student): the preset with its overrides."""
     o = dict(c.models[name].overrides)
     o["eos_token_ids"] = tuple(o["eos_token_ids"])
     return config_lib.get_preset(PRESET).replace(**o)
@@ -143,7 +151,6 @@ def model_cfg(name: str, c):
 
 def samples_per_question(c) -> dict:
     """{budget: {'se': S_SE, 'wc': S_WC}} with S_WC compute-matched (floor of the P ratio x S_SE)."""
-    from reasonax.sample import budget
 
     p_se, p_wc = matmul_params("se", c), matmul_params("wc", c)
     return {b: {"se": int(s), "wc": budget.compute_matched_samples(p_se, p_wc, int(s))}
@@ -163,15 +170,11 @@ def datasets(c) -> dict:
 
 
 def _tokenizer(run: Path):
-    from reasonax.model.prompts import load_tokenizer
-
     return load_tokenizer(run / "tokenizer")
 
 
 def _prompts(run: Path, file: str, tokenizer):
     """(rollout.Prompt per record of data/<file>, eval Problem per record with the record's id)."""
-    from reasonax.eval.datasets import Problem
-    from reasonax.train import grpo, rollout
 
     path = run / "data" / file
     rc = grpo.dict_config(grpo.default_config().grpo, files=[str(path)])
@@ -181,15 +184,11 @@ def _prompts(run: Path, file: str, tokenizer):
 
 
 def _eos(cfg, tokenizer) -> tuple[int, ...]:
-    from reasonax.model.prompts import stop_token_ids
-
     return stop_token_ids(tokenizer, (), cfg)
 
 
 def heldout_accuracy(model_dir: Path, run: Path, c) -> dict:
     """Greedy accuracy of an exported model on the test questions, with its 95% interval."""
-    from reasonax.model import convert
-    from reasonax.train import grpo
 
     cfg, params = convert.load_model(str(model_dir))
     tok = _tokenizer(run)
@@ -202,8 +201,6 @@ def train_sft(workdir: Path, c, files: list[Path], steps: int, lr: float, warmup
               run: Path, init: Path | None = None, overrides: dict | None = None) -> dict:
     """One SFT run (from init's HF export, or from scratch with overrides); resumed when
     interrupted, skipped when done. Returns {'hf' (relative to run), 'train_flops', 'seconds', 'examples'}."""
-    from reasonax.model.flops import train_flops
-    from reasonax.train import sft
 
     done = workdir / "done.json"
     if done.is_file():
@@ -225,11 +222,11 @@ def train_sft(workdir: Path, c, files: list[Path], steps: int, lr: float, warmup
         shutil.rmtree(workdir / "hf")
     t0 = time.perf_counter()
     sft.run(s)
-    cfg = sft.model_config(s)
+    cfg = common.model_config(s)
     # paths in results are relative to the run directory (it may be moved or resumed from elsewhere)
     out = {"hf": str((workdir / "hf").relative_to(run)), "steps": steps, "seconds": time.perf_counter() - t0,
            "examples": sum(1 for f in files for _ in jsonl.read(f)),
-           "train_flops": train_flops(cfg, s.batch_size, s.seq_len)["total"] * steps}
+           "train_flops": flops_lib.train_flops(cfg, s.batch_size, s.seq_len)["total"] * steps}
     _write_json(done, out)
     return out
 
@@ -239,10 +236,6 @@ def sample_model(model_dir: Path, out: Path, n: int, seed: int, run: Path, c, pr
     """n graded samples per sampling question (skipped when out exists): rows with prompt_id,
     sample_index, text, tokens, finish, answer, gold, correct, steps_ok; the prompts' token
     counts and the wall time go to out.json."""
-    from reasonax import sample
-    from reasonax.eval import evaluate
-    from reasonax.model import convert
-    from reasonax.train.rollout import completion_text
 
     if out.is_file():
         return [r for _, r in jsonl.read(out)]
@@ -267,12 +260,10 @@ def sample_model(model_dir: Path, out: Path, n: int, seed: int, run: Path, c, pr
 
 
 def realised_flops(model: str, rows: list[dict], prompt_lengths: list[int], c) -> dict:
-    from reasonax.sample import budget
-
     index = {}
     for r in rows:
         index.setdefault(r["prompt_id"], len(index))
-    return budget.realised_flops(model_cfg(model, c), prompt_lengths, [index[r["prompt_id"]] for r in rows],
+    return budget.realised_flops(preset_config(model, c), prompt_lengths, [index[r["prompt_id"]] for r in rows],
                                  [r["tokens"] for r in rows])
 
 
@@ -300,8 +291,6 @@ def keep_correct(rows: list[dict], run: Path, out: Path) -> int:
 
 
 def stage_data(c, run: Path, results: dict, progress: Progress) -> dict:
-    from reasonax.tasks import word_problems
-
     t = c.task
     train = word_problems.records(t.num_pretrain + t.num_questions, "train", t.level, c.seed)
     test = word_problems.records(t.num_test, "test", t.level, c.seed)
@@ -333,8 +322,6 @@ def stage_pretrain(c, run: Path, results: dict, progress: Progress) -> dict:
 
 
 def stage_sample(c, run: Path, results: dict, progress: Progress) -> dict:
-    from reasonax.sample import budget
-
     s = samples_per_question(c)
     out, all_rows = {"samples_per_question": s, "models": {}}, {}
     for i, name in enumerate(("wc", "se")):
@@ -351,7 +338,7 @@ def stage_sample(c, run: Path, results: dict, progress: Progress) -> dict:
     for name, (model, n) in datasets(c).items():
         rows = [r for r in all_rows[model] if r["sample_index"] < n]
         real = realised_flops(model, rows, out["models"][model]["prompt_lengths"], c)
-        plan = budget.question_flops(model_cfg(model, c), p_plan, n, w_plan)["total"] * d["questions"]
+        plan = budget.question_flops(preset_config(model, c), p_plan, n, w_plan)["total"] * d["questions"]
         flops.append({"dataset": name, "model": model, "samples_per_question": n, "planned_flops": plan,
                       "realised_flops": real["total"], "realised_attention": real["attention"],
                       "realised_over_planned": real["total"] / plan,
@@ -361,8 +348,6 @@ def stage_sample(c, run: Path, results: dict, progress: Progress) -> dict:
 
 
 def stage_filter(c, run: Path, results: dict, progress: Progress) -> dict:
-    from reasonax.eval import evaluate, metrics
-
     problems = _prompts(run, "questions.jsonl", _tokenizer(run))[1]
     all_rows = {m: [r for _, r in jsonl.read(run / "samples" / f"{m}.jsonl")] for m in ("wc", "se")}
     out = {"datasets": {}, "coverage_curve": {}}
@@ -416,8 +401,6 @@ def stage_finetune(c, run: Path, results: dict, progress: Progress) -> dict:
 
 
 def stage_grpo(c, run: Path, results: dict, progress: Progress) -> dict:
-    from reasonax.train import grpo
-
     done = [r for r in results["finetune"]["runs"] if "skipped" not in r]
     if not done:
         return {"skipped": "no fine-tuned model (every dataset was empty)"}
@@ -480,8 +463,6 @@ def stage_rounds(c, run: Path, results: dict, progress: Progress) -> dict:
 
 
 def stage_report(c, run: Path, results: dict, progress: Progress) -> dict:
-    from reasonax import pipeline_report
-
     text = pipeline_report.write(run, c, results)
     print(pipeline_report.console_summary(results), flush=True)
     return {"report": "report.md", "chars": len(text)}
@@ -557,14 +538,13 @@ def run(c: ml_collections.ConfigDict) -> dict:
 
 
 def main(argv):
-    from reasonax import cli
-
-    c = cli.flag_config(argv, "configs/demo.py")
-    cli.require_workdir(c)
+    c = flag_config(argv, "configs/demo.py")
+    require_workdir(c)
     run(c)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `reasonax-demo` command (also `python -m reasonax.pipeline`)."""
     from absl import app
     from ml_collections import config_flags
 
@@ -572,3 +552,7 @@ if __name__ == "__main__":
                                     "field with --config.<path>=value")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

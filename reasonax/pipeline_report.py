@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reasonax.eval.evaluate import format_estimate as _f
+from reasonax.evaluate import format_estimate as _f
 
 PAPER = ("Paper (MATH; WC = Gemma2-9B, SE = Gemma2-27B; budgets 1 vs 3 and 10 vs 30 samples): WC data has "
          "higher coverage (+11% / +6% relative, low / high budget) and diversity (+86% / +125%), a higher "

@@ -8,7 +8,7 @@ per row (data.pack=False) and calls reasonax.train.sft.run. With a coordinator a
 is one of NUM_PROCESSES processes joined by jax.distributed.initialize (config.distributed).
 Writes WORKDIR/worker_<process_id>.json describing what jax saw; metrics.jsonl (process 0) and
 checkpoints/ are written by the run itself; then the trained params score the training data as an
-SLM reference (reasonax.train.ref_scores) into WORKDIR/ref_scores.
+SLM reference (reasonax.train.slm.ref_scores) into WORKDIR/ref_scores.
 """
 
 import json
@@ -54,15 +54,16 @@ def main(argv):
     c.distributed.num_processes = num_processes
     c.distributed.process_id = process_id
 
-    from reasonax.train import sft
+    from reasonax.train import common, sft
 
     state = sft.run(c)
     # the SLM reference scoring pass over the same data, with the trained params as the reference
-    from reasonax.train import loop, ref_scores
+    from reasonax.train import loop
+    from reasonax.train.slm import ref_scores
 
-    cfg = sft.model_config(c)
-    ref_scores.score(state.params, cfg, sft.load_tokenizer(c), sft.data_config(c), workdir / "ref_scores",
-                     mesh=loop.make_mesh(c), batch_size=8, part_records=150, progress=False)
+    cfg = common.model_config(c)
+    ref_scores.score(state.params, cfg, common.load_tokenizer(c), common.data_config(c), workdir / "ref_scores",
+                     mesh=loop.config_mesh(c), batch_size=8, part_records=150, progress=False)
     info = dict(process_index=jax.process_index(), process_count=jax.process_count(),
                 device_count=jax.device_count(), local_device_count=jax.local_device_count(),
                 cpu_collectives=jax.config.jax_cpu_collectives_implementation)

@@ -14,7 +14,6 @@ import pytest
 
 from reasonax.model.params import is_spec, num_params, param_specs
 from reasonax.train import dry_run, sft
-from reasonax.train.loss import sft_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +69,7 @@ def test_fit_reports_headroom_and_shortfall():
 def test_cli_rejects_an_unsized_mesh_before_starting_anything():
     c = load_config("sft_tiny_cpu")  # mesh fsdp=-1
     with pytest.raises(SystemExit, match=r"--config\.mesh\.fsdp="):
-        dry_run.main_sft(c)
+        dry_run.main(c, sft.build)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -80,9 +79,9 @@ def test_cli_rejects_an_unsized_mesh_before_starting_anything():
 def test_qwen25_math_1p5b_v5e8_dry_run_fits_with_exact_state_figures():
     assert jax.device_count() >= 8
     c = load_config("sft_qwen25_math_1p5b_v5e8")
-    cfg = sft.model_config(c)
-    loss = functools.partial(sft_loss, cfg=cfg, chunk=c.loss_chunk or None)
-    report = dry_run.dry_run(c, cfg, loss, device_memory_gib=c.device_memory_gib)
+    plan = sft.build(c)
+    cfg = plan.model
+    report = dry_run.dry_run(plan, device_memory_gib=c.device_memory_gib)
     print(dry_run.format_report(report))
 
     # independently of the shardings: a leaf with an 'embed' dim is split 8 ways (1536 / 8), the rest
@@ -139,14 +138,19 @@ def test_grpo_pod_configs_pass_the_dry_run(name, devices, reference):
     import contextlib
     import io
 
+    from reasonax.train import grpo
+
     c = load_config(name)
+    before = c.to_dict()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        dry_run.main_grpo(c)  # 8 fake devices already (conftest): no re-exec
+        dry_run.main(c, grpo.build)  # 8 fake devices already (conftest): no re-exec
     text = out.getvalue()
     assert f"({devices} cpu devices)" in text and "fits in" in text, text
-    assert c.batch_size == c.grpo.prompts_per_step * c.grpo.group_size
-    assert c.seq_len == c.grpo.max_prompt_len + c.grpo.max_new_tokens
+    assert c.to_dict() == before  # the plan works on its own copy
+    p = grpo.build(c).config
+    assert p.batch_size == c.grpo.prompts_per_step * c.grpo.group_size
+    assert p.seq_len == c.grpo.max_prompt_len + c.grpo.max_new_tokens
     assert ("reference" in text) == reference
     assert "rollout engine:" in text and "peak = max(train step, rollout)" in text
 
@@ -157,6 +161,7 @@ def test_grpo_dry_run_reports_the_rollout_engine_next_to_the_train_step():
     from reasonax.model.cache import kv_bytes_per_row
     from reasonax.sample import engine, sampler
     from reasonax.train import grpo
+    from reasonax.train.plan import Plan
 
     c = load_config("grpo_qwen25_math_1p5b_v5e8")
     g = c.grpo
@@ -166,11 +171,11 @@ def test_grpo_dry_run_reports_the_rollout_engine_next_to_the_train_step():
     c.model.path = ""
     cfg = grpo_tiny_model(c)
     c.batch_size, c.seq_len = 64, 128
-    loss = functools.partial(grpo.grpo_loss, cfg=cfg, hp=g, chunk=None)
+    loss = functools.partial(grpo.grpo_loss, cfg=cfg, hp=grpo.LossParams.of(g), chunk=None)
     budget = 4 * (kv_bytes_per_row(cfg, 128, "bfloat16") + engine.step_bytes_per_slot(cfg))
     g.kv_budget_gb = budget / 2**30
-    report = dry_run.dry_run(c, cfg, loss, dry_run.grpo_batch_spec, 100.0,
-                             prepare=grpo.make_prepare(cfg, g, None, old=False, ref=False), rollout=g)
+    plan = Plan(config=c, model=cfg, loss=loss, init=None, source=None, batch_spec=grpo.batch_spec, rollout=g)
+    report = dry_run.dry_run(plan, 100.0)
     sm = report["sampler"]
     assert sampler.bucket(64) + 64 == sm["cache_columns"] == 128
     assert sm["num_slots"] == 32  # 4 per device x 8 devices (fsdp shards the slots)
@@ -186,3 +191,33 @@ def grpo_tiny_model(c):
 
     return get_preset("qwen2.5-0.5b").replace(num_layers=2, vocab_size=512, hidden_size=64, intermediate_size=128,
                                               num_heads=4, num_kv_heads=2, head_dim=16)
+
+
+@pytest.mark.parametrize("mode", ["offline", "online"])
+def test_slm_has_a_dry_run_that_reads_no_data(tmp_path, mode):
+    """slm.build's plan compiles on the mesh without scoring or reading data: offline the batch
+    carries the stored reference losses, online the reference params are the step's aux (counted
+    like the params: the reference here has the model's shapes)."""
+    from reasonax.model import save_hf
+    from reasonax.model.config import TINY_MODEL, get_preset
+    from reasonax.model.params import init_params
+    from reasonax.train import slm
+
+    cfg = get_preset("qwen2.5-0.5b").replace(**TINY_MODEL)
+    save_hf(init_params(cfg, jax.random.key(0)), cfg, tmp_path / "ref")
+    c = load_config("slm_tiny_cpu")
+    c.slm.reference.path, c.slm.mode = str(tmp_path / "ref"), mode
+    c.mesh, c.batch_size, c.accum_steps = dict(data=2, fsdp=4, tensor=1), 16, 2
+    c.data.files = [str(tmp_path / "missing.jsonl")]  # never opened
+    before = c.to_dict()
+    plan = slm.build(c)
+    report = dry_run.dry_run(plan)
+    assert c.to_dict() == before
+    assert report["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1} and report["compiled"]["total"] > 0
+    d = report["per_device_bytes"]
+    assert ("reference" in d) == (mode == "online")
+    if mode == "online":
+        assert d["reference"] == d["params"]
+    lm = 16 * c.seq_len * 4 * 5 // 8  # 4 int32 fields + float32 weights, rows over 8 devices
+    assert d["batch"] == lm + (16 * c.seq_len * 4 // 8 if mode == "offline" else 0)  # + float32 ref_loss
+    assert not (tmp_path / "missing.jsonl").exists()

@@ -40,7 +40,7 @@ def test_evaluate_cli_on_a_tiny_model(tmp_path):
     data.write_text("".join(json.dumps({"id": f"p{i}", "question": f"w{10 + i} w{20 + i}", "answer": str(i)}) + "\n"
                             for i in range(4)))
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "reasonax.eval.evaluate", "--config=configs/eval_gsm8k_gemma3_270m.py",
+    args = [sys.executable, "-m", "reasonax.evaluate", "--config=configs/eval_gsm8k_gemma3_270m.py",
             f"--config.generate.model={tmp_path / 'model'}", f"--config.dataset={data}", "--config.few_shot=",
             f"--config.output_dir={out}", "--config.generate.sampling.max_new_tokens=5",
             "--config.generate.progress=False", "--config.n_boot=50"]

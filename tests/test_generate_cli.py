@@ -34,7 +34,7 @@ def setup(tmp_path_factory):
 
 
 def _run(root, out, *extra):
-    args = [sys.executable, "-m", "reasonax.sample.generate", "--config=configs/generate_gemma3_270m.py",
+    args = [sys.executable, "-m", "reasonax.sample.generate_cli", "--config=configs/generate_gemma3_270m.py",
             f"--config.model={root / 'model'}", f"--config.prompts={root / 'prompts.jsonl'}",
             f"--config.output={out}", "--config.sampling.n=2", "--config.sampling.max_new_tokens=6",
             "--config.num_slots=4", "--config.block_steps=3", "--config.progress=False", *extra]

@@ -1,4 +1,4 @@
-"""GRPO: the ALGORITHMS.md section 3 cases (advantages, clipping on both sides, clip-higher, k3
+"""GRPO: the docs/ALGORITHMS.md section 4 cases (advantages, clipping on both sides, clip-higher, k3
 value and gradient, the four aggregations, zero-variance groups) and the variants' pieces."""
 
 import jax
@@ -142,7 +142,7 @@ def test_minibatch_epochs_equal_sequential_updates():
 
 
 def test_build_rows_places_completion_targets():
-    from reasonax.train import rollout
+    from reasonax.train.grpo import rollout
 
     rows = rollout.build_rows([[5, 6, 7], [5, 6]], [[1, 2], [3, 4, 9]], [[-0.1, -0.2], [-0.3, -0.4, -0.5]],
                               truncated=[False, True], seq_len=6, mask_truncated=True)
@@ -161,14 +161,11 @@ def test_on_policy_loss_gradient_is_the_advantage_weighted_logprob_gradient():
     """mu = 1, no staleness: rho = 1, so grad of token-mean GRPO = -grad sum(m A logp) / sum m."""
     import functools
 
-    import ml_collections
-
     from reasonax.model import init_params
     from reasonax.train import loss as L
     from tests.test_train_step import CFG, _batch
 
-    hp = ml_collections.ConfigDict(dict(temperature=1.0, eps_low=0.2, eps_high=0.28, dual_clip=0.0, is_cap=0.0,
-                                        beta=0.0, aggregation="token-mean", max_new_tokens=12))
+    hp = grpo.LossParams(temperature=1.0, eps_low=0.2, eps_high=0.28, aggregation="token-mean", max_new_tokens=12)
     b = _batch(B=4)
     b["advantages"] = np.array([1.5, -0.5, -0.5, -0.5], np.float32)
     b["sampler_logp"] = np.zeros_like(b["weights"])
@@ -206,7 +203,7 @@ def test_logprobs_with_temperature_and_entropy_match_full_softmax():
 
 
 def test_user_reward_function_by_dotted_path():
-    from reasonax.train import rollout
+    from reasonax.train.grpo import rollout
 
     fn = rollout.load_reward_fn("tests.test_grpo.digit_reward")
     assert fn(["q"], ["a1b2"], ["0"]) == [0.5]
@@ -298,11 +295,12 @@ def test_sampling_differs_between_steps_for_the_same_prompt(tmp_path):
 
     from reasonax.model import init_params, make_mesh
     from reasonax.tasks.byte_tokenizer import byte_tokenizer
-    from reasonax.train import rollout, sft
+    from reasonax.train import common
+    from reasonax.train.grpo import rollout
 
     c = _tiny(tmp_path)
     c.grpo.prompts_per_step, c.grpo.group_size = 1, 4
-    cfg = sft.model_config(c)
+    cfg = common.model_config(c)
     mesh = make_mesh(data=1, fsdp=1, tensor=1, devices=jax.devices()[:1])
     params = init_params(cfg, jax.random.key(0), mesh=mesh)
     prompt = rollout.Prompt(tokens=(257, 49, 50), gold="3", text="12", where="x:1")
@@ -345,10 +343,8 @@ def test_trimmed_rows_give_the_same_loss_as_full_rows():
     """Rows cut to the batch's longest sequence (row_bucket) change no loss term or gradient."""
     import functools
 
-    import ml_collections
-
     from reasonax.model import init_params
-    from reasonax.train import rollout
+    from reasonax.train.grpo import rollout
     from tests.test_train_step import CFG
 
     assert rollout.row_length(70, 256, 64) == 128 and rollout.row_length(5, 256, 64) == 64
@@ -357,8 +353,8 @@ def test_trimmed_rows_give_the_same_loss_as_full_rows():
     prompts = [list(rng.integers(0, 96, n)) for n in (5, 9)]
     comps = [list(rng.integers(0, 96, n)) for n in (7, 3)]
     lps = [list(-rng.random(len(c))) for c in comps]
-    hp = ml_collections.ConfigDict(dict(temperature=0.8, eps_low=0.2, eps_high=0.28, dual_clip=0.0, is_cap=2.0,
-                                        beta=0.0, aggregation="dr-grpo", max_new_tokens=8))
+    hp = grpo.LossParams(temperature=0.8, eps_low=0.2, eps_high=0.28, is_cap=2.0, aggregation="dr-grpo",
+                         max_new_tokens=8)
     params = init_params(CFG, jax.random.key(0), std=0.3)
     fn = functools.partial(grpo.grpo_loss, cfg=CFG, hp=hp, chunk=None)
     out = []
@@ -377,7 +373,7 @@ def test_trimmed_rows_give_the_same_loss_as_full_rows():
 
 def test_completion_text_drops_stop_tokens_and_cuts_at_stop_strings():
     from reasonax.tasks.byte_tokenizer import byte_tokenizer
-    from reasonax.train import rollout
+    from reasonax.train.grpo import rollout
 
     tok = byte_tokenizer()
     ids = tok.encode(" So \\boxed{4}.\n\nQuestion: 1+1? Answer: \\boxed{2}", add_special_tokens=False) + [258]
@@ -411,7 +407,8 @@ def test_rollout_trains_a_stopped_completion_up_to_its_stop_and_not_as_truncated
     from reasonax import sample
     from reasonax.model import init_params, make_mesh
     from reasonax.tasks.byte_tokenizer import byte_tokenizer
-    from reasonax.train import rollout, sft
+    from reasonax.train import common
+    from reasonax.train.grpo import rollout
 
     tok = byte_tokenizer()
     enc = lambda t: tok.encode(t, add_special_tokens=False)  # noqa: E731
@@ -420,7 +417,7 @@ def test_rollout_trains_a_stopped_completion_up_to_its_stop_and_not_as_truncated
     c = _tiny(tmp_path)
     c.grpo.prompts_per_step, c.grpo.group_size, c.grpo.mask_truncated = 1, 2, True
     c.grpo.reward_fns, c.grpo.max_new_tokens = [], 24
-    cfg = sft.model_config(c)
+    cfg = common.model_config(c)
     mesh = make_mesh(data=1, fsdp=1, tensor=1, devices=jax.devices()[:1])
     params = init_params(cfg, jax.random.key(0), mesh=mesh)
     prompt = rollout.Prompt(tokens=(257, 49, 43, 50), gold="3", text="1+2", where="x:1")
@@ -453,7 +450,7 @@ def test_format_reward_pays_for_a_box_only():
     import ml_collections
 
     from reasonax.eval import grader
-    from reasonax.train import rollout
+    from reasonax.train.grpo import rollout
 
     rc = ml_collections.ConfigDict(dict(format_weight=0.5, overlong_buffer=0, max_new_tokens=16))
     texts = ["The answer is 3.", "so \\boxed{3}.", "so \\boxed{4}.", "\\boxed{} and nothing"]

@@ -13,7 +13,7 @@ agree up to float summation order. Packing, by contrast, is done per process on 
 examples: a packed multi-host run sees the same examples over an epoch, but grouped into
 different steps (and rows) than a single-process run, so its per-step losses differ.
 
-Each run writes its synthetic data itself (sft.write_synthetic: process 0 writes, then a barrier
+Each run writes its synthetic data itself (common.write_synthetic: process 0 writes, then a barrier
 before the other process reads it).
 """
 
@@ -42,7 +42,7 @@ def _tiny_config():
 
 
 def _write_data(workdir: Path) -> Path:
-    """The synthetic task's JSONL where sft.write_synthetic would put it (it then keeps it)."""
+    """The synthetic task's JSONL where common.write_synthetic would put it (it then keeps it)."""
     from reasonax import jsonl
     from reasonax.tasks import arithmetic
 
@@ -124,7 +124,7 @@ def test_two_processes_match_one_process(tmp_path):
     assert [s["stats"]["examples"] for s in states] == [STEPS * 8, STEPS * 8]
 
     # the SLM scoring pass: same stored reference losses from 2 processes as from 1
-    from reasonax.train.ref_scores import RefScores
+    from reasonax.train.slm.ref_scores import RefScores
 
     m, s = RefScores.load(multi / "ref_scores"), RefScores.load(single / "ref_scores")
     np.testing.assert_array_equal(m.offsets, s.offsets)
@@ -136,13 +136,13 @@ def test_process_shards_cover_the_single_process_batches(tmp_path):
     """Without packing, each global batch of a 2-process run holds the same rows as 1 process's."""
     from reasonax.tasks.byte_tokenizer import byte_tokenizer
     from reasonax.train import data as data_lib
-    from reasonax.train import sft
+    from reasonax.train import common
 
     c = _tiny_config()
     c.workdir = str(tmp_path)
     c.data.pack = False
     _write_data(tmp_path)
-    d = sft.data_config(c)
+    d = common.data_config(c)
     d.num_threads = 0
     tok = byte_tokenizer()
 

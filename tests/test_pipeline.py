@@ -13,7 +13,7 @@ import pytest
 from reasonax import jsonl, pipeline
 from reasonax.eval import grader
 from reasonax.model.flops import matmul_params
-from reasonax.tasks.byte_tokenizer import TINY_MODEL
+from reasonax.model.config import TINY_MODEL
 
 
 def tiny_config(workdir):
@@ -57,8 +57,8 @@ def test_report_and_plots_are_written(demo):
 def test_samples_are_compute_matched_and_accounted(demo):
     c, res = demo
     run = Path(c.workdir)
-    p_wc = matmul_params(pipeline.model_cfg("wc", c))
-    p_se = matmul_params(pipeline.model_cfg("se", c))
+    p_wc = matmul_params(pipeline.preset_config("wc", c))
+    p_se = matmul_params(pipeline.preset_config("se", c))
     assert p_se / p_wc >= 3.0
     for b, s_se in c.sampling.se_samples.items():
         s = res["sample"]["samples_per_question"][b]

@@ -4,6 +4,7 @@ import pytest
 
 from reasonax import model
 from reasonax.model import prompts
+from reasonax.sample import stops
 
 
 def test_qwen_chat_matches_chatml():
@@ -48,19 +49,19 @@ class _Tok:
 
 
 def test_stop_token_ids_include_turn_end_and_eos():
-    ids = prompts.stop_token_ids(_Tok(), prompts.get_format("gemma-chat").stop_strings, model.get_preset("gemma3-1b"))
+    ids = stops.stop_token_ids(_Tok(), prompts.get_format("gemma-chat").stop_strings, model.get_preset("gemma3-1b"))
     assert ids == (1, 106)
 
 
 def test_few_shot_stops_at_every_token_holding_a_blank_line():
-    ids = prompts.stop_token_ids(_Tok(), prompts.get_format("few-shot").stop_strings)
+    ids = stops.stop_token_ids(_Tok(), prompts.get_format("few-shot").stop_strings)
     assert ids == (1, 108, 109, 382)  # EOS, "\n\n", and the tokens containing it ("\n" and ".\n" do not)
-    assert prompts.stop_token_ids(_Tok(), ["\n\nQuestion:"]) == (1,)  # several tokens: the engine finds it in text
-    assert prompts.cut_at_stop("x = 4.\nQuestion: 5+5?\nAnswer:", prompts.get_format("few-shot").stop_strings) == (
+    assert stops.stop_token_ids(_Tok(), ["\n\nQuestion:"]) == (1,)  # several tokens: the engine finds it in text
+    assert stops.cut_at_stop("x = 4.\nQuestion: 5+5?\nAnswer:", prompts.get_format("few-shot").stop_strings) == (
         "x = 4.", True)  # a made-up next block after a single newline ends the answer too
-    assert prompts.stop_token_ids(_Tok(), [""]) == (1,)  # an empty stop string stops nothing
-    assert prompts.cut_at_stop("a\n\nb", ["", "\n\n"]) == ("a", True)
-    assert prompts.cut_at_stop("ab", [""]) == ("ab", False)
+    assert stops.stop_token_ids(_Tok(), [""]) == (1,)  # an empty stop string stops nothing
+    assert stops.cut_at_stop("a\n\nb", ["", "\n\n"]) == ("a", True)
+    assert stops.cut_at_stop("ab", [""]) == ("ab", False)
 
 
 def test_unknown_format_is_named():

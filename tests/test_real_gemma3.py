@@ -91,13 +91,14 @@ def test_load_hf_host_memory_stays_near_one_tensor():
 
 def test_tokenizer_and_stop_tokens_from_the_same_dir(real):
     path, _, _, cfg, _ = real
-    from reasonax.model import prompts
+    from reasonax.model import prompts, tokenizer
+    from reasonax.sample import stops
 
-    tok = prompts.load_tokenizer(path)
+    tok = tokenizer.load_tokenizer(path)
     fmt = prompts.default_format(cfg)
     assert fmt.name == "gemma-chat"
-    assert prompts.stop_token_ids(tok, fmt.stop_strings, cfg) == (1, 106)  # <eos>, <end_of_turn>
-    few_shot = prompts.stop_token_ids(tok, prompts.get_format("few-shot").stop_strings, cfg)
+    assert stops.stop_token_ids(tok, fmt.stop_strings, cfg) == (1, 106)  # <eos>, <end_of_turn>
+    few_shot = stops.stop_token_ids(tok, prompts.get_format("few-shot").stop_strings, cfg)
     assert tok.convert_tokens_to_ids("\n\n\n") in few_shot  # a token holding a blank line ends generation
     assert all(i in (*cfg.eos_token_ids, tok.eos_token_id) or "\n\n" in tok.decode([i]) for i in few_shot)
     ids = tok(fmt.render("What is 2+3?"))["input_ids"]

@@ -20,6 +20,7 @@ from safetensors.numpy import load_file
 from reasonax.model import init_params, make_mesh
 from reasonax.train import checkpoint as ckpt_lib
 from reasonax.train import loop
+from reasonax.train.plan import Plan, lm_batch_spec
 from reasonax.train import state as S
 from reasonax.train.loss import sft_loss
 
@@ -86,7 +87,7 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, {root!r})
 from tests.test_train_loop import tiny_config
-from reasonax.train import sft
+from reasonax.train import common, sft
 c = tiny_config(sys.argv[1], num_steps=12, **{{"optim.total_steps": 12, "checkpoint.every": 1,
                 "checkpoint.keep": 2, "mesh.fsdp": 4, "mesh.data": 2}})
 sft.run(c)
@@ -132,10 +133,10 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
 
 
 def _saved_state(mesh, seed=0):
-    from reasonax.train import sft
+    from reasonax.train import common
 
     c = tiny_config("unused")
-    mcfg = sft.model_config(c)
+    mcfg = common.model_config(c)
     opt = S.make_optimizer(c.optim, mcfg)
     return mcfg, opt, S.create_state(init_params(mcfg, jax.random.key(seed), mesh=mesh), mcfg, opt, mesh)
 
@@ -193,7 +194,7 @@ class _PoisonSource:
         self.mesh, self.poison_from, self.iterator, self.i = mesh, poison_from, None, 0
 
     def next(self, state):
-        from reasonax.train.step import batch_sharding
+        from reasonax.model.sharding import batch_sharding
 
         rng = np.random.default_rng(self.i)
         self.i += 1
@@ -205,19 +206,20 @@ class _PoisonSource:
 
 
 def test_non_finite_steps_stop_the_run_with_the_last_good_checkpoint(tmp_path):
-    from reasonax.train import sft
+    from reasonax.train import common
 
     c = tiny_config(tmp_path, num_steps=20, max_bad_steps=3, seq_len=16, **{"checkpoint.every": 2})
-    mcfg = sft.model_config(c)
+    mcfg = common.model_config(c)
 
     def loss_fn(p, b):
         s, n, m = sft_loss(p, b, mcfg)
         return s + jnp.where(b["poison"][0] > 0, jnp.nan, 0.0), n, m
 
-    mesh = loop.make_mesh(c)
+    mesh = loop.config_mesh(c)
     init = lambda m: init_params(mcfg, jax.random.key(0), mesh=m)  # noqa: E731
     with pytest.raises(loop.NonFiniteError, match="3 non-finite steps in a row"):
-        loop.run(c, mcfg, init, loss_fn, _PoisonSource(mesh, poison_from=6), mesh=mesh)
+        loop.run(Plan(config=c, model=mcfg, loss=loss_fn, init=init, source=lambda m: _PoisonSource(m, poison_from=6),
+                      batch_spec=lm_batch_spec), mesh=mesh)
     events = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert sum("non-finite" in r.get("event", "") for r in events) == 3
     ck = ckpt_lib.Checkpointer(tmp_path / "checkpoints")
@@ -232,14 +234,14 @@ def test_overrides_on_a_checkpoint_may_repeat_its_shapes_but_not_change_them(tmp
     """A preset-based config reused with model.path (as the tiny GRPO config is, from the SFT
     export): overrides equal to the checkpoint's shapes pass, a different shape is an error."""
     from reasonax.model import save_hf
-    from reasonax.tasks.byte_tokenizer import TINY_MODEL
-    from reasonax.train import sft
+    from reasonax.model.config import TINY_MODEL
+    from reasonax.train import common
 
     c = tiny_config(tmp_path)
-    cfg = sft.model_config(c)
+    cfg = common.model_config(c)
     save_hf(init_params(cfg, jax.random.key(0)), cfg, tmp_path / "hf")
     c.model.path, c.model.preset = str(tmp_path / "hf"), ""
-    assert sft.model_config(c).hidden_size == TINY_MODEL["hidden_size"]
+    assert common.model_config(c).hidden_size == TINY_MODEL["hidden_size"]
     c.model.overrides = {**TINY_MODEL, "hidden_size": 128}
     with pytest.raises(ValueError, match=r"hidden_size: 64 -> 128"):
-        sft.model_config(c)
+        common.model_config(c)

@@ -70,7 +70,7 @@ def test_bad_arguments_name_the_value():
 
 
 def test_tokenizer_is_saved_as_tokenizer_json_and_loads_through_the_normal_path(tmp_path):
-    from reasonax.model.prompts import load_tokenizer
+    from reasonax.model.tokenizer import load_tokenizer
 
     wp.save_tokenizer(tmp_path)
     assert (tmp_path / "tokenizer.json").is_file()

@@ -2,7 +2,7 @@
 reasoning is correct.
 
 The judge is any function from prompt texts to completion texts, so this module depends on
-nothing else in reasonax; `reasonax.eval.evaluate` builds one from the sampler. Verdicts are
+nothing else in reasonax; `reasonax.evaluate` builds one from the sampler. Verdicts are
 parsed strictly: a reply must state VERDICT: CORRECT or VERDICT: INCORRECT (the last such
 line counts); anything else is "not judged" (None) and is left out of the FPR, never guessed.
 """

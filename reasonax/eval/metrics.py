@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from reasonax.eval import grader
 from reasonax.eval.labels import SolutionLabel
 
 __all__ = [
@@ -105,9 +106,7 @@ def coverage_at_k(correct: Sequence[Sequence[bool]], k: int, *, n_boot: int = 10
 
 
 def _default_key(ans: str) -> str | None:
-    from reasonax.eval.grader import answer_key
-
-    return answer_key(ans)
+    return grader.answer_key(ans)
 
 
 def majority_vote(answers: Sequence[str | None], *, key: Callable[[str], object] | None = None,
@@ -157,7 +156,7 @@ def maj_at_k(answers: Sequence[Sequence[str | None]], golds: Sequence[str], k: i
     if len(answers) != len(golds):
         raise ValueError(f"{len(answers)} answer lists but {len(golds)} golds")
     if equivalent is None:
-        from reasonax.eval.grader import is_equivalent as equivalent  # noqa: N813
+        equivalent = grader.is_equivalent
     vals = []
     for i, (row, gold) in enumerate(zip(answers, golds)):
         if len(row) < k:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterable
 
+from reasonax.eval import grader
 from reasonax.eval.labels import SolutionLabel
 
 __all__ = [
@@ -418,9 +419,7 @@ def label_solution(problem_id: str, sample_index: int, completion: str, gold: st
     ``reasoning_correct`` is None when the solution states no checkable step.
     """
     if answer_correct is None:
-        from reasonax.eval.grader import grade
-
-        answer_correct = grade(completion, gold)
+        answer_correct = grader.grade(completion, gold)
     return SolutionLabel(
         problem_id=problem_id,
         sample_index=sample_index,
@@ -433,8 +432,6 @@ def label_solution(problem_id: str, sample_index: int, completion: str, gold: st
 def label_solutions(problem_ids: Iterable[str], completions: Iterable[list[str]],
                     golds: Iterable[str]) -> list[SolutionLabel]:
     """Labels for several samples per problem; final answers graded in one batch."""
-    from reasonax.eval.grader import grade_batch
-
     rows = [(pid, i, c, g) for pid, comps, g in zip(problem_ids, completions, golds) for i, c in enumerate(comps)]
-    verdicts = grade_batch([r[2] for r in rows], [r[3] for r in rows])
+    verdicts = grader.grade_batch([r[2] for r in rows], [r[3] for r in rows])
     return [label_solution(pid, i, c, g, answer_correct=v) for (pid, i, c, g), v in zip(rows, verdicts)]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from reasonax.tasks import byte_tokenizer
+
 FULL = "full_attention"
 SLIDING = "sliding_attention"
 LAYER_TYPES = (FULL, SLIDING)
@@ -120,12 +122,48 @@ class ModelConfig:
 
 
 # ----------------------------------------------------------------------------------------------
+# Families: what every checkpoint of a family has, in one table (read by the constructors below,
+# the HF import and export in hf.py, and the prompt formats in prompts.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    traits: tuple[tuple[str, object], ...]  # ModelConfig fields fixed by the family's architecture
+    hf_architecture: str  # transformers model class (config.json's architectures)
+    hf_config: str        # transformers config class
+    chat_format: str      # reasonax.model.prompts format of its instruct checkpoints
+
+
+_GEMMA = (("activation", "gelu_tanh"), ("norm_plus_one", True), ("embed_scale", True))
+FAMILIES: dict[str, Family] = {
+    "llama": Family((), "LlamaForCausalLM", "LlamaConfig", "few-shot"),
+    "qwen2": Family((("qkv_bias", True),), "Qwen2ForCausalLM", "Qwen2Config", "qwen-chat"),
+    "qwen3": Family((("qk_norm", True),), "Qwen3ForCausalLM", "Qwen3Config", "qwen-chat"),
+    "gemma": Family(_GEMMA, "GemmaForCausalLM", "GemmaConfig", "gemma-chat"),
+    "gemma2": Family((*_GEMMA, ("sandwich_norm", True)), "Gemma2ForCausalLM", "Gemma2Config", "gemma-chat"),
+    "gemma3_text": Family((*_GEMMA, ("qk_norm", True), ("sandwich_norm", True)), "Gemma3ForCausalLM",
+                          "Gemma3TextConfig", "gemma-chat"),
+}
+
+
+def family(model_type: str) -> Family:
+    try:
+        return FAMILIES[model_type]
+    except KeyError:
+        raise ValueError(f"unknown model_type {model_type!r}; known: {', '.join(FAMILIES)}") from None
+
+
+# ----------------------------------------------------------------------------------------------
 # Family constructors. Defaults are the values shared by a family's published checkpoints.
+
+
+def _family_config(model_type: str, **kw) -> ModelConfig:
+    return ModelConfig(model_type=model_type, **dict(family(model_type).traits), **kw)
 
 
 def llama(**kw) -> ModelConfig:
     kw.setdefault("rms_norm_eps", 1e-5)
-    return ModelConfig(model_type="llama", **kw)
+    return _family_config("llama", **kw)
 
 
 def qwen2(**kw) -> ModelConfig:
@@ -135,7 +173,7 @@ def qwen2(**kw) -> ModelConfig:
     kw.setdefault("max_position_embeddings", 32768)
     kw.setdefault("eos_token_ids", (151643,))
     kw.setdefault("bos_token_id", 151643)
-    return ModelConfig(model_type="qwen2", qkv_bias=True, **kw)
+    return _family_config("qwen2", **kw)
 
 
 def qwen3(**kw) -> ModelConfig:
@@ -145,7 +183,7 @@ def qwen3(**kw) -> ModelConfig:
     kw.setdefault("max_position_embeddings", 40960)
     kw.setdefault("eos_token_ids", (151643,))
     kw.setdefault("bos_token_id", 151643)
-    return ModelConfig(model_type="qwen3", qk_norm=True, **kw)
+    return _family_config("qwen3", **kw)
 
 
 def _gemma_common(kw):
@@ -154,14 +192,14 @@ def _gemma_common(kw):
     kw.setdefault("eos_token_ids", (1,))
     kw.setdefault("pad_token_id", 0)
     kw.setdefault("tie_embeddings", True)
-    return dict(activation="gelu_tanh", norm_plus_one=True, embed_scale=True, **kw)
+    return kw
 
 
 def gemma(**kw) -> ModelConfig:
     """Gemma 1."""
     kw.setdefault("vocab_size", 256000)
     kw.setdefault("max_position_embeddings", 8192)
-    return ModelConfig(model_type="gemma", **_gemma_common(kw))
+    return _family_config("gemma", **_gemma_common(kw))
 
 
 def gemma2(**kw) -> ModelConfig:
@@ -174,7 +212,7 @@ def gemma2(**kw) -> ModelConfig:
     kw.setdefault("final_softcap", 30.0)
     kw.setdefault("sliding_window", 4096)
     kw.setdefault("layer_types", tuple(SLIDING if (i + 1) % 2 else FULL for i in range(n)))
-    return ModelConfig(model_type="gemma2", sandwich_norm=True, **_gemma_common(kw))
+    return _family_config("gemma2", **_gemma_common(kw))
 
 
 def gemma3_layer_types(num_layers: int, pattern: int = 6) -> tuple[str, ...]:
@@ -193,7 +231,7 @@ def gemma3(**kw) -> ModelConfig:
     kw.setdefault("rope", RopeConfig(theta=1_000_000.0, type="linear", factor=8.0))
     kw.setdefault("rope_local", RopeConfig(theta=10_000.0))
     kw.setdefault("eos_token_ids", (1, 106))
-    return ModelConfig(model_type="gemma3_text", qk_norm=True, sandwich_norm=True, **_gemma_common(kw))
+    return _family_config("gemma3_text", **_gemma_common(kw))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,6 +285,14 @@ PRESETS: dict[str, ModelConfig] = {
     "gemma3-27b": gemma3(hidden_size=5376, intermediate_size=21504, num_layers=62, num_heads=32,
                          num_kv_heads=16, head_dim=128, query_pre_attn_scalar=168),
 }
+
+
+# The tiny byte-level model of the CPU configs (configs/*_tiny_cpu.py) and the demo: ModelConfig
+# overrides on the qwen2.5-0.5b preset, with the byte tokenizer's vocabulary and special ids
+# (reasonax.tasks.byte_tokenizer). One definition, so an SLM reference and the model it scores agree.
+TINY_MODEL = dict(vocab_size=byte_tokenizer.VOCAB_SIZE, hidden_size=64, intermediate_size=256, num_layers=2,
+                  num_heads=4, num_kv_heads=2, head_dim=16, tie_embeddings=True, bos_token_id=byte_tokenizer.BOS_ID,
+                  eos_token_ids=(byte_tokenizer.EOS_ID,), pad_token_id=byte_tokenizer.PAD_ID)
 
 
 def get_preset(name: str) -> ModelConfig:

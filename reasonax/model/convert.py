@@ -72,7 +72,7 @@ def tokenizer_path(path: str | os.PathLike) -> Path:
     return path / TOKENIZER_DIR if (path / CONFIG_FILE).is_file() else path
 
 
-def model_config(path: str | os.PathLike) -> ModelConfig:
+def checkpoint_config(path: str | os.PathLike) -> ModelConfig:
     """The ModelConfig of an HF directory or a reasonax Orbax checkpoint, without loading params."""
     path = Path(path)
     if (path / CONFIG_FILE).is_file():
@@ -127,6 +127,11 @@ def _hf_dtype(path: Path) -> str:
     return "float32"
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `reasonax-convert` command (also `python -m reasonax.model.convert`)."""
     _define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

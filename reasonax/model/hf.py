@@ -25,10 +25,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from reasonax.model import sharding
-from reasonax.model.config import FULL, SLIDING, ModelConfig, RopeConfig
+from reasonax.model.config import FAMILIES, FULL, SLIDING, ModelConfig, RopeConfig
 from reasonax.model.params import ParamSpec, is_spec, param_specs
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3")
+SUPPORTED_MODEL_TYPES = (*FAMILIES, "gemma3")  # gemma3: the multimodal checkpoint's text model
 # tensors of multimodal checkpoints (and buffers) that a text model does not use
 IGNORED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
                     "model.multi_modal_projector.")
@@ -76,6 +76,7 @@ def config_from_hf(hf_cfg, where: str = "config.json") -> ModelConfig:
     mt = hf_cfg.model_type
     if mt not in SUPPORTED_MODEL_TYPES:
         raise CheckpointError(f"{where}: unknown model_type {mt!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    mt = "gemma3_text" if mt == "gemma3" else mt
     get = functools.partial(getattr, hf_cfg)
     act_name = get("hidden_activation", None) or get("hidden_act", None) or "silu"
     if act_name not in _ACTIVATIONS:
@@ -93,18 +94,19 @@ def config_from_hf(hf_cfg, where: str = "config.json") -> ModelConfig:
     else:
         rope, rope_local = _rope_from_hf(rope_params, where), None
     eos = get("eos_token_id", None)
-    gemma = mt.startswith("gemma")
+    traits = dict(FAMILIES[mt].traits)
     attention_bias = bool(get("attention_bias", False))
     return ModelConfig(
-        model_type="gemma3_text" if mt == "gemma3" else mt,
+        model_type=mt,
         vocab_size=get("vocab_size"), hidden_size=get("hidden_size"),
         intermediate_size=get("intermediate_size"), num_layers=get("num_hidden_layers"),
         num_heads=heads, num_kv_heads=get("num_key_value_heads", None) or heads,
         head_dim=get("head_dim", None) or get("hidden_size") // heads,
         max_position_embeddings=get("max_position_embeddings"), rms_norm_eps=float(get("rms_norm_eps")),
-        activation=_ACTIVATIONS[act_name], norm_plus_one=gemma, embed_scale=gemma,
-        qkv_bias=attention_bias or mt == "qwen2", o_bias=attention_bias,
-        qk_norm=mt in ("qwen3", "gemma3_text"), sandwich_norm=mt in ("gemma2", "gemma3_text"),
+        activation=_ACTIVATIONS[act_name], norm_plus_one=traits.get("norm_plus_one", False),
+        embed_scale=traits.get("embed_scale", False),
+        qkv_bias=attention_bias or traits.get("qkv_bias", False), o_bias=attention_bias,
+        qk_norm=traits.get("qk_norm", False), sandwich_norm=traits.get("sandwich_norm", False),
         query_pre_attn_scalar=get("query_pre_attn_scalar", None),
         # transformers' Gemma 3 stores attn_logit_softcapping but never applies it; only Gemma 2 does
         attn_softcap=get("attn_logit_softcapping", None) if mt == "gemma2" else None,
@@ -116,14 +118,13 @@ def config_from_hf(hf_cfg, where: str = "config.json") -> ModelConfig:
         pad_token_id=get("pad_token_id", None))
 
 
-_HF_ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-            "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
-
-
 def config_to_hf(cfg: ModelConfig):
     """A transformers config object for `cfg`; raises if the family cannot express some field."""
     import transformers
 
+    mt = cfg.model_type
+    if mt not in FAMILIES:
+        raise CheckpointError(f"cannot export model_type {mt!r}; supported: {', '.join(FAMILIES)}")
     kw = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
               num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
               num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
@@ -131,9 +132,9 @@ def config_to_hf(cfg: ModelConfig):
               tie_word_embeddings=cfg.tie_embeddings, bos_token_id=cfg.bos_token_id,
               eos_token_id=list(cfg.eos_token_ids) if len(cfg.eos_token_ids) > 1 else
               (cfg.eos_token_ids[0] if cfg.eos_token_ids else None),
-              pad_token_id=cfg.pad_token_id, architectures=[_HF_ARCH[cfg.model_type]])
+              pad_token_id=cfg.pad_token_id, architectures=[FAMILIES[mt].hf_architecture])
     act = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh"}[cfg.activation]
-    mt = cfg.model_type
+    # the fields each transformers config class takes (its schema, not a family trait)
     if mt in ("llama", "qwen3", "gemma", "gemma2", "gemma3_text"):
         kw["attention_bias"] = cfg.o_bias
     if mt in ("gemma2", "gemma3_text"):
@@ -152,12 +153,7 @@ def config_to_hf(cfg: ModelConfig):
         kw["rope_parameters"] = {FULL: _rope_to_hf(cfg.rope), SLIDING: _rope_to_hf(cfg.rope_local or cfg.rope)}
     else:
         kw["rope_parameters"] = _rope_to_hf(cfg.rope)
-    classes = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
-               "qwen3": transformers.Qwen3Config, "gemma": transformers.GemmaConfig,
-               "gemma2": transformers.Gemma2Config, "gemma3_text": transformers.Gemma3TextConfig}
-    if mt not in classes:
-        raise CheckpointError(f"cannot export model_type {mt!r}; supported: {', '.join(classes)}")
-    hf_cfg = classes[mt](**kw)
+    hf_cfg = getattr(transformers, FAMILIES[mt].hf_config)(**kw)
     back = config_from_hf(hf_cfg, where="export")
     runtime = dict(attention_impl=cfg.attention_impl, remat=cfg.remat)
     if cfg.rope_local is None and back.rope_local == cfg.rope:

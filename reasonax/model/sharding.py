@@ -15,10 +15,11 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the data-parallel axes: rows of every batch, the sampler's slots
 
 # logical axis -> mesh axes (tried in order; a mesh axis is used at most once per array)
 DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("batch", ("data", "fsdp")),
+    ("batch", BATCH_AXES),
     ("vocab", ("tensor",)),
     ("embed", ("fsdp",)),
     ("q_heads", ("tensor",)),
@@ -28,22 +29,49 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+def mesh_shape(data: int = 1, fsdp: int = 1, tensor: int = 1, num_devices: int | None = None,
+               name: str = "mesh") -> dict[str, int]:
+    """{axis: size} of a (data, fsdp, tensor) mesh; one axis of -1 takes num_devices / (the others).
+    ValueError (naming `name`, e.g. 'config.mesh') on a size < 1, two -1 axes, a -1 without
+    num_devices, or devices that do not divide."""
+    shape = dict(zip(MESH_AXES, (int(data), int(fsdp), int(tensor))))
+    free = [a for a, n in shape.items() if n == -1]
+    if bad := [a for a, n in shape.items() if n == 0 or n < -1]:
+        raise ValueError(f"{name} {shape}: axes {bad} must be >= 1 (or -1)")
+    if len(free) > 1:
+        raise ValueError(f"{name} {shape}: at most one axis may be -1")
+    if free:
+        axis = free[0]
+        if num_devices is None:
+            raise ValueError(f"{name} {shape} has {axis}=-1, which cannot be sized without a device count: give "
+                             f"the mesh explicitly, e.g. --config.mesh.{axis}=64 (devices = data*fsdp*tensor)")
+        rest = int(np.prod([n for n in shape.values() if n != -1]))
+        if num_devices % rest:
+            raise ValueError(f"{name} {shape}: {num_devices} devices do not divide by the fixed axes ({rest})")
+        shape[axis] = num_devices // rest
+    return shape
+
+
 def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices: Sequence | None = None) -> Mesh:
     """A (data, fsdp, tensor) mesh with Auto axis types (XLA propagates shardings inside jit).
 
     data=-1 (or fsdp=-1) takes all remaining devices.
     """
     devices = list(jax.devices() if devices is None else devices)
-    shape = [data, fsdp, tensor]
-    if shape.count(-1) > 1:
-        raise ValueError("at most one mesh axis may be -1")
-    if -1 in shape:
-        rest = int(np.prod([s for s in shape if s != -1]))
-        shape[shape.index(-1)] = len(devices) // rest
-    if int(np.prod(shape)) != len(devices):
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, "
-                         f"have {len(devices)}")
-    return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    shape = mesh_shape(data, fsdp, tensor, len(devices))
+    if int(np.prod(list(shape.values()))) != len(devices):
+        raise ValueError(f"mesh {shape} needs {int(np.prod(list(shape.values())))} devices, have {len(devices)}")
+    return jax.make_mesh(tuple(shape.values()), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def batch_shards(mesh: Mesh | None) -> int:
+    """How many ways rows split over the mesh's batch axes (1 without a mesh)."""
+    return 1 if mesh is None else int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Rows (the leading dim of every batch array) over the batch axes data x fsdp."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
 def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh_shape: dict[str, int],

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 
 from reasonax.model.config import ModelConfig
-from reasonax.model.flops import attended_pairs, matmul_params
+from reasonax.model.flops import forward_flops
 
 
 def _exact(x) -> Fraction:
@@ -43,14 +43,10 @@ def price_matched_samples(price_strong: float, price_weak: float, samples_strong
 def generation_flops(cfg: ModelConfig, prompt_tokens: int, generated_tokens: int, prefill: bool = True) -> dict:
     """FLOPs of one sample: {'dense', 'attention', 'total'}; prefill=False leaves the prompt out
     (it is shared by the question's samples and counted once elsewhere)."""
-    p = matmul_params(cfg)
-    heads = 4 * cfg.num_heads * cfg.head_dim
-    dense = 2 * p * generated_tokens
-    attn = heads * attended_pairs(cfg, generated_tokens, context=prompt_tokens)
+    out = forward_flops(cfg, 1, generated_tokens, context=prompt_tokens)
     if prefill:
-        dense += 2 * p * prompt_tokens
-        attn += heads * attended_pairs(cfg, prompt_tokens)
-    return {"dense": dense, "attention": attn, "total": dense + attn}
+        out = {k: v + forward_flops(cfg, 1, prompt_tokens)[k] for k, v in out.items()}
+    return out
 
 
 def question_flops(cfg: ModelConfig, prompt_tokens: int, samples: int, tokens_per_sample: int) -> dict:

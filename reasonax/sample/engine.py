@@ -34,7 +34,7 @@ Compiled programs: prefill per (prompt batch bucket, length bucket), insert (a c
 (row bucket, store shape), decode block per (slot count, attention length A); nothing recompiles per request.
 
 Rows keep their (seed, prompt key id, sample index) keys, and a row's t-th token is drawn with
-fold_in(key, t) (reasonax.sample.sampler.select_tokens), so the tokens of a row do not depend on
+fold_in(key, t) (reasonax.sample.sampler.draw_tokens), so the tokens of a row do not depend on
 the slot count, the arrival order or what shares its block.
 """
 
@@ -52,10 +52,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from reasonax.model import transformer
-from reasonax.model.cache import KV_AXES, KVCache, init_cache, kv_bytes_per_row, per_layer
+from reasonax.model.cache import KV_AXES, KVCache, cache_shardings, init_cache, kv_bytes_per_row, per_layer
 from reasonax.model.config import ModelConfig
-from reasonax.model.sharding import constrain
-from reasonax.sample.sampler import GenerateResult, SamplingParams, bucket, row_keys, select_tokens
+from reasonax.model.sharding import batch_shards, constrain, named_sharding
+from reasonax.sample.sampler import GenerateResult, SamplingParams, bucket, row_keys, draw_tokens
 from reasonax.sample.stops import StopStrings
 
 DEFAULT_KV_BUDGET = 2 << 30  # bytes per device for the slots' KV cache and decode temporaries
@@ -115,7 +115,7 @@ def _prefill(params, tokens, segments, key_data, cfg: ModelConfig, sp: SamplingP
     n = jnp.sum(segments != 0, axis=1).astype(jnp.int32)
     last = jnp.take_along_axis(h, (n - 1)[:, None, None], axis=1)
     logits = jnp.repeat(transformer.unembed(params, last, cfg)[:, 0], sp.n, axis=0)
-    first = select_tokens(logits, jax.random.wrap_key_data(key_data), jnp.zeros((P * sp.n,), jnp.int32), sp)
+    first = draw_tokens(logits, jax.random.wrap_key_data(key_data), jnp.zeros((P * sp.n,), jnp.int32), sp)
     store = dataclasses.replace(cache, k=constrain(cache.k, KV_AXES), v=constrain(cache.v, KV_AXES),
                                 lengths=n, next_pos=n)
     return store, *first
@@ -181,7 +181,7 @@ def _decode_block(params, slots: _Slots, live, exit_early, cfg: ModelConfig, sp:
     def body(carry):
         i, s, live, finished, bufs = carry
         h, cache = transformer.hidden_states(params, s.last[:, None], cfg, cache=s.cache, attn_len=attn_len)
-        tok, lp, mlp = select_tokens(transformer.unembed(params, h, cfg)[:, 0], keys, s.steps, sp)
+        tok, lp, mlp = draw_tokens(transformer.unembed(params, h, cfg)[:, 0], keys, s.steps, sp)
         ends = live & (jnp.isin(tok, eos) | (s.steps + 1 >= sp.max_new_tokens))
         # a slot without a live row keeps its columns and positions (it wrote into its own row)
         cache = dataclasses.replace(cache, lengths=jnp.where(live, cache.lengths, s.cache.lengths),
@@ -242,10 +242,6 @@ def _pow2_at_most(x: int) -> int:
     return 1 << (max(1, x).bit_length() - 1)
 
 
-def _batch_shards(mesh) -> int:
-    return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
-
-
 def step_bytes_per_slot(cfg: ModelConfig) -> int:
     """Decode-step temporaries per slot: float32 logits and ~5 vocabulary-sized sampling buffers."""
     return 6 * cfg.vocab_size * 4
@@ -280,9 +276,6 @@ def compile_decode_block(abstract_params, cfg: ModelConfig, mesh, num_slots: int
     """The decode block compiled for sharded abstract params (ShapeDtypeStructs) and `num_slots`
     slots of `columns` columns, attending to all of them (the longest block): for memory
     estimates (the dry run) without allocating anything."""
-    from reasonax.model.cache import cache_shardings
-    from reasonax.model.sharding import named_sharding
-
     dtype = abstract_params["embed"].dtype
     kv_shape = (cfg.num_layers, num_slots, columns, cfg.num_kv_heads, cfg.head_dim)
     cs = cache_shardings(cfg, mesh, num_slots, columns)
@@ -370,7 +363,7 @@ class _Run:
         self.store = None
         self.store_rows: collections.deque = collections.deque()  # (row id, store row, first token) waiting
         self.stats = EngineStats(rows=len(self.rows), num_slots=self.S, cache_columns=self.columns)
-        self.min_slots = min(self.S, _batch_shards(mesh))
+        self.min_slots = min(self.S, batch_shards(mesh))
         self.t0 = time.perf_counter()
 
     def _shrink(self) -> None:
@@ -554,7 +547,7 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], s
     columns = cache_columns(max(map(len, prompts)), sp.max_new_tokens, block)
     rows = len(prompts) * sp.n
     if num_slots is None:
-        num_slots = plan_slots(cfg, columns, dtype, kv_budget_bytes, _batch_shards(mesh), rows)
+        num_slots = plan_slots(cfg, columns, dtype, kv_budget_bytes, batch_shards(mesh), rows)
     elif num_slots < 1:
         raise ValueError(f"num_slots must be >= 1, got {num_slots}")
     keys = np.asarray(jax.random.key_data(row_keys(seed, np.repeat(np.asarray(key_ids), sp.n),
@@ -563,7 +556,7 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], s
     decode_params = _unstack(params) if unstack else params
     run = _Run(params, cfg, prompts, sp, eos, keys, stop, num_slots, block_steps, mesh, progress, on_complete,
                columns, block)
-    shards = _batch_shards(mesh)
+    shards = batch_shards(mesh)
     run.stats.kv_bytes_per_device = kv_bytes_per_row(cfg, columns, dtype) * math.ceil(num_slots / shards)
     run.stats.step_bytes_per_device = step_bytes_per_slot(cfg) * math.ceil(num_slots / shards)
     run.run(decode_params)

@@ -149,7 +149,7 @@ def _logprob_of(logits: jax.Array, tok: jax.Array) -> jax.Array:
     return jnp.take_along_axis(logits, tok[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(logits, axis=-1)
 
 
-def select_tokens(logits: jax.Array, keys: jax.Array, step: jax.Array, sp: SamplingParams):
+def draw_tokens(logits: jax.Array, keys: jax.Array, step: jax.Array, sp: SamplingParams):
     """(token, sampling log-prob, model log-prob), each [B], from float32 logits [B, V].
 
     step: the index of the token being drawn, [] (all rows) or [B] (each row's own); row b draws

@@ -1,4 +1,5 @@
-"""Stop strings: text that ends a completion, checked on the host as tokens arrive.
+"""Stop strings: text that ends a completion, checked on the host as tokens arrive, and the token
+ids that end generation outright (stop_token_ids).
 
 A stop string may span several tokens (few-shot's blank line written as "\\n" + "\\n"), so it is
 found in decoded text, not in token ids. The engine calls `StopStrings.cut` at the end of every
@@ -11,7 +12,34 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from reasonax.model.prompts import cut_at_stop
+from reasonax.model.config import ModelConfig
+
+
+def stop_token_ids(tokenizer, stop_strings: Sequence[str], cfg: ModelConfig | None = None) -> tuple[int, ...]:
+    """Token ids that end generation: EOS, every stop string the tokenizer encodes as one token
+    (special tokens like <end_of_turn>, or "\n\n"), and every token whose text contains a stop
+    string (Gemma's "\n\n\n", Qwen's ".\n\n"), found by decoding the vocabulary (about 2 s for
+    262k tokens). A stop string spread over several tokens is found in the decoded text between
+    decode blocks (reasonax.sample.StopStrings)."""
+    ids = set(cfg.eos_token_ids if cfg is not None else ())
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    for s in stop_strings:
+        enc = tokenizer.encode(s, add_special_tokens=False)
+        if len(enc) == 1:
+            ids.add(enc[0])
+    if stops := [s for s in stop_strings if s]:  # an empty string would be in every token
+        vocab = sorted(set(tokenizer.get_vocab().values()))
+        texts = tokenizer.batch_decode([[i] for i in vocab], skip_special_tokens=False,
+                                       clean_up_tokenization_spaces=False)
+        ids.update(i for i, text in zip(vocab, texts) if any(s in text for s in stops))
+    return tuple(sorted(ids))
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """(text before the first stop string, whether one was found); empty stop strings are ignored."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
 
 
 class StopStrings:

@@ -12,12 +12,7 @@ import os
 
 SPECIALS = ("<|pad|>", "<|bos|>", "<|eos|>")
 VOCAB_SIZE = 256 + len(SPECIALS)
-# The tiny byte-level model of the CPU configs (configs/*_tiny_cpu.py): ModelConfig overrides on
-# the qwen2.5-0.5b preset, with this tokenizer's vocabulary and special ids. One definition, so an
-# SLM reference and the model it scores always agree.
-TINY_MODEL = dict(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=256, num_layers=2, num_heads=4,
-                  num_kv_heads=2, head_dim=16, tie_embeddings=True, bos_token_id=257, eos_token_ids=(258,),
-                  pad_token_id=256)
+PAD_ID, BOS_ID, EOS_ID = 256, 257, 258
 
 
 def byte_tokenizer(save_dir: str | os.PathLike | None = None):
@@ -32,7 +27,7 @@ def byte_tokenizer(save_dir: str | os.PathLike | None = None):
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(list(SPECIALS))
     tok.post_processor = processors.TemplateProcessing(single=f"{SPECIALS[1]} $A",
-                                                       special_tokens=[(SPECIALS[1], 257)])
+                                                       special_tokens=[(SPECIALS[1], BOS_ID)])
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=SPECIALS[0],
                                                 bos_token=SPECIALS[1], eos_token=SPECIALS[2])
     if save_dir is not None:

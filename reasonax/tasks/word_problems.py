@@ -27,6 +27,8 @@ import os
 
 import numpy as np
 
+from reasonax.tasks.byte_tokenizer import byte_tokenizer
+
 
 @dataclasses.dataclass(frozen=True)
 class Level:
@@ -113,8 +115,6 @@ def records(n: int, split: str = "train", level: int = 2, seed: int = 0, test_pe
 
 def save_tokenizer(out_dir: str | os.PathLike):
     """Write the byte-level tokenizer (tokenizer.json + config) to out_dir; returns it."""
-    from reasonax.tasks.byte_tokenizer import byte_tokenizer
-
     return byte_tokenizer(out_dir)
 
 
@@ -144,7 +144,8 @@ def main(argv):
         print(f"{name}: {path}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `reasonax-word-problems` command (also `python -m reasonax.tasks.word_problems`)."""
     from absl import app, flags
 
     flags.DEFINE_string("out_dir", None, "directory for train.jsonl, test.jsonl and tokenizer/", required=True)
@@ -153,3 +154,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("level", 2, f"difficulty level, one of {sorted(LEVELS)}")
     flags.DEFINE_integer("seed", 0, "generator seed")
     app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

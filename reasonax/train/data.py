@@ -31,15 +31,14 @@ import grain
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from reasonax import jsonl
 from reasonax.model import prompts as prompts_lib
+from reasonax.model.sharding import batch_shards, batch_sharding
 
 TEMPLATES = ("raw", "tokenizer", *prompts_lib.FORMATS)
 OVERLONG = ("truncate", "drop")
 ON_MALFORMED = ("raise", "skip")
-BATCH_AXES = ("data", "fsdp")
 
 # per-example features that travel through packing; the two flags are summed into DataStats at
 # the output and removed (value at index 0 of each example, 0 elsewhere)
@@ -67,7 +66,7 @@ def default_data_config() -> ml_collections.ConfigDict:
                        'qwen-chat' | 'gemma-chat' | 'few-shot'  (reasonax.model.prompts formats):
                                     the prompt rendered by PromptFormat.render(prompt,
                                     instruction=instruction) after the tokenizer's BOS (as
-                                    reasonax.sample.generate tokenizes prompts), the completion
+                                    reasonax.sample.generate_cli tokenizes prompts), the completion
                                     followed by the format's first stop string (few-shot: with a
                                     leading space, as in its "Answer: ..." blocks);
                        'tokenizer'  tokenizer.apply_chat_template with a user turn
@@ -346,7 +345,7 @@ def encode_record(record: tuple[str, str, str], config, tokenizer, index: int | 
 
     The flags `_truncated` and `_dropped` (int32, value at index 0) travel with the example
     through packing so DataStats count what is emitted. With `ref_scores` (a
-    reasonax.train.ref_scores.RefScores) the example also carries `ref_loss`, the stored
+    reasonax.train.slm.ref_scores.RefScores) the example also carries `ref_loss`, the stored
     reference loss of each target, looked up by the record's `index`.
     """
     prompt, completion, where = record
@@ -367,6 +366,33 @@ def encode_record(record: tuple[str, str, str], config, tokenizer, index: int | 
     if ref_scores is not None:
         ex[REF_LOSS] = ref_scores.example(index, len(tokens) - 1, where)
     return ex
+
+
+def layout_rows(examples: Sequence[dict[str, np.ndarray]], rows: Sequence[Sequence[int]], seq_len: int,
+                features: dict[str, type], num_rows: int | None = None) -> dict[str, np.ndarray]:
+    """[num_rows, seq_len] arrays of rows built from examples laid end to end: rows[r] lists the
+    indices of the examples in row r, in order; each example is a dict of equal-length 1-D arrays
+    (the shifted features: inputs, targets, weights, ...) of which `features` (name -> dtype) are
+    kept. Adds segment_ids (1, 2, ... for the examples of a row, 0 on padding) and positions (from
+    0 in each example). Padding is 0 in every array; rows past len(rows) are all padding. The one
+    row builder outside the grain packer (reasonax.train.slm.ref_scores, the GRPO rollouts)."""
+    num_rows = len(rows) if num_rows is None else num_rows
+    out = {k: np.zeros((num_rows, seq_len), dtype) for k, dtype in features.items()}
+    out["segment_ids"] = np.zeros((num_rows, seq_len), np.int32)
+    out["positions"] = np.zeros((num_rows, seq_len), np.int32)
+    first = next(iter(features))
+    for r, row in enumerate(rows):
+        at = 0
+        for seg, i in enumerate(row, start=1):
+            n = len(examples[i][first])
+            if at + n > seq_len:
+                raise ValueError(f"row {r}: examples {list(row)} hold more than seq_len = {seq_len} positions")
+            for k in features:
+                out[k][r, at:at + n] = examples[i][k]
+            out["segment_ids"][r, at:at + n] = seg
+            out["positions"][r, at:at + n] = np.arange(n)
+            at += n
+    return out
 
 
 def pad_example(ex: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
@@ -571,8 +597,7 @@ def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str
 
     The global leading dim is local rows * process_count; it must divide by the data * fsdp size.
     """
-    sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
-    shards = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+    sharding, shards = batch_sharding(mesh), batch_shards(mesh)
     out = {}
     for name, local in batch.items():
         global_shape = (local.shape[0] * jax.process_count(), *local.shape[1:])

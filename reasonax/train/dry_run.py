@@ -3,7 +3,7 @@
     python -m reasonax.train.sft --config=configs/sft_gemma2_9b_v5p64.py --dry_run
 
 Nothing is allocated: the params and optimizer state are ShapeDtypeStructs carrying their
-shardings (state.abstract_state) and the batch is one too (sft_batch_spec). The step
+shardings (state.abstract_state) and the batch is one too (the plan's batch_spec). The step
 (step.build_train_step, the same jitted function training runs) is lowered and compiled for a
 mesh of config.mesh's shape made of fake CPU devices (the CLI re-executes itself with
 XLA_FLAGS=--xla_force_host_platform_device_count=N and JAX_PLATFORMS=cpu when needed).
@@ -25,7 +25,6 @@ guarantee; the params and optimizer-state figures are exact.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import sys
@@ -39,8 +38,9 @@ from reasonax.model import num_params
 from reasonax.model.cache import kv_bytes_per_row
 from reasonax.model import sharding as sharding_lib
 from reasonax.model.config import ModelConfig
+from reasonax.sample import SamplingParams, engine, sampler
 from reasonax.train import state as state_lib
-from reasonax.train.step import BATCH_AXES, batch_sharding, build_train_step, resolve_layer_loop
+from reasonax.train.step import build_train_step, resolve_layer_loop
 
 GIB = 1 << 30
 REEXEC_ENV = "REASONAX_DRY_RUN_REEXEC"  # set in the re-executed process: never re-exec twice
@@ -53,23 +53,10 @@ _AXES = sharding_lib.MESH_AXES  # ("data", "fsdp", "tensor")
 
 
 def mesh_shape(config, num_devices: int | None = None) -> dict[str, int]:
-    """config.mesh as {axis: size}; a -1 axis takes num_devices / (the others) (ValueError without it)."""
-    shape = {a: int(config.mesh[a]) for a in _AXES}
-    free = [a for a, n in shape.items() if n == -1]
-    if bad := [a for a, n in shape.items() if n == 0 or n < -1]:
-        raise ValueError(f"config.mesh {shape}: axes {bad} must be >= 1 (or -1)")
-    if len(free) > 1:
-        raise ValueError(f"config.mesh {shape}: at most one axis may be -1")
-    if free:
-        axis = free[0]
-        if num_devices is None:
-            raise ValueError(f"config.mesh {shape} has {axis}=-1, which a dry run cannot size: give the target "
-                             f"mesh explicitly, e.g. --config.mesh.{axis}=64 (devices = data*fsdp*tensor)")
-        rest = math.prod(n for n in shape.values() if n != -1)
-        if num_devices % rest:
-            raise ValueError(f"config.mesh {shape}: {num_devices} devices do not divide by the fixed axes ({rest})")
-        shape[axis] = num_devices // rest
-    return shape
+    """config.mesh as {axis: size} (sharding.mesh_shape): a dry run has no devices to size a -1 axis
+    with, so it needs num_devices or an explicit mesh."""
+    return sharding_lib.mesh_shape(**{a: config.mesh[a] for a in _AXES}, num_devices=num_devices,
+                                   name="config.mesh")
 
 
 def mesh_devices(config, num_devices: int | None = None) -> int:
@@ -84,20 +71,12 @@ def check_batch(config, shape: dict[str, int]) -> None:
     if "grpo" in config:  # GRPO cuts each rollout batch into minibatches of accum_steps micro-batches
         accum *= int(config.grpo.minibatches)
         what += f" x grpo.minibatches={config.grpo.minibatches}"
-    shards = math.prod(shape[a] for a in BATCH_AXES)
+    shards = math.prod(shape[a] for a in sharding_lib.BATCH_AXES)
     if accum < 1 or rows % accum:
         raise ValueError(f"batch_size={rows} does not split into {what} micro-batches")
     if (rows // accum) % shards:
         raise ValueError(f"micro-batches of {rows // accum} rows (batch_size / accum_steps) do not divide over "
                          f"the mesh's data*fsdp = {shards} devices")
-
-
-def sft_batch_spec(config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
-    """The SFT batch as ShapeDtypeStructs [batch_size, seq_len], rows sharded over data x fsdp."""
-    shape, s = (int(config.batch_size), int(config.seq_len)), batch_sharding(mesh)
-    ints = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=s)
-            for k in ("inputs", "targets", "segment_ids", "positions")}
-    return {**ints, "weights": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=s)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,10 +121,9 @@ def sampler_memory(model_cfg: ModelConfig, abstract_params, mesh, rollout, rows:
     """The rollout engine's memory next to the train step (GRPO): decode slots from the KV budget
     (or rollout.num_slots), their KV cache exactly, and the compiled decode block (the longest one:
     attending to every column) on this mesh. rollout: the grpo config."""
-    from reasonax.sample import SamplingParams, engine, sampler
 
     columns = sampler.bucket(int(rollout.max_prompt_len)) + int(rollout.max_new_tokens)
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    shards = sharding_lib.batch_shards(mesh)
     dtype = abstract_params["embed"].dtype
     slots = int(rollout.num_slots) or engine.plan_slots(model_cfg, columns, dtype,
                                                         int(rollout.kv_budget_gb * GIB), shards, rows)
@@ -158,20 +136,17 @@ def sampler_memory(model_cfg: ModelConfig, abstract_params, mesh, rollout, rows:
             "compiled": compiled_memory(compiled)}
 
 
-def dry_run(config, model_cfg: ModelConfig, loss_fn: Callable,
-            batch_spec_fn: Callable = sft_batch_spec, device_memory_gib: float | None = None, *,
-            prepare: Callable | None = None, reference: bool = False, step_options: dict | None = None,
-            rollout=None) -> dict:
-    """Lower and compile the train step for config.mesh on this process's devices; return the report.
+def dry_run(plan, device_memory_gib: float | None = None) -> dict:
+    """Lower and compile plan's train step for plan.config.mesh on this process's devices; return
+    the report. Reads no data and allocates nothing: the state, the batch (plan.batch_spec) and the
+    aux (plan.aux_spec, a reference model) are ShapeDtypeStructs.
 
-    loss_fn(params, batch) as for loop.run; batch_spec_fn(config, mesh) -> dict of sharded
-    ShapeDtypeStructs. prepare / step_options as for loop.run; reference=True adds a frozen copy
-    of the params as the step's aux (SLM online, GRPO with beta > 0). rollout (the grpo config):
-    also compile the rollout engine's decode block; the peak is then the larger of the train step
-    and the rollout (train state + reference + engine slots + the decode block's temporaries). Needs at least
-    data*fsdp*tensor devices (uses the first ones). See the module docstring for what each
-    figure counts and how far to trust it.
+    With plan.rollout (the grpo config) the rollout engine's decode block is compiled too; the
+    peak is then the larger of the train step and the rollout (train state + aux + engine slots +
+    the decode block's temporaries). Needs at least data*fsdp*tensor devices (uses the first
+    ones). See the module docstring for what each figure counts and how far to trust it.
     """
+    config, model_cfg = plan.config, plan.model
     shape = mesh_shape(config)
     n = math.prod(shape.values())
     if jax.device_count() < n:
@@ -180,16 +155,16 @@ def dry_run(config, model_cfg: ModelConfig, loss_fn: Callable,
     check_batch(config, shape)
     mesh = sharding_lib.make_mesh(**shape, devices=jax.devices()[:n])
     optimizer = state_lib.make_optimizer(config.optim, model_cfg)
-    abstract = state_lib.abstract_state(model_cfg, optimizer, mesh, jnp.dtype(config.param_dtype), config.seed)
+    abstract = state_lib.abstract_state(model_cfg, optimizer, mesh, jnp.dtype(config.param_dtype))
     shardings = jax.tree.map(lambda a: a.sharding, abstract)
-    batch = batch_spec_fn(config, mesh)
-    aux = (abstract.params,) if reference else ()
-    step = build_train_step(loss_fn, optimizer, shardings, mesh, accum_steps=int(config.accum_steps),
-                            lr_schedule=state_lib.schedule(config.optim), prepare=prepare,
-                            aux_shardings=shardings.params if reference else None,
+    batch = plan.batch_spec(config, mesh)
+    aux = (plan.aux_spec(mesh),) if plan.aux_spec is not None else ()
+    step = build_train_step(plan.loss, optimizer, shardings, mesh, accum_steps=int(config.accum_steps),
+                            lr_schedule=state_lib.schedule(config.optim), prepare=plan.prepare,
+                            aux_shardings=jax.tree.map(lambda a: a.sharding, aux[0]) if aux else None,
                             # the target is an accelerator pod: layer_loop 'auto' scans there
-                            unroll_layers=resolve_layer_loop(config.get("layer_loop", "auto"), on_cpu=False),
-                            **(step_options or {}))
+                            unroll_layers=resolve_layer_loop(config.layer_loop, on_cpu=False),
+                            **plan.step_options)
 
     start = time.perf_counter()
     lowered = step.lower(abstract, batch, *aux)
@@ -197,6 +172,7 @@ def dry_run(config, model_cfg: ModelConfig, loss_fn: Callable,
     compiled = lowered.compile()
     done = time.perf_counter()
 
+    aux_bytes = per_device_bytes(aux[0]) if aux else 0
     report = {
         "model": {"model_type": model_cfg.model_type, "num_layers": model_cfg.num_layers,
                   "hidden_size": model_cfg.hidden_size, "num_params": num_params(model_cfg)},
@@ -207,19 +183,18 @@ def dry_run(config, model_cfg: ModelConfig, loss_fn: Callable,
         "per_device_bytes": {"params": per_device_bytes(abstract.params),
                              "opt_state": per_device_bytes(abstract.opt_state),
                              "batch": per_device_bytes(batch),
-                             **({"reference": per_device_bytes(abstract.params)} if reference else {})},
+                             **({"reference": aux_bytes} if aux else {})},
         "compiled": compiled_memory(compiled),
         "lower_seconds": lowered_at - start, "compile_seconds": done - lowered_at,
     }
     peak = report["compiled"].get("total") if report["compiled"] else None
-    if rollout is not None:
-        sampler = sampler_memory(model_cfg, abstract.params, mesh, rollout, int(config.batch_size))
+    if plan.rollout is not None:
+        sampler = sampler_memory(model_cfg, abstract.params, mesh, plan.rollout, int(config.batch_size))
         c = sampler["compiled"] or {}
         # while rolling out the train state stays resident; the decode block's arguments are the
         # params (already counted) and the slots
         sampler["total"] = (per_device_bytes(abstract.params) + per_device_bytes(abstract.opt_state)
-                            + (per_device_bytes(abstract.params) if reference else 0)
-                            + sampler["kv_cache"] + c.get("temp", 0))
+                            + aux_bytes + sampler["kv_cache"] + c.get("temp", 0))
         report["sampler"] = sampler
         peak = max(peak or 0, sampler["total"])
     report["peak"] = peak
@@ -297,71 +272,28 @@ def _has_fake_devices(env: dict[str, str], num_devices: int) -> bool:
     return bool(counts) and counts[-1].isdigit() and int(counts[-1]) >= num_devices
 
 
-def _main(c, module: str, build: Callable) -> None:
-    """--dry_run of `module`: re-exec on fake CPU devices if needed, then print the report.
-    build(c) -> (model_cfg, dry_run keyword arguments).
+def main(c, build: Callable) -> None:
+    """--dry_run of a recipe CLI: build(c) -> Plan; re-exec plan.module on fake CPU devices if
+    needed, then print the report.
 
     Exits with status 1 (after the report) when config.device_memory_gib is set and the estimate
     does not fit.
     """
     try:
-        model_cfg, kwargs = build(c)
-        n = mesh_devices(c)
-        check_batch(c, mesh_shape(c))
-    except (ValueError, KeyError) as e:
+        plan = build(c)
+        n = mesh_devices(plan.config)
+        check_batch(plan.config, mesh_shape(plan.config))
+    except (ValueError, KeyError, OSError) as e:
         raise SystemExit(f"--dry_run: {e}") from None
     if not os.environ.get(REEXEC_ENV) and not _has_fake_devices(os.environ, n):
         # before JAX starts a backend: a TPU/GPU host would otherwise be claimed for nothing
         print(f"dry run: re-executing on {n} fake CPU devices", flush=True)
-        argv = [sys.executable, "-m", module, *sys.argv[1:]]
+        argv = [sys.executable, "-m", plan.module, *sys.argv[1:]]
         os.execve(sys.executable, argv, fake_device_env(dict(os.environ), n))
     if jax.default_backend() != "cpu" or jax.device_count() < n:
         raise SystemExit(f"--dry_run: needs {n} CPU devices, have {jax.device_count()} "
                          f"{jax.default_backend()} devices (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})")
-    report = dry_run(c, model_cfg, device_memory_gib=c.get("device_memory_gib"), **kwargs)
+    report = dry_run(plan, device_memory_gib=plan.config.device_memory_gib or None)
     print(format_report(report), flush=True)
     if report.get("fit") and not report["fit"]["fits"]:
         raise SystemExit(1)
-
-
-def main_sft(c) -> None:
-    """--dry_run of reasonax.train.sft (see _main)."""
-    from reasonax.train import sft
-    from reasonax.train.loss import sft_loss
-
-    def build(c):
-        model_cfg = sft.model_config(c)
-        return model_cfg, dict(loss_fn=functools.partial(sft_loss, cfg=model_cfg, chunk=c.loss_chunk or None),
-                               batch_spec_fn=sft_batch_spec)
-
-    _main(c, "reasonax.train.sft", build)
-
-
-def grpo_batch_spec(config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
-    """The GRPO rollout batch: the SFT fields, sampler_logp [rows, seq_len] and advantages [rows]."""
-    spec = sft_batch_spec(config, mesh)
-    spec["sampler_logp"] = jax.ShapeDtypeStruct(spec["weights"].shape, jnp.float32, sharding=batch_sharding(mesh))
-    spec["advantages"] = jax.ShapeDtypeStruct(spec["weights"].shape[:1], jnp.float32, sharding=batch_sharding(mesh))
-    return spec
-
-
-def main_grpo(c) -> None:
-    """--dry_run of reasonax.train.grpo: the train step with its prepare pass, mu x minibatches
-    updates and, with beta > 0, the reference params; and the rollout engine's slots (KV cache)
-    and compiled decode block next to it (sampler_memory)."""
-    from reasonax.train import grpo, sft
-
-    def build(c):
-        grpo.check_config(c)
-        g = c.grpo
-        c.batch_size, c.seq_len = g.prompts_per_step * g.group_size, g.max_prompt_len + g.max_new_tokens
-        model_cfg = sft.model_config(c)
-        chunk = c.loss_chunk or None
-        return model_cfg, dict(
-            loss_fn=functools.partial(grpo.grpo_loss, cfg=model_cfg, hp=g, chunk=chunk),
-            batch_spec_fn=grpo_batch_spec, reference=bool(g.beta),
-            prepare=grpo.make_prepare(model_cfg, g, chunk, old=g.mu > 1 or g.minibatches > 1 or bool(g.is_cap),
-                                      ref=bool(g.beta)),
-            step_options=dict(minibatches=g.minibatches, epochs=g.mu), rollout=g)
-
-    _main(c, "reasonax.train.grpo", build)

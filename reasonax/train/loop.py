@@ -1,8 +1,9 @@
 """The one training loop: restore or init, step, log, checkpoint, guard, export.
 
-Recipes differ only in their loss function and their batch source:
+Recipes differ only in their plan (reasonax.train.plan.Plan: loss, init, batch source, aux,
+prepare, evaluation), which `build(config)` returns:
 
-    state = loop.run(config, model_cfg, init_params, loss_fn, source)
+    state = loop.run(sft.build(config))
 
 `source.next(state) -> batch` returns the next global batch (dict of jax.Arrays sharded over the
 batch axes); `source.iterator` is its checkpointable grain iterator (or None). SFT and SLM read
@@ -14,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ import ml_collections
 
 from reasonax.model import flops as flops_lib
 from reasonax.model import sharding
-from reasonax.model.config import ModelConfig, config_to_dict
+from reasonax.model.config import config_to_dict
+from reasonax.train import data as data_lib
 from reasonax.train import monitor
 from reasonax.train import state as state_lib
 from reasonax.train.checkpoint import Checkpointer
@@ -43,7 +44,7 @@ def default_train_config() -> ml_collections.ConfigDict:
         batch_size=8,          # global rows per step (all processes, all micro-batches)
         accum_steps=1,         # micro-batches per step (gradient accumulation)
         seq_len=512,           # tokens per row
-        seed=0,                # params init (when not loading), data order, RNG state
+        seed=0,                # params init (when not loading), data order, rollout sampling
         param_dtype="float32",  # float32 | bfloat16 (optimizer state is float32 either way)
         remat="none",          # rematerialise each scanned layer: none | full | dots
         layer_loop="auto",     # how the train step runs the layers: scan | unroll | auto (unroll on CPU)
@@ -57,6 +58,7 @@ def default_train_config() -> ml_collections.ConfigDict:
         tensorboard=True,
         max_bad_steps=5,       # stop after this many non-finite steps in a row
         export_hf="",          # write the final params as HF safetensors here ('' : <workdir>/hf; 'none': skip)
+        device_memory_gib=0.0,  # memory per device the --dry_run checks the step against (0: no check)
         distributed=dict(coordinator_address="", num_processes=1, process_id=0, local_device_ids=""),
     ))
 
@@ -79,7 +81,8 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def make_mesh(config) -> jax.sharding.Mesh:
+def config_mesh(config) -> jax.sharding.Mesh:
+    """The mesh of config.mesh on all devices (sharding.make_mesh; one axis of -1 takes the rest)."""
     m = config.mesh
     return sharding.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
 
@@ -94,38 +97,39 @@ class DataSource:
     stats: Any = None
 
     def next(self, state) -> dict:
-        from reasonax.train.data import to_global
-
-        return to_global(next(self.iterator), self.mesh)
+        return data_lib.to_global(next(self.iterator), self.mesh)
 
 
-def run(config: ml_collections.ConfigDict, model_cfg: ModelConfig, init_params: Callable, loss_fn: Callable,
-        source, *, mesh: jax.sharding.Mesh | None = None, extra_config: dict | None = None,
-        aux: Any = None, prepare: Callable | None = None, evaluate: Callable | None = None,
-        step_options: dict | None = None):
-    """Train to config.num_steps from the latest checkpoint in workdir (or from init_params(mesh)).
+def run(plan, *, mesh: jax.sharding.Mesh | None = None):
+    """Train plan.config.num_steps steps from the latest checkpoint in workdir (or from
+    plan.init(mesh)); then plan.finish(params) (the HF export). Returns the final TrainState.
 
-    loss_fn(params, batch[, aux]) -> (loss_sum, count, metrics), built on model_cfg (whose remat
-    the recipe sets from config.remat). `aux` (frozen arrays, e.g. a reference model's params)
-    and `prepare` go to step.build_train_step, with step_options (minibatches, epochs). A source
-    with a metrics() method (GRPO's rollouts) has those logged with each step's.
-    evaluate(params) -> {name: float} runs every config.eval_every steps and at the end, logged
-    as eval/<name>. Returns the final TrainState.
+    plan.loss(params, batch[, aux]) -> (loss_sum, count, metrics), built on plan.model (whose remat
+    the recipe set from config.remat). plan.aux(mesh) (frozen arrays, e.g. a reference model's
+    params) and plan.prepare go to step.build_train_step, with plan.step_options (minibatches,
+    epochs). A source with a metrics() method (GRPO's rollouts) has those logged with each
+    step's. plan.evaluate(mesh) -> evaluate(params) -> {name: float} runs every
+    config.eval_every steps and at the end, logged as eval/<name>.
     """
+    config, model_cfg, loss_fn, init_params = plan.config, plan.model, plan.loss, plan.init
+    prepare, step_options = plan.prepare, plan.step_options
     if not config.workdir:
         raise ValueError("config.workdir is required")
     workdir = Path(config.workdir)
-    mesh = mesh or make_mesh(config)
+    mesh = mesh or config_mesh(config)
+    source = plan.source(mesh)
+    aux = plan.aux(mesh) if plan.aux is not None else None
+    evaluate = plan.evaluate(mesh) if plan.evaluate is not None else None
     dtype = jnp.dtype(config.param_dtype)
     optimizer = state_lib.make_optimizer(config.optim, model_cfg)
-    abstract = state_lib.abstract_state(model_cfg, optimizer, mesh, dtype, config.seed)
+    abstract = state_lib.abstract_state(model_cfg, optimizer, mesh, dtype)
     shardings = jax.tree.map(lambda a: a.sharding, abstract)
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep, every=config.checkpoint.every,
                         async_save=config.checkpoint.async_save)
     start = ckpt.latest_step()
     if start is None:
         params = jax.tree.map(lambda x: x.astype(dtype), init_params(mesh))
-        state = state_lib.create_state(params, model_cfg, optimizer, mesh, config.seed)
+        state = state_lib.create_state(params, model_cfg, optimizer, mesh)
     else:
         state = ckpt.restore(abstract, source.iterator)
     logger = monitor.MetricsLogger(workdir, resume_step=start, tensorboard=config.tensorboard)
@@ -136,11 +140,11 @@ def run(config: ml_collections.ConfigDict, model_cfg: ModelConfig, init_params: 
     step_fn = build_train_step(loss_fn, optimizer, shardings, mesh, accum_steps=config.accum_steps,
                                lr_schedule=state_lib.schedule(config.optim), prepare=prepare,
                                aux_shardings=None if aux is None else jax.tree.map(lambda x: x.sharding, aux),
-                               unroll_layers=resolve_layer_loop(config.get("layer_loop", "auto"),
+                               unroll_layers=resolve_layer_loop(config.layer_loop,
                                                                  on_cpu=mesh.devices.flat[0].platform == "cpu"),
                                **(step_options or {}))
-    eval_every = config.get("eval_every", 0) if evaluate is not None else 0
-    saved_config = {"run": config.to_dict(), "model": config_to_dict(model_cfg), **(extra_config or {})}
+    eval_every = config.eval_every if evaluate is not None else 0
+    saved_config = {"run": config.to_dict(), "model": config_to_dict(model_cfg)}
     epochs = (step_options or {}).get("epochs", 1)  # passes over each batch (GRPO's mu)
 
     @functools.lru_cache
@@ -190,6 +194,8 @@ def run(config: ml_collections.ConfigDict, model_cfg: ModelConfig, init_params: 
     finally:
         ckpt.close()
         logger.close()
+    if plan.finish is not None:
+        plan.finish(state.params)
     return state
 
 

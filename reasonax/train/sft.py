@@ -13,202 +13,53 @@ from __future__ import annotations
 
 import functools
 import os
-from pathlib import Path
 
-import jax
 import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
 
-from reasonax.model import config as config_lib
-from reasonax.model import convert, params as params_lib
-from reasonax.model.config import ModelConfig
-from reasonax.train import data as data_lib
-from reasonax.train import loop
+from reasonax.train import common, loop
 from reasonax.train.loss import sft_loss
+from reasonax.train.plan import Plan, lm_batch_spec
+
+MODULE = "reasonax.train.sft"
 
 
 def default_config() -> ml_collections.ConfigDict:
-    c = loop.default_train_config()
-    c.model = ml_collections.ConfigDict(dict(
-        path="",        # HF directory or reasonax Orbax checkpoint to start from
-        preset="",      # or: a preset name (reasonax.model.PRESETS), randomly initialised
-        overrides={},   # ModelConfig fields replaced on the preset (e.g. num_layers=2)
-        init_std=0.02,  # std of the random init (preset only)
-    ))
-    c.tokenizer = ""  # tokenizer directory (default: the model's); 'bytes': the built-in byte tokenizer
-    c.data = data_lib.default_data_config()  # data.seq_len is taken from seq_len
-    c.synthetic = ml_collections.ConfigDict(dict(
-        task="",            # 'arithmetic': write reasonax.tasks.arithmetic records as the training JSONL
-        num_examples=2000,
-        steps=2,            # operations per arithmetic problem
-        max_value=99,       # largest starting value / added or subtracted operand (9: single digits)
-        noise=0.0,          # share of completion characters that are random junk spans (SLM experiments)
-    ))
-    c.eval_data = ml_collections.ConfigDict(dict(
-        files=(),        # held-out JSONL/Parquet, read with data's template and fields; loss logged as
-                         # eval/loss (mean CE over completion tokens) every eval_every steps and at the end
-        max_batches=0,   # evaluate on at most this many batches (0: all, read once and kept in memory)
-        batch_size=0,    # global rows per eval batch (0: batch_size)
-    ))
-    return c
+    """The loop's fields plus model, tokenizer, data, synthetic and eval_data (common.lm_config)."""
+    return common.lm_config()
 
 
-def model_config(c) -> ModelConfig:
-    """The ModelConfig of the run: from model.path or model.preset, overrides and remat applied."""
-    if bool(c.model.path) == bool(c.model.preset):
-        raise ValueError("set exactly one of config.model.path and config.model.preset")
-    cfg = convert.model_config(c.model.path) if c.model.path else config_lib.get_preset(c.model.preset)
-    overrides = dict(c.model.overrides)
-    shape_fields = {"vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
-                    "head_dim", "tie_embeddings", "qkv_bias", "o_bias", "qk_norm", "sandwich_norm"}
-    for key in ("layer_types", "eos_token_ids"):
-        if key in overrides:
-            overrides[key] = tuple(overrides[key])
-    if overrides and c.model.path:  # values equal to the checkpoint's are fine (a preset config reused)
-        changed = sorted(k for k in shape_fields & set(overrides) if overrides[k] != getattr(cfg, k))
-        if changed:
-            raise ValueError(f"model.overrides {changed} change parameter shapes of the checkpoint at "
-                             f"{c.model.path} ({', '.join(f'{k}: {getattr(cfg, k)} -> {overrides[k]}' for k in changed)})")
-    return cfg.replace(**overrides, remat=c.remat)
+def build(config: ml_collections.ConfigDict) -> Plan:
+    """The SFT plan: the weighted next-token loss over the data pipeline's batches."""
+    c = common.copy_config(config)
+    cfg = common.model_config(c)
+    tokenizer = functools.cache(lambda: common.load_tokenizer(c))
+    data_cfg = functools.cache(lambda: common.data_config(c))  # writes the synthetic task's data once
+    return Plan(config=c, model=cfg, loss=functools.partial(sft_loss, cfg=cfg, chunk=c.loss_chunk or None),
+                init=common.init_params_fn(c, cfg), source=common.lm_source(c, data_cfg, tokenizer),
+                batch_spec=lm_batch_spec, evaluate=common.heldout_evaluator(c, cfg, tokenizer),
+                finish=common.exporter(c, cfg), module=MODULE)
 
 
-def init_params_fn(c, cfg: ModelConfig):
-    """mesh -> params: loaded from model.path, or random from model.preset (seeded)."""
-    if c.model.path:
-        return lambda mesh: convert.load_model(c.model.path, c.param_dtype, mesh)[1]
-    return lambda mesh: params_lib.init_params(cfg, jax.random.key(c.seed), c.param_dtype, mesh,
-                                               std=c.model.init_std)
-
-
-def tokenizer_dir(c) -> Path | None:
-    """Directory of the tokenizer files ('bytes' writes the byte tokenizer under workdir)."""
-    if c.tokenizer == "bytes":
-        from reasonax.tasks.byte_tokenizer import byte_tokenizer
-
-        out = Path(c.workdir) / "tokenizer"
-        if jax.process_index() == 0 and not (out / "tokenizer.json").is_file():
-            byte_tokenizer(out)
-        return out
-    if c.tokenizer:
-        return Path(c.tokenizer)
-    return convert.tokenizer_path(c.model.path) if c.model.path else None
-
-
-def load_tokenizer(c):
-    if c.tokenizer == "bytes":  # built in memory; its files are written only for the HF export
-        from reasonax.tasks.byte_tokenizer import byte_tokenizer
-
-        return byte_tokenizer()
-    path = tokenizer_dir(c)
-    if path is None:
-        raise ValueError("config.tokenizer is required with a preset model (a directory, or 'bytes')")
-    from reasonax.model.prompts import load_tokenizer as load
-
-    return load(path)
-
-
-def data_config(c) -> ml_collections.ConfigDict:
-    """c.data with seq_len from the run, and the synthetic task's JSONL as files when one is set."""
-    d = ml_collections.ConfigDict(c.data.to_dict())
-    d.seq_len = c.seq_len
-    if c.synthetic.task:
-        d.files = [str(write_synthetic(c))]
-    if not d.files:
-        raise ValueError("config.data.files is empty (or set config.synthetic.task)")
-    return d
-
-
-def write_synthetic(c) -> Path:
-    """Write the synthetic task's records to <workdir>/data/<task>.jsonl (once; same seed, same file)."""
-    if c.synthetic.task != "arithmetic":
-        raise ValueError(f"unknown synthetic task {c.synthetic.task!r} (known: arithmetic)")
-    from reasonax import jsonl
-    from reasonax.tasks import arithmetic
-
-    noise = c.synthetic.get("noise", 0.0)
-    path = Path(c.workdir) / "data" / (f"arithmetic-noise{noise}.jsonl" if noise else "arithmetic.jsonl")
-    if jax.process_index() == 0 and not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        recs = arithmetic.records(c.synthetic.num_examples, c.seed, c.synthetic.steps,
-                                  c.synthetic.get("max_value", 99))
-        jsonl.rewrite(path, arithmetic.add_noise(recs, noise, c.seed) if noise else recs)
-    loop.barrier("reasonax.sft.write_synthetic")  # the others read it next
-    return path
-
-
-def run(c: ml_collections.ConfigDict):
+def run(config: ml_collections.ConfigDict):
     """Train (or resume) per config; export HF safetensors at the end. Returns the final state."""
-    loop.init_distributed(c.distributed)
-    cfg = model_config(c)
-    mesh = loop.make_mesh(c)
-    tokenizer = load_tokenizer(c)
-    stats = data_lib.DataStats()  # truncated / dropped / malformed counts, logged as data/*
-    dataset = data_lib.sft_dataset(data_config(c), tokenizer, global_batch=c.batch_size, stats=stats)
-    source = loop.DataSource(iter(dataset), mesh, stats)
-    loss_fn = functools.partial(sft_loss, cfg=cfg, chunk=c.loss_chunk or None)
-    state = loop.run(c, cfg, init_params_fn(c, cfg), loss_fn, source, mesh=mesh,
-                     evaluate=heldout_evaluator(c, cfg, tokenizer, mesh))
-    export(c, cfg, state.params)
-    return state
-
-
-def heldout_evaluator(c, cfg: ModelConfig, tokenizer, mesh):
-    """params -> {'loss', 'tokens'} on c.eval_data.files (None when there are none): the weighted
-    next-token loss over all their examples (one pass, no shuffle, packed as data.pack says)."""
-    if not c.eval_data.files:
-        return None
-    d = data_config(c)
-    d.files, d.shuffle, d.num_epochs = list(c.eval_data.files), False, 1
-    rows = c.eval_data.batch_size or c.batch_size
-    batches = []
-    for batch in data_lib.sft_dataset(d, tokenizer, global_batch=rows):
-        batches.append(data_lib.to_global(batch, mesh))
-        if len(batches) == c.eval_data.max_batches:
-            break
-    cfg = cfg.replace(remat="none")
-    loss = jax.jit(lambda p, b: sft_loss(p, b, cfg, c.loss_chunk or None)[:2])
-
-    def evaluate(params) -> dict:
-        total = count = 0.0
-        with jax.set_mesh(mesh):
-            for b in batches:
-                s, n = jax.device_get(loss(params, b))
-                total, count = total + float(s), count + float(n)
-        return {"loss": total / max(count, 1.0), "tokens": count}
-
-    return evaluate
-
-
-def export(c, cfg: ModelConfig, params) -> Path | None:
-    """Final params as HF safetensors (+ tokenizer files) in export_hf (default <workdir>/hf)."""
-    if c.export_hf == "none":
-        return None
-    from reasonax.model import hf
-
-    out = Path(c.export_hf or Path(c.workdir) / "hf")
-    return hf.save_hf(params, cfg.replace(remat="none"), out, tokenizer_dir=tokenizer_dir(c))
+    loop.init_distributed(config.distributed)
+    return loop.run(build(config))
 
 
 def main(argv):
-    from absl import flags
-
-    from reasonax import cli
-
-    c = cli.flag_config(argv, "configs/sft_tiny_cpu.py")
-    if flags.FLAGS.dry_run:
-        from reasonax.train import dry_run
-
-        dry_run.main_sft(c)
-        return
-    cli.require_workdir(c)
-    run(c)
+    common.main(argv, build, run, "configs/sft_tiny_cpu.py")
 
 
-if __name__ == "__main__":  # flags only for the CLI: config files import this module's default_config
-    from absl import app, flags
-    from ml_collections import config_flags
-
+def cli() -> None:
+    """The `reasonax-sft` command (also `python -m reasonax.train.sft`)."""
     config_flags.DEFINE_config_file("config", None, "ml_collections config file (see configs/sft_*.py).")
     flags.DEFINE_bool("dry_run", False, "compile the train step for config.mesh on fake CPU devices and print "
                       "per-device memory of params, optimizer state and the compiled step; no training")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

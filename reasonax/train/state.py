@@ -29,7 +29,6 @@ class TrainState:
     step: jax.Array       # int32: batches consumed (skipped non-finite steps included)
     updates: jax.Array    # int32: optimizer updates applied (drives the lr schedule)
     bad_steps: jax.Array  # int32: non-finite steps in a row (0 after any good step)
-    rng: jax.Array        # uint32 key data; recipes derive per-step keys with fold_in(rng, step)
 
 
 def default_optim_config() -> ml_collections.ConfigDict:
@@ -67,11 +66,11 @@ def _as_f32(tree):
     return jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-def init_state(params, optimizer: optax.GradientTransformation, seed: int = 0) -> TrainState:
+def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
     """A fresh state around `params` (call under jit to place it; see state_shardings)."""
     zero = jnp.zeros((), jnp.int32)
     return TrainState(params=params, opt_state=optimizer.init(_as_f32(params)), step=zero, updates=zero,
-                      bad_steps=zero, rng=jax.random.key_data(jax.random.key(seed)))
+                      bad_steps=zero)
 
 
 def apply_updates(params, grads, opt_state, optimizer: optax.GradientTransformation):
@@ -107,24 +106,23 @@ def state_shardings(abstract_state: TrainState, cfg: ModelConfig, mesh: jax.shar
         return replicated
 
     opt = jax.tree_util.tree_map_with_path(opt_leaf, abstract_state.opt_state)
-    return TrainState(params=pshard, opt_state=opt, step=replicated, updates=replicated, bad_steps=replicated,
-                      rng=replicated)
+    return TrainState(params=pshard, opt_state=opt, step=replicated, updates=replicated, bad_steps=replicated)
 
 
-def abstract_state(cfg: ModelConfig, optimizer, mesh, param_dtype=jnp.float32, seed: int = 0) -> TrainState:
+def abstract_state(cfg: ModelConfig, optimizer, mesh, param_dtype=jnp.float32) -> TrainState:
     """ShapeDtypeStructs (with shardings) of the train state: no memory is allocated."""
     params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, param_dtype), param_specs(cfg), is_leaf=is_spec)
-    shapes = jax.eval_shape(lambda p: init_state(p, optimizer, seed), params)
+    shapes = jax.eval_shape(lambda p: init_state(p, optimizer), params)
     shard = state_shardings(shapes, cfg, mesh)
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shard)
 
 
-def create_state(params, cfg: ModelConfig, optimizer, mesh, seed: int = 0) -> TrainState:
+def create_state(params, cfg: ModelConfig, optimizer, mesh) -> TrainState:
     """A placed TrainState around `params`, which it consumes (their buffers are donated).
 
     The params are first moved to their declared shardings on `mesh` if they are elsewhere.
     """
-    shapes = jax.eval_shape(lambda p: init_state(p, optimizer, seed), params)
+    shapes = jax.eval_shape(lambda p: init_state(p, optimizer), params)
     shard = state_shardings(shapes, cfg, mesh)
     params = jax.device_put(params, shard.params)
-    return jax.jit(lambda p: init_state(p, optimizer, seed), out_shardings=shard, donate_argnums=0)(params)
+    return jax.jit(lambda p: init_state(p, optimizer), out_shardings=shard, donate_argnums=0)(params)

@@ -36,16 +36,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from reasonax.model.sharding import BATCH_AXES, batch_sharding
 from reasonax.model.transformer import unstack_layers
 from reasonax.train.state import TrainState, _as_f32, apply_updates
-
-BATCH_AXES = ("data", "fsdp")
-
-
-def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
-    """Rows (the leading dim of every batch array) over the data-parallel axes data x fsdp."""
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
-
 
 def _split(x: jax.Array, n: int, mesh) -> jax.Array:
     """[B,...] -> [n, B/n, ...], micro-batch i = rows i, i+n, ... (each device keeps its rows)."""
@@ -133,7 +126,7 @@ def build_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
         new_state = TrainState(
             params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
             step=state.step, updates=state.updates + finite.astype(jnp.int32),
-            bad_steps=jnp.where(finite, 0, state.bad_steps + 1), rng=state.rng)
+            bad_steps=jnp.where(finite, 0, state.bad_steps + 1))
         out = {"loss": loss_sum / denom, "tokens": count, "grad_norm": grad_norm,
                "skipped": 1.0 - finite.astype(jnp.float32), "bad_steps": new_state.bad_steps.astype(jnp.float32)}
         if lr_schedule is not None:

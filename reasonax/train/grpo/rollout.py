@@ -1,5 +1,5 @@
 """GRPO rollouts: prompts -> G completions each from the sampler on the learner's own params ->
-rewards -> group advantages -> one fixed-shape training batch (reasonax.train.grpo's source).
+rewards -> group advantages -> one fixed-shape training batch (the GRPO plan's source).
 
     source = RolloutSource(prompts, cfg, tokenizer, rc, mesh, seed)
     batch = source.next(state)      # what loop.run calls once per step
@@ -40,8 +40,9 @@ import numpy as np
 from reasonax import sample
 from reasonax.eval import grader
 from reasonax.model.config import ModelConfig
+from reasonax.sample.stops import cut_at_stop
 from reasonax.train import data as data_lib
-from reasonax.train.grpo import group_advantages, overlong_penalty
+from reasonax.train.grpo.objective import group_advantages, overlong_penalty
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +88,6 @@ def completion_text(tokenizer, tokens: Sequence[int], eos_ids: Sequence[int], st
     """What the grader sees of a completion: decoded without its stop tokens and cut at the first
     stop string (the engine's rows end with the token that completes it), as the generate CLI
     writes samples."""
-    from reasonax.model.prompts import cut_at_stop
-
     text = tokenizer.decode([t for t in tokens if t not in eos_ids], skip_special_tokens=True)
     return cut_at_stop(text, stop_strings)[0]
 
@@ -147,24 +146,22 @@ def row_length(longest: int, full: int, bucket: int) -> int:
 def build_rows(prompt_tokens: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
                logprobs: Sequence[Sequence[float]], truncated: Sequence[bool], seq_len: int,
                mask_truncated: bool) -> dict[str, np.ndarray]:
-    """Training rows (see the module docstring) for prompt_tokens[i] + completions[i]."""
-    N = len(completions)
-    out = {k: np.zeros((N, seq_len), np.int32) for k in ("inputs", "targets", "segment_ids", "positions")}
-    out["weights"] = np.zeros((N, seq_len), np.float32)
-    out["sampler_logp"] = np.zeros((N, seq_len), np.float32)
+    """Training rows (see the module docstring) for prompt_tokens[i] + completions[i], one per row."""
+    examples = []
     for i, (p, c, lp) in enumerate(zip(prompt_tokens, completions, logprobs)):
         seq = np.asarray([*p, *c], np.int32)
-        n = len(seq) - 1
-        if n > seq_len:
+        if len(seq) - 1 > seq_len:
             raise ValueError(f"row {i}: {len(p)} prompt + {len(c)} completion tokens exceed seq_len + 1 = {seq_len + 1}")
-        out["inputs"][i, :n], out["targets"][i, :n] = seq[:-1], seq[1:]
-        out["segment_ids"][i, :n] = 1
-        out["positions"][i, :n] = np.arange(n)
-        lo = len(p) - 1  # the first completion token is the target at position len(p) - 1
-        out["sampler_logp"][i, lo:lo + len(c)] = lp
-        if not (mask_truncated and truncated[i]):
-            out["weights"][i, lo:lo + len(c)] = 1.0
-    return out
+        # the first completion token is the target at position len(p) - 1
+        on_completion = np.arange(len(seq) - 1) >= len(p) - 1
+        sampler_logp = np.zeros(len(seq) - 1, np.float32)
+        sampler_logp[len(p) - 1:] = lp
+        keep = not (mask_truncated and truncated[i])
+        examples.append({"inputs": seq[:-1], "targets": seq[1:], "sampler_logp": sampler_logp,
+                         "weights": (on_completion & keep).astype(np.float32)})
+    return data_lib.layout_rows(examples, [[i] for i in range(len(examples))], seq_len,
+                                {"inputs": np.int32, "targets": np.int32, "weights": np.float32,
+                                 "sampler_logp": np.float32})
 
 
 class RolloutSource:

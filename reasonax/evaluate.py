@@ -1,6 +1,6 @@
 """CLI: model + dataset + prompt format + k -> samples -> graded JSONL -> metrics (markdown, JSON, PNG).
 
-    python -m reasonax.eval.evaluate --config=configs/eval_gsm8k_gemma3_270m.py \\
+    python -m reasonax.evaluate --config=configs/eval_gsm8k_gemma3_270m.py \\
         --config.generate.model=$HOME/.cache/reasonax/gemma3-270m-f32 --config.limit=20
 
 Writes into output_dir: prompts.jsonl, samples.jsonl (+ .summary.json) through the generate CLI
@@ -8,7 +8,7 @@ Writes into output_dir: prompts.jsonl, samples.jsonl (+ .summary.json) through t
 sample), metrics.json, metrics.md and pass_at_k.png. Metrics: pass@k (= coverage@k), maj@k,
 diversity@k over all and over solved problems, and the false-positive rate from the step
 checker (and from an LLM judge when judge_model is set), each with a bootstrap 95% interval.
-This module composes the library; it is the one place in reasonax.eval that imports the sampler.
+This module composes the library (sampler and grading); it sits above eval and sample, as the pipeline does.
 """
 
 from __future__ import annotations
@@ -19,19 +19,23 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+import ml_collections
 from absl import app, flags
+from ml_collections import config_flags
 
 from reasonax import jsonl
 from reasonax.eval import datasets, grader, judge, metrics, step_check
 from reasonax.eval.labels import SolutionLabel
+from reasonax.model import convert, prompts as prompts_lib
+from reasonax.model.tokenizer import load_tokenizer
+from reasonax.sample import SamplingParams, generate
+from reasonax.sample import generate_cli
+from reasonax.sample.generate_cli import default_config as generate_config
+from reasonax.sample.stops import stop_token_ids
 
 
 def default_config():
     """Every field of an evaluate config, with its default and meaning."""
-    from reasonax.sample.generate import default_config as generate_config
-
-    import ml_collections
-
     c = ml_collections.ConfigDict()
     c.dataset = "gsm8k"  # gsm8k | math | math500 | math/<subject> | path to a JSONL file
     c.jsonl = ml_collections.ConfigDict({"question_field": "question", "answer_field": "answer",
@@ -46,7 +50,7 @@ def default_config():
     c.judge_model = ""  # optional HF/Orbax model that labels reasoning for the LLM-judge FPR
     c.judge_max_new_tokens = 256
     c.n_boot = 1000  # bootstrap resamples for the confidence intervals
-    c.generate = generate_config()  # model, prompt format, sampling: see reasonax.sample.generate
+    c.generate = generate_config()  # model, prompt format, sampling: see reasonax.sample.generate_cli
     return c
 
 
@@ -148,13 +152,10 @@ def plot(m: dict, path: Path) -> None:
 
 def _judge_fn(cfg):
     """A prompts -> replies function backed by the sampler (greedy) on cfg.judge_model."""
-    from reasonax.model import convert, prompts as prompts_lib
-    from reasonax.sample import SamplingParams, generate
-
     jcfg, jparams = convert.load_model(cfg.judge_model, dtype=cfg.generate.dtype)
-    tok = prompts_lib.load_tokenizer(cfg.judge_model)
+    tok = load_tokenizer(cfg.judge_model)
     fmt = prompts_lib.default_format(jcfg)
-    eos = prompts_lib.stop_token_ids(tok, fmt.stop_strings, jcfg)
+    eos = stop_token_ids(tok, fmt.stop_strings, jcfg)
 
     def fn(texts: list[str]) -> list[str]:
         ids = [tok(fmt.render(t, instruction=""))["input_ids"] for t in texts]
@@ -166,8 +167,6 @@ def _judge_fn(cfg):
 
 
 def run(cfg) -> dict:
-    from reasonax.sample import generate as generate_cli
-
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     problems = _write_inputs(cfg, run_dir)
@@ -209,9 +208,13 @@ def main(argv):
     run(cfg)
 
 
-if __name__ == "__main__":  # flags only for the CLI: config files import default_config
-    from ml_collections import config_flags
-
+def cli() -> None:
+    """The `reasonax-evaluate` command (also `python -m reasonax.evaluate`); the flags are defined
+    here only, since config files import this module's default_config."""
     config_flags.DEFINE_config_file("config", None, "ml_collections config file (see configs/eval_*.py).")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,6 +1,6 @@
 """CLI: prompts JSONL -> completions JSONL + summary JSON.
 
-    python -m reasonax.sample.generate --config=configs/generate_gemma3_270m.py \\
+    python -m reasonax.sample.generate_cli --config=configs/generate_gemma3_270m.py \\
         --config.model=/models/gemma-3-270m --config.prompts=questions.jsonl --config.output=out/samples.jsonl
 
 Each output line: {"prompt_id", "sample_index", "text", "num_tokens", "finish_reason"[, "logprobs"]}.
@@ -20,14 +20,18 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import jax
 from absl import app, logging
 from ml_collections import config_flags
 
 from reasonax import jsonl
+from reasonax.cli import flag_config
 from reasonax.model import convert, prompts as prompts_lib
+from reasonax.model.sharding import make_mesh
+from reasonax.model.tokenizer import load_tokenizer
 from reasonax.sample import budget, engine
 from reasonax.sample.sampler import SamplingParams
-from reasonax.sample.stops import StopStrings
+from reasonax.sample.stops import StopStrings, cut_at_stop, stop_token_ids
 
 def default_config():
     """Every field of a generate config, with its default and meaning."""
@@ -101,17 +105,13 @@ def completed(output: Path, n: int) -> set[str]:
 
 
 def run(cfg) -> dict:
-    import jax
-
-    from reasonax.model import make_mesh
-
     mesh = make_mesh(data=-1) if jax.device_count() > 1 else None
     model_cfg, params = convert.load_model(cfg.model, dtype=cfg.dtype, mesh=mesh)
-    tokenizer = prompts_lib.load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
     fmt = prompts_lib.default_format(model_cfg) if cfg.prompt_format == "auto" else prompts_lib.get_format(
         cfg.prompt_format)
     stops = tuple(cfg.stop_strings) if cfg.stop_strings else fmt.stop_strings
-    eos_ids = prompts_lib.stop_token_ids(tokenizer, stops, model_cfg)
+    eos_ids = stop_token_ids(tokenizer, stops, model_cfg)
     shots = few_shot_examples(cfg)
     sp = SamplingParams(max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
                         top_k=cfg.sampling.top_k, top_p=cfg.sampling.top_p, min_p=cfg.sampling.min_p,
@@ -130,7 +130,7 @@ def run(cfg) -> dict:
     groups: dict[int, list] = {}
 
     def write(c: engine.Completion) -> None:  # a prompt's records go out when all its samples are done
-        text = prompts_lib.cut_at_stop(tokenizer.decode(c.tokens, skip_special_tokens=True), stops)[0]
+        text = cut_at_stop(tokenizer.decode(c.tokens, skip_special_tokens=True), stops)[0]
         rec = {"prompt_id": todo[c.prompt]["id"], "sample_index": c.sample, "text": text,
                "num_tokens": len(c.tokens), "finish_reason": c.finish_reason}
         if cfg.save_logprobs:
@@ -166,9 +166,7 @@ def run(cfg) -> dict:
 
 
 def main(argv):
-    from reasonax import cli
-
-    cfg = cli.flag_config(argv, "configs/generate_gemma3_270m.py")
+    cfg = flag_config(argv, "configs/generate_gemma3_270m.py")
     if not cfg.model or not cfg.prompts or not cfg.output:
         raise app.UsageError("--config.model, --config.prompts and --config.output are required")
     summary = run(cfg)
@@ -178,7 +176,13 @@ def main(argv):
                          if k in summary["engine"]}}))
 
 
-if __name__ == "__main__":  # flags only for the CLI: config files import this module's default_config
+def cli() -> None:
+    """The `reasonax-generate` command (also `python -m reasonax.sample.generate_cli`); the flags are
+    defined here only, since config files import this module's default_config."""
     config_flags.DEFINE_config_file("config", None, "ml_collections config file (see configs/generate_*.py).")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -32,11 +32,12 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from reasonax import jsonl
 from reasonax.model.config import ModelConfig
+from reasonax.model.sharding import batch_sharding
 from reasonax.train import data as data_lib
 from reasonax.train import loop
 from reasonax.train.loss import batch_logprobs
-from reasonax.train.step import batch_sharding
 
 FORMAT = 1
 DTYPES = ("float16", "float32")
@@ -131,13 +132,6 @@ def _check_signature(directory: Path, meta: dict, tokenizer, data_config) -> Non
                              f"delete the directory or set another scores_dir")
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
-
-
 def pack_rows(lengths: list[int], seq_len: int) -> list[list[tuple[int, int]]]:
     """Next-fit packing of consecutive examples: rows of [(example, targets)], each <= seq_len."""
     rows, row, used = [], [], 0
@@ -150,20 +144,6 @@ def pack_rows(lengths: list[int], seq_len: int) -> list[list[tuple[int, int]]]:
         row.append((i, n))
         used += n
     return rows + ([row] if row else [])
-
-
-def _row_arrays(examples: list[dict], rows: list[list[tuple[int, int]]], seq_len: int, num_rows: int) -> dict:
-    out = {k: np.zeros((num_rows, seq_len), np.int32) for k in ("inputs", "targets", "segment_ids", "positions")}
-    for r, row in enumerate(rows):
-        at = 0
-        for seg, (i, n) in enumerate(row, start=1):
-            ex = examples[i]
-            out["inputs"][r, at:at + n] = ex["inputs"]
-            out["targets"][r, at:at + n] = ex["targets"]
-            out["segment_ids"][r, at:at + n] = seg
-            out["positions"][r, at:at + n] = np.arange(n)
-            at += n
-    return out
 
 
 def score(ref_params: dict, ref_cfg: ModelConfig, tokenizer, data_config, out_dir, *, mesh: jax.sharding.Mesh,
@@ -186,7 +166,7 @@ def score(ref_params: dict, ref_cfg: ModelConfig, tokenizer, data_config, out_di
     primary = jax.process_index() == 0
     if primary:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "meta.json").write_text(json.dumps({**meta, "complete": False}, indent=1))
+        jsonl.write_json(out_dir / "meta.json", {**meta, "complete": False}, indent=1)
     records, _ = data_lib.load_records(data_config.files, data_config.prompt_field, data_config.completion_field,
                                        data_config.on_malformed)
     seq_len, per = data_config.seq_len, meta["part_records"]
@@ -205,7 +185,7 @@ def score(ref_params: dict, ref_cfg: ModelConfig, tokenizer, data_config, out_di
         lengths, losses = _score_part(records[k * per:(k + 1) * per], k * per, tokenizer, data_config, forward,
                                       ref_params, mesh, batch_size, local, seq_len)
         if primary:
-            _write_atomic(path, lambda f: np.savez(f, lengths=lengths, losses=losses.astype(dtype)))
+            jsonl.write_atomic(path, lambda f: np.savez(f, lengths=lengths, losses=losses.astype(dtype)))
         bar.update(1)
         bar.set_postfix(tok_per_s=f"{lengths.sum() / (time.perf_counter() - t0):,.0f}")
     bar.close()
@@ -224,7 +204,8 @@ def _score_part(records, first: int, tokenizer, config, forward, params, mesh, b
     lengths = np.asarray([0 if ex is None else len(ex["targets"]) for ex in examples], np.int32)
     rows = pack_rows(list(lengths), seq_len)
     num_rows = max(batch_size, -(-len(rows) // batch_size) * batch_size)
-    arrays = _row_arrays(examples, rows, seq_len, num_rows)
+    arrays = data_lib.layout_rows(examples, [[i for i, _ in row] for row in rows], seq_len,
+                                  {"inputs": np.int32, "targets": np.int32}, num_rows)
     out = np.zeros((num_rows, seq_len), np.float32)
     p = jax.process_index()
     for b in range(0, num_rows, batch_size):
@@ -259,9 +240,9 @@ def _merge(out_dir: Path, meta: dict, num_parts: int, num_records: int, dtype: s
     losses.flush()
     del losses
     os.replace(tmp, out_dir / "losses.npy")
-    _write_atomic(out_dir / "offsets.npy", lambda f: np.save(f, offsets))
+    jsonl.write_atomic(out_dir / "offsets.npy", lambda f: np.save(f, offsets))
     full = {**meta, "num_records": num_records, "num_tokens": int(offsets[-1]), "complete": True}
-    _write_atomic(out_dir / "meta.json", lambda f: f.write(json.dumps(full, indent=1).encode()))
+    jsonl.write_json(out_dir / "meta.json", full, indent=1)
     for p in paths:
         p.unlink()
 
