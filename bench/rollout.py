@@ -38,7 +38,8 @@ at the blank line (stop string, checked between blocks); static and Tunix stop o
 tokens (EOS and every token containing a blank line) and their completions are cut at the blank
 line afterwards. Useful tokens = tokens up to and including the one that completes the stop
 (or EOS / the length limit); slot use = slot-steps holding an unfinished row / all slot-steps
-(static and Tunix: a chunk of rows runs for its longest row's steps).
+(static and Tunix: a chunk of rows runs for its longest row's steps; Tunix in chunks of
+--tunix_rows, since its prefill keeps the logits of every prompt position).
 """
 
 from __future__ import annotations
@@ -328,13 +329,13 @@ def _static_use(token_rows, chunks) -> tuple[int, int]:
 
 def part_rollout(args, path, tok, cfg, params, tunix_py, static_root, vllm_py) -> dict:
     from reasonax import sample
-    from reasonax.model import prompts as prompts_lib
+    from reasonax.sample.stops import stop_token_ids
     from reasonax.sample import engine
 
     texts, ids = _few_shot_prompts(tok, args.questions + 4)
     texts, ids, spare = texts[:args.questions], ids[:args.questions], ids[args.questions:]
     stops = ("\n\n",)
-    eos = prompts_lib.stop_token_ids(tok, stops, cfg)
+    eos = stop_token_ids(tok, stops, cfg)
     stop = sample.StopStrings(tok, stops, eos)
     sp = sample.SamplingParams(max_new_tokens=args.max_new, temperature=1.0, n=args.samples)
     rows = len(ids) * args.samples
@@ -377,14 +378,14 @@ def part_rollout(args, path, tok, cfg, params, tunix_py, static_root, vllm_py) -
         rep = [t for t in texts for _ in range(args.samples)]
         got = _run_worker(tunix_py, TUNIX_WORKER, {"model": str(path), "jobs": [
             {"texts": rep, "max_new": args.max_new, "max_prompt_length": sample.sampler.bucket(max(map(len, ids))),
-             "temperature": 1.0, "eos": list(eos), "chunk": chunk, "repeats": 1, "seed": args.seed}]})[0]
+             "temperature": 1.0, "eos": list(eos), "chunk": args.tunix_rows, "repeats": 1, "seed": args.seed}]})[0]
         # Tunix returns a row without its EOS token: count it back
         toks = [t + [eos[0]] if len(t) < args.max_new else t for t in got["tokens"]]
-        live, total = _static_use(toks, chunk)
+        live, total = _static_use(toks, args.tunix_rows)
         u = useful(toks)
         wall = sum(got["times"])
         out["tunix"] = {"wall_s": wall, "useful_tokens": u, "useful_tok_s": u / wall, "slot_use": live / total,
-                        "rows_per_chunk": chunk, "same_ids": [got["ids"][i * args.samples] for i in range(len(ids))] == ids,
+                        "rows_per_chunk": args.tunix_rows, "same_ids": [got["ids"][i * args.samples] for i in range(len(ids))] == ids,
                         "note": "timed calls after a warm-up call on the first chunk"}
         print(json.dumps({"tunix": out["tunix"]}), flush=True)
     if vllm_py:
@@ -413,6 +414,9 @@ def main():
     ap.add_argument("--samples", type=int, default=8, help="rollout part: samples per question")
     ap.add_argument("--max_new", type=int, default=384, help="rollout part: max_new_tokens")
     ap.add_argument("--kv_budget_gb", type=float, default=2.0, help="rollout part: the engine's KV budget")
+    ap.add_argument("--tunix_rows", type=int, default=8,
+                    help="rollout part: rows per Tunix call. Its prefill materialises float32 logits [rows, "
+                         "prompt bucket, vocab]: 34 GB for 32 rows of 1,024 tokens, more than this machine's 24 GiB")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--static_commit", default="f828860", help="reasonax commit of the static sampler")
     ap.add_argument("--tunix_venv", default=str(Path.home() / ".cache" / "reasonax" / "venv-tunix-0.1.7"))
@@ -462,15 +466,16 @@ def main():
         ro = report["rollout"]
         print(f"\nrollout: {ro['questions']} questions x {ro['samples']}, max_new_tokens {ro['max_new_tokens']}, "
               f"prompts {ro['prompt_tokens'][0]}-{ro['prompt_tokens'][1]} tokens")
-        print("| sampler | wall s | useful tokens | useful tok/s | slot use | vs static |")
-        print("|---|---|---|---|---|---|")
+        print("| sampler | wall s | useful tokens | useful tok/s | slot use | vs static | engine / this |")
+        print("|---|---|---|---|---|---|---|")
         base = ro.get("static", {}).get("useful_tok_s")
         for name in ("engine", "static", "tunix", "vllm"):
             if name in ro:
                 r = ro[name]
                 use = f"{r['slot_use']:.0%}" if "slot_use" in r else "n/a"
                 print(f"| {name} | {r['wall_s']:.1f} | {r['useful_tokens']} | {r['useful_tok_s']:.1f} | "
-                      f"{use} | {r['useful_tok_s'] / base if base else float('nan'):.2f}x |")
+                      f"{use} | {r['useful_tok_s'] / base if base else float('nan'):.2f}x | "
+                      f"{ro['engine']['useful_tok_s'] / r['useful_tok_s']:.2f}x |")
 
 
 if __name__ == "__main__":
