@@ -6,12 +6,14 @@ Recipes (sft, slm, grpo) import this; it imports no recipe.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import ml_collections
 from absl import flags
+from ml_collections import config_flags
 
 from reasonax import cli, jsonl
 from reasonax.model import config as config_lib
@@ -193,6 +195,14 @@ def exporter(c, cfg: ModelConfig) -> Callable:
         return hf.save_hf(params, cfg.replace(remat="none"), out, tokenizer_dir=tokenizer_dir(c))
 
     return export
+
+
+def recipe_flags(configs: str, dry_run_help: str) -> None:
+    """Define a recipe CLI's --config (an ml_collections file, e.g. of `configs`) and --dry_run;
+    called once, by the recipe's cli()."""
+    config_flags.DEFINE_config_file("config", None, f"ml_collections config file (see {configs}).")
+    flags.DEFINE_bool("dry_run", False, dry_run_help)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main(argv, build: Callable, run: Callable, example: str) -> None:

@@ -12,11 +12,9 @@ devices and prints per-device memory instead of training (reasonax.train.dry_run
 from __future__ import annotations
 
 import functools
-import os
 
 import ml_collections
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 
 from reasonax.train import common, loop
 from reasonax.train.loss import sft_loss
@@ -54,10 +52,8 @@ def main(argv):
 
 def cli() -> None:
     """The `reasonax-sft` command (also `python -m reasonax.train.sft`)."""
-    config_flags.DEFINE_config_file("config", None, "ml_collections config file (see configs/sft_*.py).")
-    flags.DEFINE_bool("dry_run", False, "compile the train step for config.mesh on fake CPU devices and print "
-                      "per-device memory of params, optimizer state and the compiled step; no training")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    common.recipe_flags("configs/sft_*.py", "compile the train step for config.mesh on fake CPU devices and "
+                        "print per-device memory of params, optimizer state and the compiled step; no training")
     app.run(main)
 
 

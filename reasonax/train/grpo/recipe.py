@@ -8,14 +8,12 @@ the rollouts reasonax.train.grpo.rollout.
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 
 from reasonax import jsonl, sample
 from reasonax.eval import grader
@@ -202,7 +200,7 @@ def run(config: ml_collections.ConfigDict):
 
 
 def dict_config(base: ml_collections.ConfigDict, **changes) -> ml_collections.ConfigDict:
-    out = ml_collections.ConfigDict(base.to_dict())
+    out = common.copy_config(base)
     out.update(changes)
     return out
 
@@ -213,8 +211,6 @@ def main(argv):
 
 def cli() -> None:
     """The `reasonax-grpo` command (also `python -m reasonax.train.grpo`)."""
-    config_flags.DEFINE_config_file("config", None, "ml_collections config file (see configs/grpo_*.py).")
-    flags.DEFINE_bool("dry_run", False, "compile the GRPO train step and the rollout engine's decode block for "
-                      "config.mesh on fake CPU devices and print per-device memory; no training")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    common.recipe_flags("configs/grpo_*.py", "compile the GRPO train step and the rollout engine's decode block "
+                        "for config.mesh on fake CPU devices and print per-device memory; no training")
     app.run(main)

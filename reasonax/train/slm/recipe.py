@@ -24,13 +24,11 @@ forward per step, the reference's params held on the mesh).
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
-from ml_collections import config_flags
 
 from reasonax.model import convert
 from reasonax.model import tokenizer as tokenizer_lib
@@ -161,11 +159,9 @@ def main(argv):
 
 def cli() -> None:
     """The `reasonax-slm` command (also `python -m reasonax.train.slm`)."""
-    config_flags.DEFINE_config_file("config", None, "ml_collections config file (see configs/slm_*.py).")
+    common.recipe_flags("configs/slm_*.py", "compile the SLM train step (with the online reference, or the stored "
+                        "reference losses in the batch) for config.mesh on fake CPU devices and print per-device "
+                        "memory; no training, no scoring")
     flags.DEFINE_bool("score_only", False, "offline mode: run (or finish) the reference scoring pass into "
                       "slm.scores_dir and exit without training")
-    flags.DEFINE_bool("dry_run", False, "compile the SLM train step (with the online reference, or the stored "
-                      "reference losses in the batch) for config.mesh on fake CPU devices and print per-device "
-                      "memory; no training, no scoring")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app.run(main)
