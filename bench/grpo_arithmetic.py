@@ -14,6 +14,7 @@ Prints a markdown table and writes <workdir>/grpo_arithmetic.json.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -88,7 +89,7 @@ def main(argv):
     cfg, params = convert.load_model(g.model.path)
     tokenizer = common.load_tokenizer(g)
     eos = grpo.stop_ids(g, cfg, tokenizer)
-    held = rollout.load_prompts(grpo.dict_config(g.grpo, files=[held_file]), tokenizer, g.grpo.max_prompt_len)
+    held = rollout.load_prompts(dataclasses.replace(grpo.check_config(g).grpo, files=(held_file,)), tokenizer, g.grpo.max_prompt_len)
     before = grpo.accuracy_evaluator(held, cfg, tokenizer, g.grpo, eos, grpo.stop_strings(g))(params)["accuracy"]
     del params
     jax.clear_caches()

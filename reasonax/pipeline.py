@@ -177,7 +177,7 @@ def _prompts(run: Path, file: str, tokenizer):
     """(rollout.Prompt per record of data/<file>, eval Problem per record with the record's id)."""
 
     path = run / "data" / file
-    rc = grpo.dict_config(grpo.default_config().grpo, files=[str(path)])
+    rc = grpo.GRPOSettings(files=(str(path),))
     prompts = rollout.load_prompts(rc, tokenizer, max_prompt_len=1 << 16)
     ids = [r["id"] for _, r in jsonl.read(path)]
     return prompts, [Problem(i, p.text, p.gold, "word_problems") for i, p in zip(ids, prompts)]

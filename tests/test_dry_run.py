@@ -48,8 +48,6 @@ def test_mesh_devices_rejects_an_unsized_axis_with_the_fix():
 def test_check_batch_names_the_bad_split():
     c = ml_collections.ConfigDict(dict(batch_size=64, accum_steps=8))
     dry_run.check_batch(c, {"data": 1, "fsdp": 8, "tensor": 1})
-    with pytest.raises(ValueError, match="accum_steps=8"):
-        dry_run.check_batch(ml_collections.ConfigDict(dict(batch_size=60, accum_steps=8)), {"data": 1, "fsdp": 8})
     with pytest.raises(ValueError, match="data\\*fsdp = 16"):
         dry_run.check_batch(c, {"data": 2, "fsdp": 8, "tensor": 1})
 

@@ -1,7 +1,7 @@
 """The import graph of reasonax (read with ast, nothing imported): no cycles, and every import in
 the direction docs/ARCHITECTURE.md documents:
 
-    jsonl, cli, tasks  <-  eval  <-  model  <-  sample  <-  train  <-  pipeline, evaluate
+    jsonl, cli, typed, tasks  <-  eval  <-  model  <-  sample  <-  train  <-  pipeline, evaluate
 
 Every import statement counts, at module level or inside a function. `from a.b import c` is an
 edge to the module a.b.c when there is one, else to a.b; a package's __init__ is the node of
@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent / "reasonax"
 
 # layer of each top-level part of reasonax: a module may import its own layer and lower ones
-LAYERS = {"jsonl": 0, "cli": 0, "tasks": 0, "eval": 1, "model": 2, "sample": 3, "train": 4,
+LAYERS = {"jsonl": 0, "cli": 0, "typed": 0, "tasks": 0, "eval": 1, "model": 2, "sample": 3, "train": 4,
           "pipeline": 5, "pipeline_report": 5, "evaluate": 5, "": 5}
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from reasonax import typed
 from reasonax.model import init_params, make_mesh
 from reasonax.train import checkpoint as ckpt_lib
 from reasonax.train import loop
@@ -208,7 +209,8 @@ class _PoisonSource:
 def test_non_finite_steps_stop_the_run_with_the_last_good_checkpoint(tmp_path):
     from reasonax.train import common
 
-    c = tiny_config(tmp_path, num_steps=20, max_bad_steps=3, seq_len=16, **{"checkpoint.every": 2})
+    c = typed.from_config(common.LMConfig, tiny_config(tmp_path, num_steps=20, max_bad_steps=3, seq_len=16,
+                                                       **{"checkpoint.every": 2}))
     mcfg = common.model_config(c)
 
     def loss_fn(p, b):

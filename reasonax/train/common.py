@@ -6,12 +6,12 @@ Recipes (sft, slm, grpo) import this; it imports no recipe.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
-import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
@@ -27,47 +27,68 @@ from reasonax.train import dry_run, loop
 from reasonax.train.loss import sft_loss
 
 
-def copy_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A deep copy a recipe may fill in (derived fields) without touching the caller's config."""
-    return ml_collections.ConfigDict(c.to_dict())
+@dataclasses.dataclass(frozen=True)
+class ModelFields:
+    """Where the learner comes from (config.model): exactly one of path and preset."""
+
+    path: str = ""            # HF directory or reasonax Orbax checkpoint to start from
+    preset: str = ""          # or: a preset name (reasonax.model.PRESETS), randomly initialised
+    overrides: dict = dataclasses.field(default_factory=dict)  # ModelConfig fields replaced (e.g. num_layers=2)
+    init_std: float = 0.02    # std of the random init (preset only)
+
+    def problems(self) -> list[str]:
+        return [] if bool(self.path) != bool(self.preset) else ["set exactly one of path and preset"]
 
 
-def model_fields() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        path="",        # HF directory or reasonax Orbax checkpoint to start from
-        preset="",      # or: a preset name (reasonax.model.PRESETS), randomly initialised
-        overrides={},   # ModelConfig fields replaced on the preset (e.g. num_layers=2)
-        init_std=0.02,  # std of the random init (preset only)
-    ))
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """A built-in task written as the training data (config.synthetic)."""
+
+    task: str = ""            # 'arithmetic': write reasonax.tasks.arithmetic records as the training JSONL
+    num_examples: int = 2000
+    steps: int = 2            # operations per arithmetic problem
+    max_value: int = 99       # largest starting value / added or subtracted operand (9: single digits)
+
+    def problems(self) -> list[str]:
+        return [] if self.task in SYNTHETIC_TASKS else [f"task={self.task!r}; expected one of {SYNTHETIC_TASKS}"]
 
 
-def lm_config() -> ml_collections.ConfigDict:
-    """The loop's fields plus model, tokenizer, data, synthetic and eval_data: a recipe trained
-    on a token-level dataset (SFT, SLM)."""
-    c = loop.default_train_config()
-    c.model = model_fields()
-    c.tokenizer = ""  # tokenizer directory (default: the model's); 'bytes': the built-in byte tokenizer
-    c.data = data_lib.default_data_config()  # data.seq_len is taken from seq_len
-    c.synthetic = ml_collections.ConfigDict(dict(
-        task="",            # 'arithmetic': write reasonax.tasks.arithmetic records as the training JSONL
-        num_examples=2000,
-        steps=2,            # operations per arithmetic problem
-        max_value=99,       # largest starting value / added or subtracted operand (9: single digits)
-        noise=0.0,          # share of completion characters that are random junk spans (SLM experiments)
-    ))
-    c.eval_data = ml_collections.ConfigDict(dict(
-        files=(),        # held-out JSONL/Parquet, read with data's template and fields; loss logged as
-                         # eval/loss (mean CE over completion tokens) every eval_every steps and at the end
-        max_batches=0,   # evaluate on at most this many batches (0: all, read once and kept in memory)
-        batch_size=0,    # global rows per eval batch (0: batch_size)
-    ))
-    return c
+@dataclasses.dataclass(frozen=True)
+class LMSyntheticConfig(SyntheticConfig):
+    noise: float = 0.0        # share of completion characters that are random junk spans (SLM experiments)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalDataConfig:
+    """Held-out data (config.eval_data), read with data's template and fields; the loss is logged
+    as eval/loss (mean CE over completion tokens) every eval_every steps and at the end."""
+
+    files: tuple[str, ...] = ()  # held-out JSONL/Parquet
+    max_batches: int = 0      # evaluate on at most this many batches (0: all, read once and kept in memory)
+    batch_size: int = 0       # global rows per eval batch (0: batch_size)
+
+
+SYNTHETIC_TASKS = ("", "arithmetic")
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig(loop.TrainConfig):
+    """The loop's fields plus model, tokenizer, data, synthetic and eval_data: a recipe trained on a
+    token-level dataset (SFT, SLM). data.seq_len is derived: the run's seq_len."""
+
+    model: ModelFields = ModelFields()
+    tokenizer: str = ""       # tokenizer directory (default: the model's); 'bytes': the built-in byte tokenizer
+    data: data_lib.DataConfig = data_lib.DataConfig()
+    synthetic: LMSyntheticConfig = LMSyntheticConfig()
+    eval_data: EvalDataConfig = EvalDataConfig()
+
+    def __post_init__(self):
+        if self.data.seq_len != self.seq_len:
+            object.__setattr__(self, "data", dataclasses.replace(self.data, seq_len=self.seq_len))
 
 
 def model_config(c) -> ModelConfig:
     """The ModelConfig of the run: from model.path or model.preset, overrides and remat applied."""
-    if bool(c.model.path) == bool(c.model.preset):
-        raise ValueError("set exactly one of config.model.path and config.model.preset")
     cfg = convert.checkpoint_config(c.model.path) if c.model.path else config_lib.get_preset(c.model.preset)
     overrides = dict(c.model.overrides)
     shape_fields = {"vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
@@ -114,12 +135,9 @@ def load_tokenizer(c):
     return tokenizer_lib.from_spec(c.tokenizer, c.model.path)
 
 
-def data_config(c) -> ml_collections.ConfigDict:
-    """c.data with seq_len from the run, and the synthetic task's JSONL as files when one is set."""
-    d = ml_collections.ConfigDict(c.data.to_dict())
-    d.seq_len = c.seq_len
-    if c.synthetic.task:
-        d.files = [str(write_synthetic(c))]
+def data_config(c: LMConfig) -> data_lib.DataConfig:
+    """c.data, with the synthetic task's JSONL as its files when one is set."""
+    d = dataclasses.replace(c.data, files=(str(write_synthetic(c)),)) if c.synthetic.task else c.data
     if not d.files:
         raise ValueError("config.data.files is empty (or set config.synthetic.task)")
     return d
@@ -127,8 +145,6 @@ def data_config(c) -> ml_collections.ConfigDict:
 
 def write_synthetic(c) -> Path:
     """Write the synthetic task's records to <workdir>/data/<task>.jsonl (once; same seed, same file)."""
-    if c.synthetic.task != "arithmetic":
-        raise ValueError(f"unknown synthetic task {c.synthetic.task!r} (known: arithmetic)")
     noise = c.synthetic.noise
     path = Path(c.workdir) / "data" / (f"arithmetic-noise{noise}.jsonl" if noise else "arithmetic.jsonl")
     if jax.process_index() == 0 and not path.is_file():
@@ -160,8 +176,7 @@ def heldout_evaluator(c, cfg: ModelConfig, tokenizer: Callable) -> Callable | No
         return None
 
     def build(mesh):
-        d = data_config(c)
-        d.files, d.shuffle, d.num_epochs = list(c.eval_data.files), False, 1
+        d = dataclasses.replace(c.data, files=c.eval_data.files, shuffle=False, num_epochs=1)
         rows = c.eval_data.batch_size or c.batch_size
         batches = []
         for batch in data_lib.sft_dataset(d, tokenizer(), global_batch=rows):

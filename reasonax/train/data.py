@@ -32,7 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from reasonax import jsonl
+from reasonax import jsonl, typed
 from reasonax.model import prompts as prompts_lib
 from reasonax.model.sharding import batch_shards, batch_sharding
 
@@ -51,61 +51,58 @@ REF_LOSS = "ref_loss"  # optional per-target float32 feature: a reference model'
 _TOKENIZER_LOCK = threading.Lock()
 
 
-def default_data_config() -> ml_collections.ConfigDict:
-    """Defaults of the SFT data pipeline.
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The SFT data pipeline's settings (config.data of SFT and SLM; --config.data.<field>=value).
 
-    Fields:
-      files            list of paths or glob patterns: .jsonl, .jsonl.gz, .parquet (default []).
-      prompt_field     record field holding the prompt (a string; dotted names reach nested JSON
-                       objects). Default 'prompt'.
-      completion_field record field holding the completion (a non-empty string). Default 'completion'.
-      template         how a record becomes text:
-                       'raw'        prompt and completion as they are, the tokenizer's BOS (if it
-                                    has one) before the prompt and, with add_eos, its EOS after
-                                    the completion;
-                       'qwen-chat' | 'gemma-chat' | 'few-shot'  (reasonax.model.prompts formats):
-                                    the prompt rendered by PromptFormat.render(prompt,
-                                    instruction=instruction) after the tokenizer's BOS (as
-                                    reasonax.sample.generate_cli tokenizes prompts), the completion
-                                    followed by the format's first stop string (few-shot: with a
-                                    leading space, as in its "Answer: ..." blocks);
-                       'tokenizer'  tokenizer.apply_chat_template with a user turn
-                                    (instruction + blank line + prompt) and an assistant turn;
-                                    the completion is the conversation text after the rendered
-                                    generation prompt. No BOS is added (the template writes it).
-                       Default 'raw'.
-      instruction      text used by the chat templates (default prompts.BOXED_INSTRUCTION).
-      add_eos          'raw' only: append tokenizer.eos_token_id after the completion (True).
-      seq_len          tokens per row (512). An example uses len(tokens) - 1 slots (the shift).
-      pack             True: first-fit several examples per row (segment_ids 1, 2, ...);
-                       False: one example per row. Default True.
-      overlong         an example of more than seq_len + 1 tokens: 'truncate' keeps its first
-                       seq_len + 1 tokens, 'drop' removes it. Default 'truncate'.
-      on_malformed     a bad record (invalid JSON, missing / non-string / empty field):
-                       'raise' a ValueError naming file, line and field, or 'skip' it (counted).
-                       Default 'raise'.
-      shuffle          shuffle examples (a different order every epoch). Default True.
-      seed             shuffle seed, 0 <= seed < 2**32 (0).
-      num_epochs       passes over the data; None repeats forever (default None).
-      num_threads      reader threads that tokenize ahead of the consumer; 0 tokenizes in the
-                       calling thread (default 2). Results do not depend on it.
+    template: how a record becomes text:
+      'raw'        prompt and completion as they are, the tokenizer's BOS (if it has one) before the
+                   prompt and, with add_eos, its EOS after the completion;
+      'qwen-chat' | 'gemma-chat' | 'few-shot'  (reasonax.model.prompts formats): the prompt
+                   rendered by PromptFormat.render(prompt, instruction=instruction) after the
+                   tokenizer's BOS (as reasonax.sample.generate_cli tokenizes prompts), the
+                   completion followed by the format's first stop string (few-shot: with a leading
+                   space, as in its "Answer: ..." blocks);
+      'tokenizer'  tokenizer.apply_chat_template with a user turn (instruction + blank line +
+                   prompt) and an assistant turn; the completion is the conversation text after
+                   the rendered generation prompt. No BOS is added (the template writes it).
     """
-    c = ml_collections.ConfigDict()
-    c.files = ()  # a tuple: --config.data.files=a.jsonl (repeat the flag for more) overrides it
-    c.prompt_field = "prompt"
-    c.completion_field = "completion"
-    c.template = "raw"
-    c.instruction = prompts_lib.BOXED_INSTRUCTION
-    c.add_eos = True
-    c.seq_len = 512
-    c.pack = True
-    c.overlong = "truncate"
-    c.on_malformed = "raise"
-    c.shuffle = True
-    c.seed = 0
-    c.num_epochs = ml_collections.FieldReference(None, field_type=int)
-    c.num_threads = 2
-    return c
+
+    files: tuple[str, ...] = ()  # paths or glob patterns: .jsonl, .jsonl.gz, .parquet
+    #                              (--config.data.files=a.jsonl; repeat the flag for more)
+    prompt_field: str = "prompt"  # record field of the prompt (a string; dotted names reach nested objects)
+    completion_field: str = "completion"  # record field of the completion (a non-empty string)
+    template: str = "raw"  # raw | qwen-chat | gemma-chat | few-shot | tokenizer (see above)
+    instruction: str = prompts_lib.BOXED_INSTRUCTION  # text used by the chat templates
+    add_eos: bool = True  # 'raw' only: append tokenizer.eos_token_id after the completion
+    seq_len: int = 512  # tokens per row; an example uses len(tokens) - 1 slots (the shift)
+    pack: bool = True  # True: first-fit several examples per row (segment_ids 1, 2, ...); False: one per row
+    overlong: str = "truncate"  # an example over seq_len + 1 tokens: truncate (keep the first seq_len + 1) | drop
+    on_malformed: str = "raise"  # a bad record: raise (ValueError naming file, line, field) | skip (counted)
+    shuffle: bool = True  # shuffle examples (a different order every epoch)
+    seed: int = 0  # shuffle seed, 0 <= seed < 2**32
+    num_epochs: int | None = None  # passes over the data; None repeats forever
+    num_threads: int = 2  # reader threads that tokenize ahead (0: in the calling thread); results do not depend on it
+
+    def problems(self) -> list[str]:
+        out = []
+        for name, allowed in (("template", TEMPLATES), ("overlong", OVERLONG), ("on_malformed", ON_MALFORMED)):
+            if getattr(self, name) not in allowed:
+                out.append(f"{name}={getattr(self, name)!r}; expected one of {allowed}")
+        if self.seq_len < 1:
+            out.append(f"seq_len={self.seq_len} must be a positive integer")
+        if self.num_epochs is not None and self.num_epochs < 1:
+            out.append(f"num_epochs={self.num_epochs} must be None (forever) or >= 1")
+        if not 0 <= self.seed < 2**32:
+            out.append(f"seed={self.seed} must be in [0, 2**32)")
+        if self.num_threads < 0:
+            out.append(f"num_threads={self.num_threads} must be >= 0")
+        return out
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """The ConfigDict of DataConfig's defaults (what config files and flags edit)."""
+    return typed.to_configdict(DataConfig())
 
 
 @dataclasses.dataclass
@@ -146,24 +143,13 @@ class DataStats:
 # Config checks and records
 
 
-def check_config(config) -> None:
-    """ValueError naming the first bad field of a data config."""
-    if config.template not in TEMPLATES:
-        raise ValueError(f"data.template={config.template!r}; expected one of {TEMPLATES}")
-    if config.overlong not in OVERLONG:
-        raise ValueError(f"data.overlong={config.overlong!r}; expected one of {OVERLONG}")
-    if config.on_malformed not in ON_MALFORMED:
-        raise ValueError(f"data.on_malformed={config.on_malformed!r}; expected one of {ON_MALFORMED}")
-    if not isinstance(config.seq_len, int) or config.seq_len < 1:
-        raise ValueError(f"data.seq_len={config.seq_len!r} must be a positive integer")
-    if config.num_epochs is not None and config.num_epochs < 1:
-        raise ValueError(f"data.num_epochs={config.num_epochs!r} must be None (forever) or >= 1")
-    if not 0 <= config.seed < 2**32:
-        raise ValueError(f"data.seed={config.seed!r} must be in [0, 2**32)")
-    if config.num_threads < 0:
-        raise ValueError(f"data.num_threads={config.num_threads!r} must be >= 0")
-    if isinstance(config.files, (str, os.PathLike)) or not config.files:
-        raise ValueError(f"data.files={config.files!r} must be a non-empty list of paths")
+def check_config(config) -> DataConfig:
+    """The DataConfig of a data config (ConfigDict, dict or DataConfig); ValueError naming each
+    bad field, and an empty files list."""
+    out = typed.from_config(DataConfig, config, "data")
+    if not out.files:
+        raise ValueError(f"data.files={list(out.files)!r} must be a non-empty list of paths")
+    return out
 
 
 def expand_files(files: Sequence[str | os.PathLike]) -> list[str]:
@@ -562,7 +548,7 @@ def sft_dataset(config, tokenizer, *, global_batch: int, process_index: int | No
     build one dataset, and one iterator at a time, per DataStats. With `ref_scores` (SLM) batches
     also hold ref_loss float32 (each target's stored reference loss, 0 on padding).
     """
-    check_config(config)
+    config = check_config(config)
     if config.template == "raw" and config.add_eos and tokenizer.eos_token_id is None:
         raise ValueError("data.add_eos=True but the tokenizer has no eos_token_id")
     process_index, process_count, rows = _process_layout(global_batch, process_index, process_count)

@@ -55,7 +55,7 @@ _AXES = sharding_lib.MESH_AXES  # ("data", "fsdp", "tensor")
 def mesh_shape(config, num_devices: int | None = None) -> dict[str, int]:
     """config.mesh as {axis: size} (sharding.mesh_shape): a dry run has no devices to size a -1 axis
     with, so it needs num_devices or an explicit mesh."""
-    return sharding_lib.mesh_shape(**{a: config.mesh[a] for a in _AXES}, num_devices=num_devices,
+    return sharding_lib.mesh_shape(**{a: getattr(config.mesh, a) for a in _AXES}, num_devices=num_devices,
                                    name="config.mesh")
 
 
@@ -65,15 +65,12 @@ def mesh_devices(config, num_devices: int | None = None) -> int:
 
 
 def check_batch(config, shape: dict[str, int]) -> None:
-    """ValueError unless batch_size splits into accum_steps micro-batches whose rows divide over data*fsdp."""
+    """ValueError unless the micro-batches (batch_size / accum_steps, GRPO: / minibatches too; that
+    these split is the config's own check) divide over data*fsdp."""
     rows, accum = int(config.batch_size), int(config.accum_steps)
-    what = f"accum_steps={accum}"
-    if "grpo" in config:  # GRPO cuts each rollout batch into minibatches of accum_steps micro-batches
+    if hasattr(config, "grpo"):  # GRPO cuts each rollout batch into minibatches of accum_steps micro-batches
         accum *= int(config.grpo.minibatches)
-        what += f" x grpo.minibatches={config.grpo.minibatches}"
     shards = math.prod(shape[a] for a in sharding_lib.BATCH_AXES)
-    if accum < 1 or rows % accum:
-        raise ValueError(f"batch_size={rows} does not split into {what} micro-batches")
     if (rows // accum) % shards:
         raise ValueError(f"micro-batches of {rows // accum} rows (batch_size / accum_steps) do not divide over "
                          f"the mesh's data*fsdp = {shards} devices")
@@ -283,7 +280,7 @@ def main(c, build: Callable) -> None:
         plan = build(c)
         n = mesh_devices(plan.config)
         check_batch(plan.config, mesh_shape(plan.config))
-    except (ValueError, KeyError, OSError) as e:
+    except (ValueError, TypeError, KeyError, OSError) as e:
         raise SystemExit(f"--dry_run: {e}") from None
     if not os.environ.get(REEXEC_ENV) and not _has_fake_devices(os.environ, n):
         # before JAX starts a backend: a TPU/GPU host would otherwise be claimed for nothing

@@ -22,48 +22,96 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from reasonax import typed
 from reasonax.model import flops as flops_lib
 from reasonax.model import sharding
-from reasonax.model.config import config_to_dict
+from reasonax.model.config import REMAT_POLICIES, config_to_dict
 from reasonax.train import data as data_lib
 from reasonax.train import monitor
 from reasonax.train import state as state_lib
 from reasonax.train.checkpoint import Checkpointer
-from reasonax.train.step import build_train_step, resolve_layer_loop
+from reasonax.train.step import LAYER_LOOPS, build_train_step, resolve_layer_loop
 
 
 class NonFiniteError(RuntimeError):
     """Too many non-finite steps in a row; the last good checkpoint is left intact."""
 
 
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh axis sizes; one axis of -1 takes the remaining devices."""
+
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1  # sizes checked (and -1 resolved) by model.sharding.mesh_shape
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 100        # save every N steps (and at the end)
+    keep: int = 3           # checkpoints kept
+    async_save: bool = True  # write in the background while training goes on
+
+    def problems(self) -> list[str]:
+        return [f"every={self.every} and keep={self.keep} must be >= 1"] if min(self.every, self.keep) < 1 else []
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """jax.distributed.initialize arguments (multi-host); no coordinator: one process."""
+
+    coordinator_address: str = ""
+    num_processes: int = 1
+    process_id: int = 0
+    local_device_ids: str = ""  # comma-separated device ids of this process ('' : all)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Fields shared by every recipe (the loop's); recipes extend it."""
+
+    workdir: str = ""           # checkpoints/, metrics.jsonl, tensorboard/, hf/ go here (required)
+    num_steps: int = 100        # optimizer steps (batches) to run; resume continues to this count
+    batch_size: int = 8         # global rows per step (all processes, all micro-batches)
+    accum_steps: int = 1        # micro-batches per step (gradient accumulation)
+    seq_len: int = 512          # tokens per row
+    seed: int = 0               # params init (when not loading), data order, rollout sampling
+    param_dtype: str = "float32"  # float32 | bfloat16 (optimizer state is float32 either way)
+    remat: str = "none"         # rematerialise each scanned layer: none | full | dots
+    layer_loop: str = "auto"    # how the train step runs the layers: scan | unroll | auto (unroll on CPU)
+    loss_chunk: int = 0         # positions per chunk of the cross-entropy (0: fit a 256 MiB budget)
+    mesh: MeshConfig = MeshConfig()
+    optim: state_lib.OptimConfig = state_lib.OptimConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    log_every: int = 10         # console / metrics.jsonl / TensorBoard every N steps
+    eval_every: int = 0         # held-out evaluation every N steps and at the end (0: never; needs eval data)
+    peak_flops: str | float = "auto"  # MFU peak per device: 'auto', a key of monitor.PEAK_FLOPS, or FLOP/s
+    tensorboard: bool = True
+    max_bad_steps: int = 5      # stop after this many non-finite steps in a row
+    export_hf: str = ""         # write the final params as HF safetensors here ('' : <workdir>/hf; 'none': skip)
+    device_memory_gib: float = 0.0  # memory per device the --dry_run checks the step against (0: no check)
+    distributed: DistributedConfig = DistributedConfig()
+
+    def problems(self) -> list[str]:
+        out = [f"{k}={getattr(self, k)} must be >= 1" for k in ("num_steps", "batch_size", "accum_steps", "seq_len",
+                                                                 "log_every", "max_bad_steps") if getattr(self, k) < 1]
+        if self.batch_size >= 1 and self.accum_steps >= 1 and self.batch_size % self.accum_steps:
+            out.append(f"batch_size={self.batch_size} does not split into accum_steps={self.accum_steps} micro-batches")
+        for k, allowed in (("param_dtype", ("float32", "bfloat16")), ("remat", REMAT_POLICIES),
+                           ("layer_loop", LAYER_LOOPS)):
+            if getattr(self, k) not in allowed:
+                out.append(f"{k}={getattr(self, k)!r}; expected one of {allowed}")
+        if self.loss_chunk < 0 or self.eval_every < 0 or self.device_memory_gib < 0:
+            out.append("loss_chunk, eval_every and device_memory_gib must be >= 0")
+        return out
+
+
 def default_train_config() -> ml_collections.ConfigDict:
-    """Fields shared by every recipe (see each field's comment)."""
-    return ml_collections.ConfigDict(dict(
-        workdir="",            # checkpoints/, metrics.jsonl, tensorboard/, hf/ go here (required)
-        num_steps=100,         # optimizer steps (batches) to run; resume continues to this count
-        batch_size=8,          # global rows per step (all processes, all micro-batches)
-        accum_steps=1,         # micro-batches per step (gradient accumulation)
-        seq_len=512,           # tokens per row
-        seed=0,                # params init (when not loading), data order, rollout sampling
-        param_dtype="float32",  # float32 | bfloat16 (optimizer state is float32 either way)
-        remat="none",          # rematerialise each scanned layer: none | full | dots
-        layer_loop="auto",     # how the train step runs the layers: scan | unroll | auto (unroll on CPU)
-        loss_chunk=0,          # positions per chunk of the cross-entropy (0: fit a 256 MiB budget)
-        mesh=dict(data=1, fsdp=-1, tensor=1),  # device mesh; -1 takes the remaining devices
-        optim=state_lib.default_optim_config(),
-        checkpoint=dict(every=100, keep=3, async_save=True),
-        log_every=10,          # console / metrics.jsonl / TensorBoard every N steps
-        eval_every=0,          # held-out evaluation every N steps and at the end (0: never; needs eval data)
-        peak_flops="auto",     # MFU peak per device: 'auto', a key of monitor.PEAK_FLOPS, or FLOP/s
-        tensorboard=True,
-        max_bad_steps=5,       # stop after this many non-finite steps in a row
-        export_hf="",          # write the final params as HF safetensors here ('' : <workdir>/hf; 'none': skip)
-        device_memory_gib=0.0,  # memory per device the --dry_run checks the step against (0: no check)
-        distributed=dict(coordinator_address="", num_processes=1, process_id=0, local_device_ids=""),
-    ))
+    """The ConfigDict of TrainConfig's defaults."""
+    return typed.to_configdict(TrainConfig())
 
 
-def init_distributed(dist: ml_collections.ConfigDict) -> None:
+def init_distributed(dist: DistributedConfig) -> None:
     """jax.distributed.initialize from config (no-op without a coordinator address)."""
     if not dist.coordinator_address:
         return
@@ -144,7 +192,7 @@ def run(plan, *, mesh: jax.sharding.Mesh | None = None):
                                                                  on_cpu=mesh.devices.flat[0].platform == "cpu"),
                                **(step_options or {}))
     eval_every = config.eval_every if evaluate is not None else 0
-    saved_config = {"run": config.to_dict(), "model": config_to_dict(model_cfg)}
+    saved_config = {"run": typed.to_dict(config), "model": config_to_dict(model_cfg)}
     epochs = (step_options or {}).get("epochs", 1)  # passes over each batch (GRPO's mu)
 
     @functools.lru_cache

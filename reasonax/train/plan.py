@@ -4,8 +4,9 @@
     state = loop.run(plan)           # train
     report = dry_run.dry_run(plan)   # or compile the same step for the target mesh, no data read
 
-A recipe is its `build(config) -> Plan`. The plan holds the run's own copy of the config (derived
-fields filled in; the caller's config is not touched), the model config and functions of the
+A recipe is its `build(config) -> Plan`. The plan holds the run's typed config (the ConfigDict
+converted once into the recipe's frozen dataclass, reasonax.typed: checked, derived fields filled
+in; the caller's config is not touched), the model config and functions of the
 mesh for everything that reads files or allocates (init, data source, reference params,
 evaluation), so the dry run builds the same step without calling them.
 """
@@ -18,7 +19,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from reasonax.model.config import ModelConfig
 from reasonax.model.sharding import batch_sharding
@@ -26,7 +26,7 @@ from reasonax.model.sharding import batch_sharding
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    config: ml_collections.ConfigDict  # the run's config (a copy, derived fields set)
+    config: Any                        # the run's typed config (loop.TrainConfig or a recipe's subclass)
     model: ModelConfig                 # the learner's config (remat from config.remat)
     loss: Callable                     # loss_fn(params, batch, *aux) -> (sum, count, metrics)
     init: Callable                     # mesh -> params (loaded or random)

@@ -16,6 +16,7 @@ import functools
 import ml_collections
 from absl import app
 
+from reasonax import typed
 from reasonax.train import common, loop
 from reasonax.train.loss import sft_loss
 from reasonax.train.plan import Plan, lm_batch_spec
@@ -23,14 +24,18 @@ from reasonax.train.plan import Plan, lm_batch_spec
 MODULE = "reasonax.train.sft"
 
 
+SFTConfig = common.LMConfig  # the loop's fields plus model, tokenizer, data, synthetic and eval_data
+
+
 def default_config() -> ml_collections.ConfigDict:
-    """The loop's fields plus model, tokenizer, data, synthetic and eval_data (common.lm_config)."""
-    return common.lm_config()
+    """The ConfigDict of SFTConfig's defaults (what config files and flags edit)."""
+    return typed.to_configdict(SFTConfig())
 
 
-def build(config: ml_collections.ConfigDict) -> Plan:
-    """The SFT plan: the weighted next-token loss over the data pipeline's batches."""
-    c = common.copy_config(config)
+def build(config: ml_collections.ConfigDict | SFTConfig) -> Plan:
+    """The SFT plan: the weighted next-token loss over the data pipeline's batches. The config is
+    converted once into a frozen SFTConfig (checked; the caller's config is not touched)."""
+    c = typed.from_config(SFTConfig, config)
     cfg = common.model_config(c)
     tokenizer = functools.cache(lambda: common.load_tokenizer(c))
     data_cfg = functools.cache(lambda: common.data_config(c))  # writes the synthetic task's data once
@@ -40,10 +45,11 @@ def build(config: ml_collections.ConfigDict) -> Plan:
                 finish=common.exporter(c, cfg), module=MODULE)
 
 
-def run(config: ml_collections.ConfigDict):
+def run(config: ml_collections.ConfigDict | SFTConfig):
     """Train (or resume) per config; export HF safetensors at the end. Returns the final state."""
-    loop.init_distributed(config.distributed)
-    return loop.run(build(config))
+    c = typed.from_config(SFTConfig, config)
+    loop.init_distributed(c.distributed)  # before anything touches the devices
+    return loop.run(build(c))
 
 
 def main(argv):

@@ -17,6 +17,7 @@ import ml_collections
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from reasonax import typed
 from reasonax.model.config import ModelConfig
 from reasonax.model.params import is_spec, param_shardings, param_specs
 
@@ -31,19 +32,34 @@ class TrainState:
     bad_steps: jax.Array  # int32: non-finite steps in a row (0 after any good step)
 
 
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with warmup + cosine decay (config.optim)."""
+
+    lr: float = 3e-4            # peak learning rate
+    warmup_steps: int = 100     # linear warmup from 0 to lr
+    total_steps: int = 1000     # warmup + cosine decay length (usually the run's num_steps)
+    end_lr_ratio: float = 0.1   # final lr = lr * end_lr_ratio
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1   # decoupled (AdamW); never applied to norms or biases
+    clip_norm: float = 1.0      # global-norm gradient clipping (0: off)
+
+    def problems(self) -> list[str]:
+        out = [f"{k}={getattr(self, k)} must be >= 0" for k in ("lr", "warmup_steps", "weight_decay", "clip_norm")
+               if getattr(self, k) < 0]
+        if self.total_steps < 1:
+            out.append(f"total_steps={self.total_steps} must be >= 1")
+        return out
+
+
 def default_optim_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        lr=3e-4,             # peak learning rate
-        warmup_steps=100,    # linear warmup from 0 to lr
-        total_steps=1000,    # warmup + cosine decay length (usually the run's num_steps)
-        end_lr_ratio=0.1,    # final lr = lr * end_lr_ratio
-        b1=0.9, b2=0.95, eps=1e-8,
-        weight_decay=0.1,    # decoupled (AdamW); never applied to norms or biases
-        clip_norm=1.0,       # global-norm gradient clipping (0: off)
-    ))
+    """The ConfigDict of OptimConfig's defaults."""
+    return typed.to_configdict(OptimConfig())
 
 
-def schedule(optim: ml_collections.ConfigDict) -> optax.Schedule:
+def schedule(optim: OptimConfig) -> optax.Schedule:
     """Linear warmup to `lr`, then cosine decay to lr * end_lr_ratio at total_steps."""
     warmup = max(0, min(int(optim.warmup_steps), int(optim.total_steps) - 1))
     return optax.warmup_cosine_decay_schedule(0.0, optim.lr, warmup, max(int(optim.total_steps), warmup + 1),
@@ -55,7 +71,7 @@ def decay_mask(cfg: ModelConfig) -> dict:
     return jax.tree.map(lambda s: s.init == "normal", param_specs(cfg), is_leaf=is_spec)
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, cfg: ModelConfig) -> optax.GradientTransformation:
+def make_optimizer(optim: OptimConfig, cfg: ModelConfig) -> optax.GradientTransformation:
     parts = [optax.clip_by_global_norm(optim.clip_norm)] if optim.clip_norm else []
     parts.append(optax.adamw(schedule(optim), b1=optim.b1, b2=optim.b2, eps=optim.eps,
                              weight_decay=optim.weight_decay, mask=decay_mask(cfg)))

@@ -8,10 +8,10 @@
 from reasonax.train.grpo.objective import (AGGREGATIONS, SCALES, LossParams, aggregate, aggregate_terms, group_advantages,
                                            grpo_loss, importance_weights, k3_kl, make_prepare, overlong_penalty,
                                            policy_loss)
-from reasonax.train.grpo.recipe import (accuracy_evaluator, batch_spec, build, check_config, default_config,
-                                        dict_config, greedy_correct, run, stop_ids, stop_strings, write_synthetic)
+from reasonax.train.grpo.recipe import (GRPOConfig, GRPOSettings, accuracy_evaluator, batch_spec, build, check_config,
+                                        default_config, greedy_correct, run, stop_ids, stop_strings, write_synthetic)
 
-__all__ = ["AGGREGATIONS", "SCALES", "LossParams", "accuracy_evaluator", "aggregate", "aggregate_terms", "batch_spec", "build",
-           "check_config", "default_config", "dict_config", "greedy_correct", "group_advantages", "grpo_loss",
+__all__ = ["AGGREGATIONS", "GRPOConfig", "GRPOSettings", "SCALES", "LossParams", "accuracy_evaluator", "aggregate", "aggregate_terms", "batch_spec", "build",
+           "check_config", "default_config", "greedy_correct", "group_advantages", "grpo_loss",
            "importance_weights", "k3_kl", "make_prepare", "overlong_penalty", "policy_loss", "run", "stop_ids",
            "stop_strings", "write_synthetic"]

@@ -7,6 +7,7 @@ the rollouts reasonax.train.grpo.rollout.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -15,12 +16,13 @@ import jax.numpy as jnp
 import ml_collections
 from absl import app
 
-from reasonax import jsonl, sample
+from reasonax import jsonl, sample, typed
 from reasonax.eval import grader
 from reasonax.model import prompts as prompts_lib
 from reasonax.tasks import arithmetic
 from reasonax.sample.stops import stop_token_ids
 from reasonax.train import common, loop
+from reasonax.train import state as state_lib
 from reasonax.train.grpo import rollout
 from reasonax.train.grpo.objective import AGGREGATIONS, SCALES, LossParams, grpo_loss, make_prepare
 from reasonax.train.plan import Plan, lm_batch_spec, with_fields
@@ -28,79 +30,109 @@ from reasonax.train.plan import Plan, lm_batch_spec, with_fields
 MODULE = "reasonax.train.grpo"
 
 
+@dataclasses.dataclass(frozen=True)
+class GRPOSettings:
+    """config.grpo: prompts, sampling, the rollout engine and the objective's variants."""
+
+    files: tuple[str, ...] = ()  # prompt records: .jsonl / .jsonl.gz / .parquet
+    eval_files: tuple[str, ...] = ()  # held-out prompts: greedy accuracy logged as eval/accuracy (eval_every)
+    eval_limit: int = 0       # evaluate on at most this many held-out prompts (0: all)
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"
+    on_malformed: str = "raise"  # a bad record: raise | skip
+    template: str = "raw"     # raw | qwen-chat | gemma-chat | few-shot | tokenizer (as SFT's data.template)
+    instruction: str = prompts_lib.BOXED_INSTRUCTION
+    prompts_per_step: int = 8  # prompts sampled per step
+    group_size: int = 8       # G completions per prompt (one prefill per prompt)
+    max_prompt_len: int = 128
+    max_new_tokens: int = 128
+    row_bucket: int = 64      # training rows are cut to the batch's longest prompt + completion, rounded
+                              # up to a multiple of this (one compiled step per length); 0: always full
+    temperature: float = 1.0  # sampling (the learner's log-probs use the same temperature)
+    top_p: float = 1.0
+    top_k: int = 0
+    kv_budget_gb: float = 2.0  # rollout engine, per device: KV cache + decode temporaries (sets the slots)
+    num_slots: int = 0        # rollout engine decode slots (0: as many as kv_budget_gb holds, at most 256)
+    block_steps: int = 16     # decode steps per jitted block (stop strings checked, slots refilled between)
+    mu: int = 1               # updates over each rollout batch (num_iterations)
+    minibatches: int = 1      # optimizer updates per pass over the rollout batch
+    beta: float = 0.0         # k3 KL weight; > 0 builds a frozen reference (the initial params)
+    eps_low: float = 0.2      # clip range (eps_high > eps_low: DAPO clip-higher)
+    eps_high: float = 0.28
+    dual_clip: float = 0.0    # c > 1: dual clip of negative-advantage tokens (0: off)
+    scale_rewards: str = "group"  # group | batch | none (Dr. GRPO)
+    adv_eps: float = 1e-4
+    aggregation: str = "token-mean"  # seq-mean-token-mean | token-mean | dr-grpo | seq-mean-token-sum
+    mask_truncated: bool = False  # drop completions without EOS from the loss (kept in group stats)
+    dynamic_sampling: bool = False  # DAPO: resample to replace all-equal groups ...
+    max_sampling_rounds: int = 3  # ... at most this many sampling rounds per step
+    overlong_buffer: int = 0  # DAPO overlong penalty over the last N tokens (0: off)
+    format_weight: float = 0.0  # reward += weight if the completion has a \\boxed answer
+    reward_fns: tuple[str, ...] = ()  # extra rewards: dotted paths of fn(prompts, completions, golds) -> floats
+    is_cap: float = 0.0       # > 0: truncated importance weights min(pi_learner / pi_sampler, cap)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.group_size < 2:
+            out.append(f"group_size={self.group_size} (>= 2)")
+        if self.prompts_per_step < 1 or self.max_prompt_len < 1 or self.max_new_tokens < 1:
+            out.append(f"prompts_per_step={self.prompts_per_step}, max_prompt_len={self.max_prompt_len}, "
+                       f"max_new_tokens={self.max_new_tokens} (each >= 1)")
+        if self.temperature <= 0:
+            out.append(f"temperature={self.temperature} (> 0: GRPO needs sampled completions)")
+        if self.scale_rewards not in SCALES:
+            out.append(f"scale_rewards={self.scale_rewards!r} (one of {SCALES})")
+        if self.aggregation not in AGGREGATIONS:
+            out.append(f"aggregation={self.aggregation!r} (one of {AGGREGATIONS})")
+        if self.mu < 1 or self.minibatches < 1:
+            out.append(f"mu={self.mu} and minibatches={self.minibatches} must be >= 1")
+        if self.num_slots < 0 or self.block_steps < 1 or self.kv_budget_gb <= 0:
+            out.append(f"num_slots={self.num_slots} (>= 0), block_steps={self.block_steps} (>= 1), "
+                       f"kv_budget_gb={self.kv_budget_gb} (> 0)")
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOSyntheticConfig(common.SyntheticConfig):
+    num_heldout: int = 200    # held-out problems (eval/accuracy)
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig(loop.TrainConfig):
+    """The loop's fields, model / tokenizer as in SFT, and grpo.*. batch_size and seq_len are
+    derived: prompts_per_step x group_size rows of max_prompt_len + max_new_tokens tokens."""
+
+    model: common.ModelFields = common.ModelFields()
+    tokenizer: str = ""       # tokenizer directory (default: the model's); 'bytes': the built-in byte tokenizer
+    synthetic: GRPOSyntheticConfig = GRPOSyntheticConfig()
+    optim: state_lib.OptimConfig = state_lib.OptimConfig(lr=1e-6, weight_decay=0.0, warmup_steps=0)
+    grpo: GRPOSettings = GRPOSettings()
+
+    def __post_init__(self):
+        g = self.grpo
+        object.__setattr__(self, "batch_size", g.prompts_per_step * g.group_size)
+        object.__setattr__(self, "seq_len", g.max_prompt_len + g.max_new_tokens)
+
+    def problems(self) -> list[str]:
+        g = self.grpo
+        if self.batch_size % (g.minibatches * self.accum_steps):
+            return [f"grpo.prompts_per_step x grpo.group_size = {self.batch_size} rows do not split into "
+                    f"grpo.minibatches={g.minibatches} x accum_steps={self.accum_steps}"]
+        return []
+
+
 def default_config() -> ml_collections.ConfigDict:
-    """The loop's fields, model / tokenizer as in SFT, and grpo.* (batch_size and seq_len are
-    derived: prompts_per_step x group_size rows of max_prompt_len + max_new_tokens tokens)."""
-    c = loop.default_train_config()
-    c.model = common.model_fields()
-    c.tokenizer = ""  # tokenizer directory (default: the model's); 'bytes': the built-in byte tokenizer
-    c.synthetic = ml_collections.ConfigDict(dict(
-        task="",             # 'arithmetic': write train / held-out problems (reasonax.tasks.arithmetic) as the data
-        num_examples=2000, num_heldout=200, steps=2, max_value=99))
-    c.optim.lr, c.optim.weight_decay, c.optim.warmup_steps = 1e-6, 0.0, 0
-    c.grpo = ml_collections.ConfigDict(dict(
-        files=(),                 # prompt records: .jsonl / .jsonl.gz / .parquet
-        eval_files=(),            # held-out prompts: greedy accuracy logged as eval/accuracy (eval_every)
-        eval_limit=0,             # evaluate on at most this many held-out prompts (0: all)
-        prompt_field="prompt", answer_field="answer", on_malformed="raise",
-        template="raw",           # raw | qwen-chat | gemma-chat | few-shot | tokenizer (as SFT's data.template)
-        instruction=prompts_lib.BOXED_INSTRUCTION,
-        prompts_per_step=8,       # prompts sampled per step
-        group_size=8,             # G completions per prompt (one prefill per prompt)
-        max_prompt_len=128, max_new_tokens=128,
-        row_bucket=64,            # training rows are cut to the batch's longest prompt + completion, rounded
-                                  # up to a multiple of this (one compiled step per length); 0: always full
-        temperature=1.0, top_p=1.0, top_k=0,  # sampling (the learner's log-probs use the same temperature)
-        kv_budget_gb=2.0,         # rollout engine, per device: KV cache + decode temporaries (sets the slots)
-        num_slots=0,              # rollout engine decode slots (0: as many as kv_budget_gb holds, at most 256)
-        block_steps=16,           # decode steps per jitted block (stop strings checked, slots refilled between)
-        mu=1,                     # updates over each rollout batch (num_iterations)
-        minibatches=1,            # optimizer updates per pass over the rollout batch
-        beta=0.0,                 # k3 KL weight; > 0 builds a frozen reference (the initial params)
-        eps_low=0.2, eps_high=0.28,  # clip range (eps_high > eps_low: DAPO clip-higher)
-        dual_clip=0.0,            # c > 1: dual clip of negative-advantage tokens (0: off)
-        scale_rewards="group",    # group | batch | none (Dr. GRPO)
-        adv_eps=1e-4,
-        aggregation="token-mean",  # seq-mean-token-mean | token-mean | dr-grpo | seq-mean-token-sum
-        mask_truncated=False,     # drop completions without EOS from the loss (kept in group stats)
-        dynamic_sampling=False,   # DAPO: resample to replace all-equal groups ...
-        max_sampling_rounds=3,    # ... at most this many sampling rounds per step
-        overlong_buffer=0,        # DAPO overlong penalty over the last N tokens (0: off)
-        format_weight=0.0,        # reward += weight if the completion has a \\boxed answer
-        reward_fns=(),            # extra rewards: dotted paths of fn(prompts, completions, golds) -> floats
-        is_cap=0.0,               # > 0: truncated importance weights min(pi_learner / pi_sampler, cap)
-    ))
-    return c
+    """The ConfigDict of GRPOConfig's defaults (what config files and flags edit)."""
+    return typed.to_configdict(GRPOConfig())
 
 
-def check_config(c) -> None:
-    g = c.grpo
-    rows = g.prompts_per_step * g.group_size
-    problems = []
-    if g.group_size < 2:
-        problems.append(f"grpo.group_size={g.group_size} (>= 2)")
-    if g.temperature <= 0:
-        problems.append(f"grpo.temperature={g.temperature} (> 0: GRPO needs sampled completions)")
-    if rows % (g.minibatches * c.accum_steps):
-        problems.append(f"prompts_per_step x group_size = {rows} rows do not split into minibatches="
-                        f"{g.minibatches} x accum_steps={c.accum_steps}")
-    if g.scale_rewards not in SCALES:
-        problems.append(f"grpo.scale_rewards={g.scale_rewards!r} (one of {SCALES})")
-    if g.aggregation not in AGGREGATIONS:
-        problems.append(f"grpo.aggregation={g.aggregation!r} (one of {AGGREGATIONS})")
-    if g.mu < 1 or g.minibatches < 1:
-        problems.append("grpo.mu and grpo.minibatches must be >= 1")
-    if g.num_slots < 0 or g.block_steps < 1 or g.kv_budget_gb <= 0:
-        problems.append(f"grpo.num_slots={g.num_slots} (>= 0), grpo.block_steps={g.block_steps} (>= 1), "
-                        f"grpo.kv_budget_gb={g.kv_budget_gb} (> 0)")
-    if problems:
-        raise ValueError("invalid GRPO config: " + "; ".join(problems))
+def check_config(config) -> GRPOConfig:
+    """The frozen GRPOConfig of config (batch_size, seq_len derived); ValueError naming every bad field."""
+    return typed.from_config(GRPOConfig, config)
 
 
 def write_synthetic(c) -> tuple[str, str]:
     """(train, held-out) JSONL of the synthetic task under <workdir>/data (process 0 writes)."""
-    if c.synthetic.task != "arithmetic":
-        raise ValueError(f"unknown synthetic task {c.synthetic.task!r} (known: arithmetic)")
     d = Path(c.workdir) / "data"
     paths = (d / "arithmetic.jsonl", d / "arithmetic-heldout.jsonl")
     if jax.process_index() == 0 and not paths[1].is_file():
@@ -148,15 +180,13 @@ def batch_spec(config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruc
                        advantages=lambda rows, seq: (rows,))(config, mesh)
 
 
-def build(config: ml_collections.ConfigDict) -> Plan:
+def build(config: ml_collections.ConfigDict | GRPOConfig) -> Plan:
     """The GRPO plan: rollouts from the learner's own params (rollout.RolloutSource), the clipped
     objective, the prepare pass for old / reference log-probs when needed, and with beta > 0 the
     frozen reference (the initial policy) as aux. The rollout engine's config goes with it, so the
     dry run reports the sampler's memory next to the train step's."""
-    c = common.copy_config(config)
-    check_config(c)
+    c = check_config(config)
     g = c.grpo
-    c.batch_size, c.seq_len = g.prompts_per_step * g.group_size, g.max_prompt_len + g.max_new_tokens
     cfg = common.model_config(c)
     chunk = c.loss_chunk or None
     tokenizer = functools.cache(lambda: common.load_tokenizer(c))
@@ -170,14 +200,14 @@ def build(config: ml_collections.ConfigDict) -> Plan:
 
     def source(mesh):
         tok = tokenizer()
-        prompts = rollout.load_prompts(dict_config(g, files=files()[0]), tok, g.max_prompt_len)
+        prompts = rollout.load_prompts(dataclasses.replace(g, files=tuple(files()[0])), tok, g.max_prompt_len)
         return rollout.RolloutSource(prompts, cfg, tok, g, mesh, c.seed, stop_ids(c, cfg, tok), stop_strings(c))
 
     def evaluate(mesh):
         if not files()[1]:
             return None
         tok = tokenizer()
-        held = rollout.load_prompts(dict_config(g, files=files()[1]), tok, g.max_prompt_len)
+        held = rollout.load_prompts(dataclasses.replace(g, files=tuple(files()[1])), tok, g.max_prompt_len)
         return accuracy_evaluator(held[:g.eval_limit or None], cfg, tok, g, stop_ids(c, cfg, tok), stop_strings(c))
 
     init = common.init_params_fn(c, cfg)
@@ -193,16 +223,11 @@ def build(config: ml_collections.ConfigDict) -> Plan:
                 rollout=g, module=MODULE)
 
 
-def run(config: ml_collections.ConfigDict):
+def run(config: ml_collections.ConfigDict | GRPOConfig):
     """Train with GRPO per config (rollouts from the learner's own params); export HF at the end."""
-    loop.init_distributed(config.distributed)
-    return loop.run(build(config))
-
-
-def dict_config(base: ml_collections.ConfigDict, **changes) -> ml_collections.ConfigDict:
-    out = common.copy_config(base)
-    out.update(changes)
-    return out
+    c = check_config(config)
+    loop.init_distributed(c.distributed)  # before anything touches the devices
+    return loop.run(build(c))
 
 
 def main(argv):

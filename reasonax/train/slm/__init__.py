@@ -7,7 +7,7 @@
 
 from reasonax.train.slm.objective import (SCOPES, global_selection, keep_count, reference_loss, select_tokens,
                                           selected_loss, slm_loss)
-from reasonax.train.slm.recipe import MODES, RANK_OVER, build, check_config, default_config, run
+from reasonax.train.slm.recipe import MODES, RANK_OVER, SLMConfig, build, check_config, default_config, run
 
-__all__ = ["MODES", "RANK_OVER", "SCOPES", "build", "check_config", "default_config", "global_selection",
+__all__ = ["MODES", "RANK_OVER", "SCOPES", "SLMConfig", "build", "check_config", "default_config", "global_selection",
            "keep_count", "reference_loss", "run", "select_tokens", "selected_loss", "slm_loss"]

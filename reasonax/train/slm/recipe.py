@@ -23,6 +23,7 @@ forward per step, the reference's params held on the mesh).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
 
+from reasonax import typed
 from reasonax.model import convert
 from reasonax.model import tokenizer as tokenizer_lib
 from reasonax.train import common, loop
@@ -42,41 +44,60 @@ MODES = ("offline", "online")
 MODULE = "reasonax.train.slm"
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """SFT's fields (model, tokenizer, data, eval_data, synthetic, the loop's) plus slm.*."""
-    c = common.lm_config()
-    c.slm = ml_collections.ConfigDict(dict(
-        ratio=0.6,            # k: fraction of valid tokens kept (paper: 0.6 at 1B, 0.7 at 7B); 1.0 = CLM
-        scope="batch",        # batch: rank all tokens of the batch together | sequence: top k% per row
-        rank_over="global",   # with accum_steps > 1, 'batch' ranks over: global (whole optimizer batch,
-                              # +1 forward per step) | micro (each micro-batch alone)
-        mode="offline",       # offline: score the data once and store it | online: reference forward in the step
-        reference=dict(
-            path="",          # reference model: HF directory or reasonax Orbax checkpoint (required)
-            tokenizer="",     # its tokenizer directory ('' : the reference's own; 'bytes': built-in);
+@dataclasses.dataclass(frozen=True)
+class ReferenceConfig:
+    path: str = ""            # reference model: HF directory or reasonax Orbax checkpoint (required)
+    tokenizer: str = ""       # its tokenizer directory ('' : the reference's own; 'bytes': built-in);
                               # it must equal the model's tokenizer
-            param_dtype="",   # reference params dtype ('' : param_dtype)
-        ),
-        scores_dir="",        # offline reference scores ('' : <workdir>/ref_scores); reused when the
+    param_dtype: str = ""     # reference params dtype ('' : param_dtype)
+
+    def problems(self) -> list[str]:
+        return [] if self.path else ["path is required (train one with configs/slm_ref_tiny_cpu.py, or point "
+                                     "it at an HF directory)"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SLMSettings:
+    """config.slm."""
+
+    ratio: float = 0.6        # k: fraction of valid tokens kept (paper: 0.6 at 1B, 0.7 at 7B); 1.0 = CLM
+    scope: str = "batch"      # batch: rank all tokens of the batch together | sequence: top k% per row
+    rank_over: str = "global"  # with accum_steps > 1, 'batch' ranks over: global (whole optimizer batch,
+                               # +1 forward per step) | micro (each micro-batch alone)
+    mode: str = "offline"     # offline: score the data once and store it | online: reference forward in the step
+    reference: ReferenceConfig = ReferenceConfig()
+    scores_dir: str = ""      # offline reference scores ('' : <workdir>/ref_scores); reused when the
                               # data, tokenizer and settings match, resumed when partial
-        scores_dtype="float16",  # float16 | float32
-        score_batch_size=0,   # global rows per scoring forward (0: batch_size)
-        part_records=4096,    # records per scoring part (the unit of resume)
-    ))
-    return c
+    scores_dtype: str = "float16"  # float16 | float32
+    score_batch_size: int = 0  # global rows per scoring forward (0: batch_size)
+    part_records: int = 4096  # records per scoring part (the unit of resume)
+
+    def problems(self) -> list[str]:
+        out = [] if 0.0 < self.ratio <= 1.0 else [f"ratio={self.ratio}: expected 0 < ratio <= 1"]
+        for name, allowed in (("scope", SCOPES), ("rank_over", RANK_OVER), ("mode", MODES),
+                              ("scores_dtype", ref_scores.DTYPES)):
+            if getattr(self, name) not in allowed:
+                out.append(f"{name}={getattr(self, name)!r}; expected one of {allowed}")
+        if self.score_batch_size < 0 or self.part_records < 1:
+            out.append(f"score_batch_size={self.score_batch_size} (>= 0), part_records={self.part_records} (>= 1)")
+        return out
 
 
-def check_config(c) -> None:
-    s = c.slm
-    if not 0.0 < s.ratio <= 1.0:
-        raise ValueError(f"slm.ratio={s.ratio}: expected 0 < ratio <= 1")
-    for name, value, allowed in (("scope", s.scope, SCOPES), ("rank_over", s.rank_over, RANK_OVER),
-                                 ("mode", s.mode, MODES), ("scores_dtype", s.scores_dtype, ref_scores.DTYPES)):
-        if value not in allowed:
-            raise ValueError(f"slm.{name}={value!r}; expected one of {allowed}")
-    if not s.reference.path:
-        raise ValueError("slm.reference.path is required (train one with configs/slm_ref_tiny_cpu.py, or "
-                         "point it at an HF directory)")
+@dataclasses.dataclass(frozen=True)
+class SLMConfig(common.LMConfig):
+    """SFT's fields (model, tokenizer, data, eval_data, synthetic, the loop's) plus slm.*."""
+
+    slm: SLMSettings = SLMSettings()
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The ConfigDict of SLMConfig's defaults (what config files and flags edit)."""
+    return typed.to_configdict(SLMConfig())
+
+
+def check_config(config) -> SLMConfig:
+    """The frozen SLMConfig of config; ValueError naming every bad field."""
+    return typed.from_config(SLMConfig, config)
 
 
 def load_reference(c, mesh):
@@ -110,8 +131,7 @@ def build(config: ml_collections.ConfigDict) -> Plan:
     """The SLM plan: the selective loss over the data pipeline's batches, with the reference's
     losses stored in them (offline: the scoring pass runs when the source is built) or computed
     in the step from the reference params as aux (online)."""
-    c = common.copy_config(config)
-    check_config(c)
+    c = check_config(config)
     s = c.slm
     cfg = common.model_config(c)
     chunk = c.loss_chunk or None
@@ -140,13 +160,13 @@ def build(config: ml_collections.ConfigDict) -> Plan:
                 evaluate=common.heldout_evaluator(c, cfg, tokenizer), finish=common.exporter(c, cfg), module=MODULE)
 
 
-def run(config: ml_collections.ConfigDict, score_only: bool = False):
+def run(config: ml_collections.ConfigDict | SLMConfig, score_only: bool = False):
     """Score (offline mode), then train with the SLM loss per config; export HF at the end.
     score_only: run (or finish) the scoring pass and return its RefScores, without training."""
-    loop.init_distributed(config.distributed)
-    plan = build(config)
+    c = check_config(config)
+    loop.init_distributed(c.distributed)  # before anything touches the devices
+    plan = build(c)
     if score_only:
-        c = plan.config
         if c.slm.mode != "offline":
             raise ValueError("--score_only needs slm.mode='offline' (online mode stores no scores)")
         return reference_scores(c, loop.config_mesh(c), common.load_tokenizer(c), common.data_config(c))

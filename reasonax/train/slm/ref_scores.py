@@ -68,7 +68,7 @@ def check_same_tokenizer(reference, model, ref_name: str = "reference", model_na
 
 def data_signature(config) -> dict:
     """What fixes a record's tokens: the tokenization fields and the data files with their sizes."""
-    sig = {k: config.get(k) for k in _DATA_FIELDS}
+    sig = {k: getattr(config, k) for k in _DATA_FIELDS}
     sig["files"] = [[f, os.path.getsize(f)] for f in data_lib.expand_files(config.files)]
     return sig
 
