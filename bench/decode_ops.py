@@ -55,9 +55,9 @@ def main():
 
     def proj_2d(ls, x):
         for p in ls:
-            q = transformer._project_in(x, p["q"])
-            k, v = (transformer._project_in(x, p[n]) for n in ("k", "v"))
-            x = x + transformer._project_out(q, p["o"]) + k.sum() + v.sum()
+            q = transformer._project_in(cfg, x, p, "q")
+            k, v = (transformer._project_in(cfg, x, p, n) for n in ("k", "v"))
+            x = x + transformer._project_out(cfg, q, p, "o") + k.sum() + v.sum()
         return x
 
     for name, fn in (("3-D einsums", proj_3d), ("2-D matmuls (reasonax)", proj_2d)):

@@ -22,6 +22,7 @@ ACTIVATIONS = ("silu", "gelu_tanh")
 ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
 REMAT_POLICIES = ("none", "full", "dots")
 ROPE_TYPES = ("default", "linear", "llama3")
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # the projections LoRA can adapt, in layer order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,45 @@ class RopeConfig:
     def __post_init__(self):
         if self.type not in ROPE_TYPES:
             raise ValueError(f"rope type {self.type!r} is not supported; supported: {ROPE_TYPES}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapter settings (reasonax.model.lora): rank r, alpha, rsLoRA, adapted projections.
+
+    The forward adds scale * (x A) B to each target projection, scale = alpha / r (rsLoRA:
+    alpha / sqrt(r)), as PEFT does. `targets` is kept in LORA_TARGETS order, so two configs that
+    name the same projections compare (and hash) equal.
+    """
+
+    r: int = 8
+    alpha: float = 16.0
+    rslora: bool = False
+    targets: tuple[str, ...] = LORA_TARGETS
+
+    def __post_init__(self):
+        targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
+        problems = []
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            problems.append(f"r must be an int >= 1, got {self.r!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
+            problems.append(f"alpha must be a number > 0, got {self.alpha!r}")
+        if not isinstance(self.rslora, bool):
+            problems.append(f"rslora must be a bool, got {self.rslora!r}")
+        if not targets:
+            problems.append(f"targets is empty; choose from {LORA_TARGETS}")
+        if bad := [t for t in targets if t not in LORA_TARGETS]:
+            problems.append(f"unknown targets {bad}; choose from {LORA_TARGETS}")
+        if len(set(targets)) != len(targets):
+            problems.append(f"targets {targets} name a projection twice")
+        if problems:
+            raise ValueError("invalid LoraConfig: " + "; ".join(problems))
+        object.__setattr__(self, "alpha", float(self.alpha))
+        object.__setattr__(self, "targets", tuple(t for t in LORA_TARGETS if t in targets))
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (self.r ** 0.5 if self.rslora else self.r)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +114,9 @@ class ModelConfig:
     pad_token_id: int | None = None
     attention_impl: str = "einsum"  # einsum (reference) | xla | cudnn (jax.nn.dot_product_attention)
     remat: str = "none"  # rematerialisation of each scanned layer: none | full | dots
+    # LoRA settings; the forward applies the adapters that params["layers"]["lora"] carries with
+    # lora.scale, and base-only params run the base under the same config (reasonax.model.lora)
+    lora: LoraConfig | None = None
 
     def __post_init__(self):
         if not self.layer_types:
@@ -99,6 +142,8 @@ class ModelConfig:
             problems.append(f"remat {self.remat!r} not in {REMAT_POLICIES}")
         if self.head_dim % 2:
             problems.append(f"head_dim {self.head_dim} must be even for RoPE")
+        if self.lora is not None and not isinstance(self.lora, LoraConfig):
+            problems.append(f"lora must be a LoraConfig or None, got {type(self.lora).__name__}")
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
 
@@ -313,6 +358,8 @@ def config_from_dict(d: dict) -> ModelConfig:
     for key in ("rope", "rope_local"):
         if isinstance(d.get(key), dict):
             d[key] = RopeConfig(**d[key])
+    if isinstance(d.get("lora"), dict):
+        d["lora"] = LoraConfig(**d["lora"])
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     if unknown := sorted(set(d) - known):
         raise ValueError(f"unknown ModelConfig fields {unknown}")

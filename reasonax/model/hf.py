@@ -26,7 +26,7 @@ from safetensors.numpy import save_file
 
 from reasonax.model import sharding
 from reasonax.model.config import FAMILIES, FULL, SLIDING, ModelConfig, RopeConfig
-from reasonax.model.params import ParamSpec, is_spec, param_specs
+from reasonax.model.params import ADAPTERS, ParamSpec, is_spec, param_specs
 
 SUPPORTED_MODEL_TYPES = (*FAMILIES, "gemma3")  # gemma3: the multimodal checkpoint's text model
 # tensors of multimodal checkpoints (and buffers) that a text model does not use
@@ -155,7 +155,7 @@ def config_to_hf(cfg: ModelConfig):
         kw["rope_parameters"] = _rope_to_hf(cfg.rope)
     hf_cfg = getattr(transformers, FAMILIES[mt].hf_config)(**kw)
     back = config_from_hf(hf_cfg, where="export")
-    runtime = dict(attention_impl=cfg.attention_impl, remat=cfg.remat)
+    runtime = dict(attention_impl=cfg.attention_impl, remat=cfg.remat, lora=cfg.lora)
     if cfg.rope_local is None and back.rope_local == cfg.rope:
         runtime["rope_local"] = None
     if back.replace(**runtime) != cfg:
@@ -341,11 +341,12 @@ def load_hf(path: str | os.PathLike, dtype="float32", mesh: jax.sharding.Mesh | 
 # save
 
 
-def _host_tensors(params: dict, cfg: ModelConfig, dtype) -> Iterator[tuple[str, np.ndarray]]:
-    """(HF name, numpy array in HF layout) one at a time."""
+def host_tensors(params, specs, dtype) -> Iterator[tuple[str, np.ndarray]]:
+    """(HF name, numpy array in HF layout) of each array of `params`, declared by the ParamSpec
+    tree `specs`, one at a time (gathered from every process on multi-host runs)."""
     from jax.experimental import multihost_utils
 
-    specs, treedef = jax.tree.flatten(param_specs(cfg), is_leaf=is_spec)
+    specs, treedef = jax.tree.flatten(specs, is_leaf=is_spec)
     arrays = treedef.flatten_up_to(params)
     for spec, arr in zip(specs, arrays):
         if tuple(arr.shape) != spec.shape:
@@ -366,6 +367,9 @@ def save_hf(params: dict, cfg: ModelConfig, out_dir: str | os.PathLike, dtype=No
     dtype: None keeps the params' dtype. tokenizer_dir: copy tokenizer files from there.
     On multi-host runs every process must call this; process 0 writes.
     """
+    if isinstance(params.get("layers"), dict) and ADAPTERS in params["layers"]:
+        raise ValueError(f"params carry LoRA adapters (params['layers'][{ADAPTERS!r}]): save the merged model, "
+                         "save_hf(lora.merge(base, adapters, cfg), cfg, ...), or the adapters, lora.save_peft(...)")
     out_dir = Path(out_dir)
     write = jax.process_index() == 0
     if write:
@@ -385,7 +389,7 @@ def save_hf(params: dict, cfg: ModelConfig, out_dir: str | os.PathLike, dtype=No
             save_file(shard, str(out_dir / files[-1]), metadata={"format": "pt"})
         shard.clear()
 
-    for name, t in _host_tensors(params, cfg, np_dtype):
+    for name, t in host_tensors(params, param_specs(cfg), np_dtype):
         if shard and sum(a.nbytes for a in shard.values()) + t.nbytes > max_shard_bytes:
             flush()
         shard[name] = t

@@ -1,6 +1,7 @@
-"""Norms, rotary embeddings and the gated MLP as pure functions.
+"""Norms, rotary embeddings, the gated MLP and the LoRA term of a projection, as pure functions.
 
-Einsum letters: B batch, T query positions, D hidden, F mlp hidden, H head dim.
+Einsum letters: B batch, T query positions, D hidden, F mlp hidden, H head dim, R LoRA rank,
+I / O a projection's (flattened) input / output features.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reasonax.model.config import ModelConfig, RopeConfig
+from reasonax.model.params import ADAPTERS
 
 
 def rms_norm(x: jax.Array, w: jax.Array, eps: float, plus_one: bool) -> jax.Array:
@@ -63,8 +65,32 @@ def activation(cfg: ModelConfig, x: jax.Array) -> jax.Array:
     return jax.nn.silu(x)
 
 
+def lora(cfg: ModelConfig, y: jax.Array, x: jax.Array, p: dict, name: str) -> jax.Array:
+    """y + cfg.lora.scale * (x A) B for projection `name` when the layer params p carry its adapter
+    (p["lora"][name]: a [R, I...], b [O..., R]); y unchanged otherwise. x [B,T,I] is the input and
+    y [B,T,O] the base output of the projection, both with flattened features. The merged weight
+    W + scale B A is never formed; the term is added in y's dtype."""
+    adapters = p.get(ADAPTERS)
+    if adapters is None:
+        return y
+    if cfg.lora is None or set(adapters) != set(cfg.lora.targets):
+        raise ValueError(f"params carry LoRA adapters for {sorted(adapters)} but cfg.lora is {cfg.lora}: give the "
+                         "config the adapters' settings (cfg.replace(lora=LoraConfig(...)))")
+    if name not in adapters:
+        return y
+    a, b = adapters[name]["a"], adapters[name]["b"]
+    r = cfg.lora.r
+    a, b = a.reshape(a.shape[0], -1), b.reshape(-1, b.shape[-1])
+    if a.shape != (r, x.shape[-1]) or b.shape != (y.shape[-1], r):
+        raise ValueError(f"LoRA adapter {name}: a {a.shape} and b {b.shape} (flattened), expected "
+                         f"a {(r, x.shape[-1])} and b {(y.shape[-1], r)} for rank {r}")
+    xa = jnp.einsum("BTI,RI->BTR", x, a) * cfg.lora.scale
+    return y + jnp.einsum("BTR,OR->BTO", xa, b).astype(y.dtype)
+
+
 def mlp(cfg: ModelConfig, p: dict, x: jax.Array) -> jax.Array:
-    """Gated MLP: down(act(gate(x)) * up(x))."""
-    gate = jnp.einsum("BTD,FD->BTF", x, p["gate"])
-    up = jnp.einsum("BTD,FD->BTF", x, p["up"])
-    return jnp.einsum("BTF,DF->BTD", activation(cfg, gate) * up, p["down"])
+    """Gated MLP: down(act(gate(x)) * up(x)), with LoRA terms where p carries adapters."""
+    gate = lora(cfg, jnp.einsum("BTD,FD->BTF", x, p["gate"]), x, p, "gate")
+    up = lora(cfg, jnp.einsum("BTD,FD->BTF", x, p["up"]), x, p, "up")
+    h = activation(cfg, gate) * up
+    return lora(cfg, jnp.einsum("BTF,DF->BTD", h, p["down"]), h, p, "down")

@@ -15,6 +15,7 @@ Layout (D hidden, N query heads, K kv heads, H head_dim, F mlp, V vocab, L layer
     layers/o [L, D, N, H]            ...o_proj ([D, N*H] in HF)
     layers/gate, up [L, F, D]; down [L, D, F]
     layers/*_norm [L, D] or [L, H]; layers/*_bias
+    layers/lora/{target}/a, b        LoRA adapters, when present (declared in reasonax.model.lora)
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import jax.numpy as jnp
 from reasonax.model import sharding
 from reasonax.model.config import ModelConfig
 
+ADAPTERS = "lora"  # params["layers"][ADAPTERS]: the LoRA adapters a forward applies (reasonax.model.lora)
+
 
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
@@ -38,7 +41,7 @@ class ParamSpec:
     shape: tuple[int, ...]
     axes: tuple[str | None, ...]
     hf_name: str
-    init: str = "normal"  # normal | zeros | ones
+    init: str = "normal"  # normal | zeros | ones | fan_in_uniform (U(+-1/sqrt(fan_in)), fan_in = layer_shape[1:])
     hf_shape: tuple[int, ...] | None = None
 
     @property
@@ -114,20 +117,40 @@ def num_params(cfg: ModelConfig) -> int:
     return sum(math.prod(s.shape) for s in jax.tree.leaves(param_specs(cfg), is_leaf=is_spec))
 
 
+def spec_shardings(specs, mesh: jax.sharding.Mesh, rules=sharding.DEFAULT_RULES):
+    """NamedSharding of every ParamSpec in the tree `specs` on `mesh`, from its logical axes."""
+    return jax.tree.map(lambda s: sharding.named_sharding(mesh, s.axes, s.shape, rules), specs, is_leaf=is_spec)
+
+
+def abstract_specs(specs, dtype=jnp.float32, mesh=None, rules=sharding.DEFAULT_RULES):
+    """jax.ShapeDtypeStruct tree of a ParamSpec tree (with shardings when a mesh is given)."""
+    if mesh is None:
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), specs, is_leaf=is_spec)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, dtype, sharding=sh), specs,
+                        spec_shardings(specs, mesh, rules), is_leaf=is_spec)
+
+
+def init_specs(specs, key: jax.Array, dtype=jnp.float32, mesh=None, std: float = 0.02,
+               rules=sharding.DEFAULT_RULES):
+    """Random arrays for a ParamSpec tree, each created directly in its sharding when a mesh is given."""
+    leaves, treedef = jax.tree.flatten(specs, is_leaf=is_spec)
+
+    def make(key):
+        keys = jax.random.split(key, len(leaves))
+        return treedef.unflatten([_init_one(s, k, dtype, std) for s, k in zip(leaves, keys)])
+
+    out_shardings = None if mesh is None else spec_shardings(specs, mesh, rules)
+    return jax.jit(make, out_shardings=out_shardings)(key)
+
+
 def param_shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules=sharding.DEFAULT_RULES):
     """NamedSharding of every parameter on `mesh`, from the logical axes of its declaration."""
-    return jax.tree.map(lambda s: sharding.named_sharding(mesh, s.axes, s.shape, rules),
-                        param_specs(cfg), is_leaf=is_spec)
+    return spec_shardings(param_specs(cfg), mesh, rules)
 
 
 def abstract_params(cfg: ModelConfig, dtype=jnp.float32, mesh=None, rules=sharding.DEFAULT_RULES):
     """jax.ShapeDtypeStruct pytree of the params (with shardings when a mesh is given)."""
-    specs = param_specs(cfg)
-    if mesh is None:
-        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), specs, is_leaf=is_spec)
-    shard = param_shardings(cfg, mesh, rules)
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, dtype, sharding=sh), specs, shard,
-                        is_leaf=is_spec)
+    return abstract_specs(param_specs(cfg), dtype, mesh, rules)
 
 
 def _init_one(spec: ParamSpec, key, dtype, std: float):
@@ -135,6 +158,11 @@ def _init_one(spec: ParamSpec, key, dtype, std: float):
         return jnp.zeros(spec.shape, dtype)
     if spec.init == "ones":
         return jnp.ones(spec.shape, dtype)
+    if spec.init == "fan_in_uniform":
+        bound = 1.0 / math.sqrt(math.prod(spec.layer_shape[1:]))
+        return jax.random.uniform(key, spec.shape, jnp.float32, -bound, bound).astype(dtype)
+    if spec.init != "normal":
+        raise ValueError(f"param {spec.hf_name}: unknown init {spec.init!r}")
     return (std * jax.random.normal(key, spec.shape, jnp.float32)).astype(dtype)
 
 
@@ -144,12 +172,4 @@ def init_params(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32, mesh=None, 
 
     With a mesh, every array is created directly in its sharding (no host copy of the model).
     """
-    specs = param_specs(cfg)
-    leaves, treedef = jax.tree.flatten(specs, is_leaf=is_spec)
-
-    def make(key):
-        keys = jax.random.split(key, len(leaves))
-        return treedef.unflatten([_init_one(s, k, dtype, std) for s, k in zip(leaves, keys)])
-
-    out_shardings = None if mesh is None else param_shardings(cfg, mesh, rules)
-    return jax.jit(make, out_shardings=out_shardings)(key)
+    return init_specs(param_specs(cfg), key, dtype, mesh, std, rules)

@@ -51,18 +51,22 @@ def _norm(cfg: ModelConfig, x, w):
     return layers.rms_norm(x, w, cfg.rms_norm_eps, cfg.norm_plus_one)
 
 
-def _project_in(h, w):
-    """'BTD,NHD->BTNH' as a 2-D matmul over flattened heads (X = N*H): the reshapes are free, and
-    XLA's CPU dot runs an order of magnitude faster on [X, D] than on an [N, H, D] operand
-    (bench/decode_ops.py)."""
+def _project_in(cfg: ModelConfig, h, p, name):
+    """'BTD,NHD->BTNH' by the weight p[name] as a 2-D matmul over flattened heads (X = N*H): the
+    reshapes are free, and XLA's CPU dot runs an order of magnitude faster on [X, D] than on an
+    [N, H, D] operand (bench/decode_ops.py). Plus the LoRA term when p carries adapters."""
+    w = p[name]
     B, T, D = h.shape
-    return jnp.einsum("BTD,XD->BTX", h, w.reshape(-1, D)).reshape(B, T, *w.shape[:-1])
+    y = jnp.einsum("BTD,XD->BTX", h, w.reshape(-1, D))
+    return layers.lora(cfg, y, h, p, name).reshape(B, T, *w.shape[:-1])
 
 
-def _project_out(a, w):
-    """'BTNH,DNH->BTD' as a 2-D matmul over flattened heads (see _project_in)."""
+def _project_out(cfg: ModelConfig, a, p, name):
+    """'BTNH,DNH->BTD' by the weight p[name] as a 2-D matmul over flattened heads (see _project_in)."""
+    w = p[name]
     B, T = a.shape[:2]
-    return jnp.einsum("BTX,DX->BTD", a.reshape(B, T, -1), w.reshape(w.shape[0], -1))
+    a = a.reshape(B, T, -1)
+    return layers.lora(cfg, jnp.einsum("BTX,DX->BTD", a, w.reshape(w.shape[0], -1)), a, p, name)
 
 
 def _first_blocks(blocks: tuple, columns: int) -> tuple:
@@ -97,7 +101,7 @@ def _decoder_layer(cfg: ModelConfig, x, p, cos, sin, mask, kv, layer, cols, attn
     place, and the layer's first attn_len columns are attended to.
     """
     h = _norm(cfg, x, p["pre_attn_norm"])
-    q, k, v = (_project_in(h, p[name]) for name in ("q", "k", "v"))
+    q, k, v = (_project_in(cfg, h, p, name) for name in ("q", "k", "v"))
     if cfg.qkv_bias:
         q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
     if cfg.qk_norm:
@@ -112,7 +116,7 @@ def _decoder_layer(cfg: ModelConfig, x, p, cos, sin, mask, kv, layer, cols, attn
         else:
             kv = tuple(c.at[layer, rows, cols].set(new.astype(c.dtype), mode="drop") for c, new in zip(kv, (k, v)))
             k, v = (jax.lax.dynamic_index_in_dim(c, layer, axis=0, keepdims=False)[:, :attn_len] for c in kv)
-    out = _project_out(attention.attend(cfg, q, k, v, mask), p["o"])
+    out = _project_out(cfg, attention.attend(cfg, q, k, v, mask), p, "o")
     if cfg.o_bias:
         out = out + p["o_bias"]
     if cfg.sandwich_norm:
