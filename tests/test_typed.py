@@ -6,12 +6,15 @@ import dataclasses
 import ml_collections
 import pytest
 
-from reasonax import typed
+from reasonax import evaluate, typed
+from reasonax.sample import generate_cli
 from reasonax.train import data, grpo, loop, sft, slm
 from reasonax.train.common import LMConfig
 
 
-@pytest.mark.parametrize("recipe, cls", [(sft, sft.SFTConfig), (slm, slm.SLMConfig), (grpo, grpo.GRPOConfig)])
+@pytest.mark.parametrize("recipe, cls", [(sft, sft.SFTConfig), (slm, slm.SLMConfig), (grpo, grpo.GRPOConfig),
+                                         (generate_cli, generate_cli.GenerateConfig),
+                                         (evaluate, evaluate.EvaluateConfig)])
 def test_default_configdict_round_trips(recipe, cls):
     c = recipe.default_config()
     assert isinstance(c, ml_collections.ConfigDict)
@@ -97,3 +100,13 @@ def test_data_config_checks_and_optional_fields_take_flags():
         data.check_config(dict(files=["x"], template="chatml"))
     with pytest.raises(ValueError, match=r"data.files=\[\] must be a non-empty list"):
         data.check_config(dict())
+
+
+def test_evaluate_checks_its_generate_group():
+    c = evaluate.default_config()
+    c.generate.prompt_format, c.generate.sampling.n, c.ks = "chatml", 0, ()
+    with pytest.raises(ValueError) as e:
+        typed.from_config(evaluate.EvaluateConfig, c)
+    msg = str(e.value)
+    assert "config.generate: prompt_format='chatml'" in msg and "config.generate.sampling: max_new_tokens=256 " \
+        "and n=0 must be >= 1" in msg and "config: ks=[] must be a non-empty list" in msg

@@ -14,6 +14,7 @@ tokens/s, the decode slots and their KV memory, and slot use.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -21,10 +22,11 @@ from collections import Counter
 from pathlib import Path
 
 import jax
+import ml_collections
 from absl import app, logging
 from ml_collections import config_flags
 
-from reasonax import jsonl
+from reasonax import jsonl, typed
 from reasonax.cli import flag_config
 from reasonax.model import convert, prompts as prompts_lib
 from reasonax.model.sharding import make_mesh
@@ -33,36 +35,60 @@ from reasonax.sample import budget, engine
 from reasonax.sample.sampler import SamplingParams
 from reasonax.sample.stops import StopStrings, cut_at_stop, stop_token_ids
 
-def default_config():
-    """Every field of a generate config, with its default and meaning."""
-    import ml_collections
+@dataclasses.dataclass(frozen=True)
+class SamplingFields:
+    max_new_tokens: int = 256
+    temperature: float = 0.7  # 0 = greedy
+    top_k: int = 0            # 0 = off
+    top_p: float = 1.0        # 1 = off
+    min_p: float = 0.0        # 0 = off
+    n: int = 1                # samples per prompt (the prompt is prefilled once for all of them)
 
-    c = ml_collections.ConfigDict()
-    c.model = ""  # HF directory (config.json + safetensors) or reasonax Orbax checkpoint (convert CLI)
-    c.dtype = "float32"  # parameter / activation dtype: float32 or bfloat16
-    c.prompts = ""  # input JSONL, one question per line
-    c.id_field = "id"  # field with a unique prompt id ("" = use the line number)
-    c.question_field = "question"  # field with the question text (dotted names reach nested fields)
-    c.prompt_format = "auto"  # auto (the model family's chat format) | qwen-chat | gemma-chat | few-shot
-    c.instruction = prompts_lib.BOXED_INSTRUCTION  # instruction of the chat formats
-    c.few_shot = ""  # JSONL of {"question", "answer"} worked examples prepended to every prompt
-    c.num_few_shot = 0  # how many of them (0 = all)
-    c.stop_strings = ()  # text that ends a completion (checked after every decode block); empty = the format's
-    c.output = ""  # output JSONL; <output>.summary.json is written next to it
-    c.sampling = ml_collections.ConfigDict()
-    c.sampling.max_new_tokens = 256
-    c.sampling.temperature = 0.7  # 0 = greedy
-    c.sampling.top_k = 0  # 0 = off
-    c.sampling.top_p = 1.0  # 1 = off
-    c.sampling.min_p = 0.0  # 0 = off
-    c.sampling.n = 1  # samples per prompt (the prompt is prefilled once for all of them)
-    c.seed = 0  # sampling seed; each (prompt line, sample index) has its own key
-    c.kv_budget_gb = 2.0  # per device: KV cache + decode temporaries of the slots (sets the slot count)
-    c.num_slots = 0  # decode slots (0 = as many as kv_budget_gb holds, at most 256)
-    c.block_steps = 16  # decode steps per jitted block (stop strings are checked between blocks)
-    c.save_logprobs = False  # add per-token log-probs (sampling distribution) to each record
-    c.progress = True  # progress bar
-    return c
+    def problems(self) -> list[str]:
+        if self.max_new_tokens < 1 or self.n < 1 or self.temperature < 0 or self.top_k < 0:
+            return [f"max_new_tokens={self.max_new_tokens} and n={self.n} must be >= 1, temperature="
+                    f"{self.temperature} and top_k={self.top_k} >= 0"]
+        return []
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    """Every field of a generate config, with its default and meaning."""
+
+    model: str = ""           # HF directory (config.json + safetensors) or reasonax Orbax checkpoint (convert CLI)
+    dtype: str = "float32"    # parameter / activation dtype: float32 or bfloat16
+    prompts: str = ""         # input JSONL, one question per line
+    id_field: str = "id"      # field with a unique prompt id ("" = use the line number)
+    question_field: str = "question"  # field with the question text (dotted names reach nested fields)
+    prompt_format: str = "auto"  # auto (the model family's chat format) | qwen-chat | gemma-chat | few-shot
+    instruction: str = prompts_lib.BOXED_INSTRUCTION  # instruction of the chat formats
+    few_shot: str = ""        # JSONL of {"question", "answer"} worked examples prepended to every prompt
+    num_few_shot: int = 0     # how many of them (0 = all)
+    stop_strings: tuple[str, ...] = ()  # text that ends a completion (checked after every decode block); empty = the format's
+    output: str = ""          # output JSONL; <output>.summary.json is written next to it
+    sampling: SamplingFields = SamplingFields()
+    seed: int = 0             # sampling seed; each (prompt line, sample index) has its own key
+    kv_budget_gb: float = 2.0  # per device: KV cache + decode temporaries of the slots (sets the slot count)
+    num_slots: int = 0        # decode slots (0 = as many as kv_budget_gb holds, at most 256)
+    block_steps: int = 16     # decode steps per jitted block (stop strings are checked between blocks)
+    save_logprobs: bool = False  # add per-token log-probs (sampling distribution) to each record
+    progress: bool = True     # progress bar
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.prompt_format != "auto" and self.prompt_format not in prompts_lib.FORMATS:
+            out.append(f"prompt_format={self.prompt_format!r}; expected auto or one of {tuple(prompts_lib.FORMATS)}")
+        if self.dtype not in ("float32", "bfloat16"):
+            out.append(f"dtype={self.dtype!r}; expected float32 or bfloat16")
+        if self.num_slots < 0 or self.block_steps < 1 or self.kv_budget_gb <= 0:
+            out.append(f"num_slots={self.num_slots} (>= 0), block_steps={self.block_steps} (>= 1), "
+                       f"kv_budget_gb={self.kv_budget_gb} (> 0)")
+        return out
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The ConfigDict of GenerateConfig's defaults (what config files and flags edit)."""
+    return typed.to_configdict(GenerateConfig())
 
 
 def load_prompts(cfg) -> list[dict]:
@@ -104,7 +130,9 @@ def completed(output: Path, n: int) -> set[str]:
     return done
 
 
-def run(cfg) -> dict:
+def run(cfg: ml_collections.ConfigDict | GenerateConfig) -> dict:
+    """Generate per cfg (converted once into a GenerateConfig); returns the summary it writes."""
+    cfg = typed.from_config(GenerateConfig, cfg)
     mesh = make_mesh(data=-1) if jax.device_count() > 1 else None
     model_cfg, params = convert.load_model(cfg.model, dtype=cfg.dtype, mesh=mesh)
     tokenizer = load_tokenizer(cfg.model)
