@@ -160,10 +160,10 @@ def test_init_sharded_follows_peft_default():
     adapters = lora.init_adapters(cfg, jax.random.key(3), mesh=mesh)
     jax.tree.map(lambda a, s: a.sharding.is_equivalent_to(s, a.ndim) or pytest.fail(f"{a.sharding} vs {s}"),
                  adapters, lora.adapter_shardings(cfg, mesh))
-    # the base weight's rules: heads over tensor, hidden over fsdp, the rank replicated
-    assert adapters["q"]["a"].sharding.spec == P(None, None, "fsdp")
-    assert adapters["q"]["b"].sharding.spec == P(None, "tensor", None, None)
-    assert adapters["down"]["a"].sharding.spec == P(None, None, "tensor")
+    # the base weight's rules (heads and mlp over tensor), the rank over fsdp (then A's hidden stays whole)
+    assert adapters["q"]["a"].sharding.spec == P(None, "fsdp", None)
+    assert adapters["q"]["b"].sharding.spec == P(None, "tensor", None, "fsdp")
+    assert adapters["down"]["a"].sharding.spec == P(None, "fsdp", "tensor")
     fan_in = {"q": 64, "k": 64, "v": 64, "o": 4 * 16, "gate": 64, "up": 64, "down": 128}
     for t, ab in adapters.items():
         a = np.asarray(ab["a"])

@@ -41,8 +41,9 @@ Layout (r rank; PEFT's tensor of layer i is a reshape of ours, no transposes):
     gate/up a [L, r, D]      b [L, F, r]        ...mlp.{gate,up}_proj
     down    a [L, r, F]      b [L, D, r]        ...mlp.down_proj
 
-A and B keep the base weight's logical axes on their input / output dims (and a replicated
-"lora_rank" axis), so the base's sharding rules place them. A is drawn from
+A and B keep the base weight's logical axes on their input / output dims, plus a "lora_rank"
+axis that the sharding rules split over fsdp (so B, which has no hidden axis, and the adapters'
+AdamW state are FSDP-sharded too; A's hidden axis then stays whole). A is drawn from
 U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PEFT's default (kaiming_uniform with a = sqrt(5), the
 nn.Linear init), B is zero, so a fresh adapter leaves the model unchanged. Adapters may be
 float32 on a bfloat16 base: x A and its product with B run in the promoted dtype and the term
@@ -77,7 +78,7 @@ __all__ = ["ADAPTERS", "LORA_TARGETS", "LoraConfig", "abstract_adapters", "adapt
            "init_adapters", "load_peft", "merge", "num_adapter_params", "read_peft_config", "save_peft",
            "split_adapters", "with_adapters"]
 
-RANK_AXIS = "lora_rank"  # no sharding rule: replicated
+RANK_AXIS = "lora_rank"  # sharded over fsdp (model.sharding.DEFAULT_RULES)
 PEFT_MODULES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj", "up": "up_proj",
                 "down": "down_proj"}
 PEFT_PREFIX = "base_model.model."  # PeftModel wraps the HF model (base_model) whose .model is the causal LM
@@ -119,7 +120,7 @@ def num_adapter_params(cfg: ModelConfig) -> int:
 
 
 def adapter_shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules=sharding.DEFAULT_RULES) -> dict:
-    """NamedSharding of every adapter array on `mesh` (the base weight's rules; rank replicated)."""
+    """NamedSharding of every adapter array on `mesh` (the base weight's rules; rank over fsdp)."""
     return spec_shardings(adapter_specs(cfg), mesh, rules)
 
 

@@ -25,6 +25,9 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("q_heads", ("tensor",)),
     ("kv_heads", ("tensor",)),
     ("mlp", ("tensor",)),
+    # LoRA's rank axis (reasonax.model.lora): FSDP-sharded like the base's embed axis, so every
+    # adapter (B has no embed axis) and its AdamW state split over fsdp; A's embed axis then stays whole
+    ("lora_rank", ("fsdp",)),
     # replicated: layers, head_dim, norm, seq
 )
 

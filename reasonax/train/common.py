@@ -23,7 +23,7 @@ from reasonax.model import tokenizer as tokenizer_lib
 from reasonax.tasks import arithmetic
 from reasonax.tasks.byte_tokenizer import byte_tokenizer
 from reasonax.train import data as data_lib
-from reasonax.train import dry_run, loop
+from reasonax.train import adapters, dry_run, loop
 from reasonax.train.loss import sft_loss
 
 
@@ -101,7 +101,7 @@ def model_config(c) -> ModelConfig:
         if changed:
             raise ValueError(f"model.overrides {changed} change parameter shapes of the checkpoint at "
                              f"{c.model.path} ({', '.join(f'{k}: {getattr(cfg, k)} -> {overrides[k]}' for k in changed)})")
-    return cfg.replace(**overrides, remat=c.remat)
+    return cfg.replace(**overrides, remat=c.remat, lora=adapters.settings(c.lora))
 
 
 def init_params_fn(c, cfg: ModelConfig):
@@ -210,6 +210,11 @@ def exporter(c, cfg: ModelConfig) -> Callable:
         return hf.save_hf(params, cfg.replace(remat="none"), out, tokenizer_dir=tokenizer_dir(c))
 
     return export
+
+
+def with_lora(plan, c):
+    """plan, trained with LoRA adapters when config.lora is on (reasonax.train.adapters)."""
+    return adapters.lora_plan(plan, c) if c.lora.enabled else plan
 
 
 def recipe_flags(configs: str, dry_run_help: str) -> None:

@@ -38,6 +38,7 @@ from reasonax.model import num_params
 from reasonax.model.cache import kv_bytes_per_row
 from reasonax.model import sharding as sharding_lib
 from reasonax.model.config import ModelConfig
+from reasonax.model.lora import num_adapter_params
 from reasonax.sample import SamplingParams, engine, sampler
 from reasonax.train import state as state_lib
 from reasonax.train.step import build_train_step, resolve_layer_loop
@@ -151,8 +152,9 @@ def dry_run(plan, device_memory_gib: float | None = None) -> dict:
                          f"(run with XLA_FLAGS={_COUNT_FLAG}={n} JAX_PLATFORMS=cpu)")
     check_batch(config, shape)
     mesh = sharding_lib.make_mesh(**shape, devices=jax.devices()[:n])
-    optimizer = state_lib.make_optimizer(config.optim, model_cfg)
-    abstract = state_lib.abstract_state(model_cfg, optimizer, mesh, jnp.dtype(config.param_dtype))
+    optimizer = state_lib.make_optimizer(config.optim, model_cfg, plan.trainable)
+    abstract = state_lib.abstract_state(model_cfg, optimizer, mesh, jnp.dtype(plan.trainable_dtype or config.param_dtype),
+                                        plan.trainable)
     shardings = jax.tree.map(lambda a: a.sharding, abstract)
     batch = plan.batch_spec(config, mesh)
     aux = (plan.aux_spec(mesh),) if plan.aux_spec is not None else ()
@@ -172,7 +174,9 @@ def dry_run(plan, device_memory_gib: float | None = None) -> dict:
     aux_bytes = per_device_bytes(aux[0]) if aux else 0
     report = {
         "model": {"model_type": model_cfg.model_type, "num_layers": model_cfg.num_layers,
-                  "hidden_size": model_cfg.hidden_size, "num_params": num_params(model_cfg)},
+                  "hidden_size": model_cfg.hidden_size, "num_params": num_params(model_cfg),
+                  **({"lora": {"r": model_cfg.lora.r, "targets": list(model_cfg.lora.targets),
+                               "num_adapter_params": num_adapter_params(model_cfg)}} if model_cfg.lora else {})},
         "mesh": shape, "num_devices": n, "backend": jax.default_backend(),
         "batch": {"batch_size": int(config.batch_size), "accum_steps": int(config.accum_steps),
                   "seq_len": int(config.seq_len)},
@@ -180,13 +184,15 @@ def dry_run(plan, device_memory_gib: float | None = None) -> dict:
         "per_device_bytes": {"params": per_device_bytes(abstract.params),
                              "opt_state": per_device_bytes(abstract.opt_state),
                              "batch": per_device_bytes(batch),
-                             **({"reference": aux_bytes} if aux else {})},
+                             **({("frozen" if plan.trainable is not None else "reference"): aux_bytes}
+                                if aux else {})},
         "compiled": compiled_memory(compiled),
         "lower_seconds": lowered_at - start, "compile_seconds": done - lowered_at,
     }
     peak = report["compiled"].get("total") if report["compiled"] else None
     if plan.rollout is not None:
-        sampler = sampler_memory(model_cfg, abstract.params, mesh, plan.rollout, int(config.batch_size))
+        policy = abstract.params if plan.policy is None else plan.policy(abstract.params, aux[0])
+        sampler = sampler_memory(model_cfg, policy, mesh, plan.rollout, int(config.batch_size))
         c = sampler["compiled"] or {}
         # while rolling out the train state stays resident; the decode block's arguments are the
         # params (already counted) and the slots
@@ -210,7 +216,9 @@ def format_report(report: dict) -> str:
     mesh = " x ".join(f"{a}={n}" for a, n in report["mesh"].items())
     rows = [
         f"dry run: {m['model_type']}, {m['num_params'] / 1e9:.3f}B params, {m['num_layers']} layers, "
-        f"{report['param_dtype']} params, remat={report['remat']}",
+        f"{report['param_dtype']} params, remat={report['remat']}"
+        + (f"; LoRA r={m['lora']['r']} on {','.join(m['lora']['targets'])}: {m['lora']['num_adapter_params'] / 1e6:.1f}M "
+           "trained params" if "lora" in m else ""),
         f"mesh {mesh} ({report['num_devices']} {report['backend']} devices); batch {b['batch_size']} rows x "
         f"{b['seq_len']} tokens, accum_steps={b['accum_steps']}",
         f"lower {report['lower_seconds']:.1f} s, compile {report['compile_seconds']:.1f} s",
@@ -218,11 +226,13 @@ def format_report(report: dict) -> str:
         f"{'per device':<44}{'memory':>13}",
     ]
     d = report["per_device_bytes"]
-    rows += [f"  {'params (exact)':<42}{_gib(d['params'])}",
+    rows += [f"  {'trained params (exact)' if 'frozen' in d else 'params (exact)':<42}{_gib(d['params'])}",
              f"  {'optimizer state (exact)':<42}{_gib(d['opt_state'])}",
              f"  {'batch (exact)':<42}{_gib(d['batch'])}"]
     if "reference" in d:
         rows.append(f"  {'frozen reference params (exact)':<42}{_gib(d['reference'])}")
+    if "frozen" in d:
+        rows.append(f"  {'frozen base (+ any reference) (exact)':<42}{_gib(d['frozen'])}")
     c = report["compiled"]
     if c is None:
         rows.append("  compiled step: no memory analysis from this backend")

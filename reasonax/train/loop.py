@@ -25,7 +25,7 @@ import ml_collections
 from reasonax import typed
 from reasonax.model import flops as flops_lib
 from reasonax.model import sharding
-from reasonax.model.config import REMAT_POLICIES, config_to_dict
+from reasonax.model.config import LORA_TARGETS, REMAT_POLICIES, LoraConfig, config_to_dict
 from reasonax.train import data as data_lib
 from reasonax.train import monitor
 from reasonax.train import state as state_lib
@@ -67,6 +67,36 @@ class DistributedConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraFields:
+    """LoRA (config.lora; reasonax.train.adapters): train low-rank adapters on a frozen base."""
+
+    r: int = 0                # rank; 0: off (full fine-tuning)
+    alpha: float = 16.0       # scale alpha / r (rslora: alpha / sqrt(r))
+    rslora: bool = False
+    targets: tuple[str, ...] = LORA_TARGETS  # adapted projections: any of q, k, v, o, gate, up, down
+    init_from: str = ""       # a PEFT adapter directory to start from (its r, alpha, rslora, targets are used)
+    dtype: str = "float32"    # adapters and their optimizer state (the base stays in param_dtype)
+    export_peft: str = ""     # write the final adapters as a PEFT directory here ('' : <workdir>/peft; 'none': skip)
+
+    @property
+    def enabled(self) -> bool:
+        return self.r > 0 or bool(self.init_from)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.r < 0:
+            out.append(f"r={self.r} must be >= 0 (0: off)")
+        if self.r > 0:
+            try:
+                LoraConfig(r=self.r, alpha=self.alpha, rslora=self.rslora, targets=self.targets)
+            except ValueError as e:
+                out.append(str(e))
+        if self.dtype not in ("float32", "bfloat16"):
+            out.append(f"dtype={self.dtype!r}; expected float32 or bfloat16")
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Fields shared by every recipe (the loop's); recipes extend it."""
 
@@ -91,6 +121,7 @@ class TrainConfig:
     export_hf: str = ""         # write the final params as HF safetensors here ('' : <workdir>/hf; 'none': skip)
     device_memory_gib: float = 0.0  # memory per device the --dry_run checks the step against (0: no check)
     distributed: DistributedConfig = DistributedConfig()
+    lora: LoraFields = LoraFields()
 
     def problems(self) -> list[str]:
         out = [f"{k}={getattr(self, k)} must be >= 1" for k in ("num_steps", "batch_size", "accum_steps", "seq_len",
@@ -168,16 +199,16 @@ def run(plan, *, mesh: jax.sharding.Mesh | None = None):
     source = plan.source(mesh)
     aux = plan.aux(mesh) if plan.aux is not None else None
     evaluate = plan.evaluate(mesh) if plan.evaluate is not None else None
-    dtype = jnp.dtype(config.param_dtype)
-    optimizer = state_lib.make_optimizer(config.optim, model_cfg)
-    abstract = state_lib.abstract_state(model_cfg, optimizer, mesh, dtype)
+    dtype = jnp.dtype(plan.trainable_dtype or config.param_dtype)
+    optimizer = state_lib.make_optimizer(config.optim, model_cfg, plan.trainable)
+    abstract = state_lib.abstract_state(model_cfg, optimizer, mesh, dtype, plan.trainable)
     shardings = jax.tree.map(lambda a: a.sharding, abstract)
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep, every=config.checkpoint.every,
                         async_save=config.checkpoint.async_save)
     start = ckpt.latest_step()
     if start is None:
         params = jax.tree.map(lambda x: x.astype(dtype), init_params(mesh))
-        state = state_lib.create_state(params, model_cfg, optimizer, mesh)
+        state = state_lib.create_state(params, model_cfg, optimizer, mesh, plan.trainable)
     else:
         state = ckpt.restore(abstract, source.iterator)
     logger = monitor.MetricsLogger(workdir, resume_step=start, tensorboard=config.tensorboard)

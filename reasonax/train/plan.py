@@ -40,6 +40,11 @@ class Plan:
     step_options: dict = dataclasses.field(default_factory=dict)  # minibatches, epochs
     rollout: Any = None                # the sampler's config (grpo.*): the dry run adds its memory
     module: str = ""                   # the recipe's CLI module (the dry run re-executes it)
+    reference_is_init: bool = False    # aux is the initial policy (GRPO's reference); LoRA uses the base
+    trainable: dict | None = None      # ParamSpec tree of what the step trains (None: every param of model;
+                                       # LoRA: the adapters, reasonax.train.adapters)
+    trainable_dtype: str = ""          # their dtype ('' : config.param_dtype)
+    policy: Callable | None = None     # (state params, aux) -> the params the model runs (None: the state's)
 
 
 def lm_batch_spec(config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:

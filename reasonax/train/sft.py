@@ -39,10 +39,10 @@ def build(config: ml_collections.ConfigDict | SFTConfig) -> Plan:
     cfg = common.model_config(c)
     tokenizer = functools.cache(lambda: common.load_tokenizer(c))
     data_cfg = functools.cache(lambda: common.data_config(c))  # writes the synthetic task's data once
-    return Plan(config=c, model=cfg, loss=functools.partial(sft_loss, cfg=cfg, chunk=c.loss_chunk or None),
-                init=common.init_params_fn(c, cfg), source=common.lm_source(c, data_cfg, tokenizer),
-                batch_spec=lm_batch_spec, evaluate=common.heldout_evaluator(c, cfg, tokenizer),
-                finish=common.exporter(c, cfg), module=MODULE)
+    return common.with_lora(Plan(
+        config=c, model=cfg, loss=functools.partial(sft_loss, cfg=cfg, chunk=c.loss_chunk or None),
+        init=common.init_params_fn(c, cfg), source=common.lm_source(c, data_cfg, tokenizer), batch_spec=lm_batch_spec,
+        evaluate=common.heldout_evaluator(c, cfg, tokenizer), finish=common.exporter(c, cfg), module=MODULE), c)
 
 
 def run(config: ml_collections.ConfigDict | SFTConfig):

@@ -19,7 +19,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from reasonax import typed
 from reasonax.model.config import ModelConfig
-from reasonax.model.params import is_spec, param_shardings, param_specs
+from reasonax.model.lora import RANK_AXIS
+from reasonax.model.params import is_spec, param_specs, spec_shardings
 
 
 @jax.tree_util.register_dataclass
@@ -66,15 +67,24 @@ def schedule(optim: OptimConfig) -> optax.Schedule:
                                               end_value=optim.lr * optim.end_lr_ratio)
 
 
-def decay_mask(cfg: ModelConfig) -> dict:
-    """True for weight matrices; False for norms and biases (from the parameter declarations)."""
-    return jax.tree.map(lambda s: s.init == "normal", param_specs(cfg), is_leaf=is_spec)
+def trained_specs(cfg: ModelConfig, specs: dict | None = None) -> dict:
+    """The declaration (ParamSpec tree) of what a step trains: `specs` when given (LoRA: the
+    adapters, reasonax.train.adapters), else every parameter of cfg."""
+    return param_specs(cfg) if specs is None else specs
 
 
-def make_optimizer(optim: OptimConfig, cfg: ModelConfig) -> optax.GradientTransformation:
+def decay_mask(cfg: ModelConfig, specs: dict | None = None) -> dict:
+    """True for weight matrices (LoRA's A and B too); False for norms and biases (from the
+    declarations)."""
+    return jax.tree.map(lambda s: s.init not in ("zeros", "ones") or RANK_AXIS in s.axes,
+                        trained_specs(cfg, specs), is_leaf=is_spec)
+
+
+def make_optimizer(optim: OptimConfig, cfg: ModelConfig, specs: dict | None = None) -> optax.GradientTransformation:
+    """Global-norm clipping + AdamW over the trained params (see trained_specs)."""
     parts = [optax.clip_by_global_norm(optim.clip_norm)] if optim.clip_norm else []
     parts.append(optax.adamw(schedule(optim), b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                             weight_decay=optim.weight_decay, mask=decay_mask(cfg)))
+                             weight_decay=optim.weight_decay, mask=decay_mask(cfg, specs)))
     return optax.chain(*parts)
 
 
@@ -101,16 +111,18 @@ def _path_names(path) -> tuple:
     return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path)
 
 
-def state_shardings(abstract_state: TrainState, cfg: ModelConfig, mesh: jax.sharding.Mesh) -> TrainState:
+def state_shardings(abstract_state: TrainState, cfg: ModelConfig, mesh: jax.sharding.Mesh,
+                    specs: dict | None = None) -> TrainState:
     """NamedShardings for every leaf of a (possibly abstract) TrainState.
 
     Params follow their declared logical axes. An optimizer-state leaf whose path ends with a
     parameter's path and has its shape (Adam's mu and nu) takes that parameter's sharding;
     everything else (counts, scalars) is replicated.
     """
-    pshard = param_shardings(cfg, mesh)
+    specs = trained_specs(cfg, specs)
+    pshard = spec_shardings(specs, mesh)
     by_path = {_path_names(p): (s, leaf.shape) for (p, s), leaf in zip(
-        jax.tree_util.tree_flatten_with_path(pshard)[0], jax.tree.leaves(param_specs(cfg), is_leaf=is_spec))}
+        jax.tree_util.tree_flatten_with_path(pshard)[0], jax.tree.leaves(specs, is_leaf=is_spec))}
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def opt_leaf(path, leaf):
@@ -125,20 +137,21 @@ def state_shardings(abstract_state: TrainState, cfg: ModelConfig, mesh: jax.shar
     return TrainState(params=pshard, opt_state=opt, step=replicated, updates=replicated, bad_steps=replicated)
 
 
-def abstract_state(cfg: ModelConfig, optimizer, mesh, param_dtype=jnp.float32) -> TrainState:
+def abstract_state(cfg: ModelConfig, optimizer, mesh, param_dtype=jnp.float32, specs: dict | None = None) -> TrainState:
     """ShapeDtypeStructs (with shardings) of the train state: no memory is allocated."""
-    params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, param_dtype), param_specs(cfg), is_leaf=is_spec)
+    params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, param_dtype), trained_specs(cfg, specs),
+                          is_leaf=is_spec)
     shapes = jax.eval_shape(lambda p: init_state(p, optimizer), params)
-    shard = state_shardings(shapes, cfg, mesh)
+    shard = state_shardings(shapes, cfg, mesh, specs)
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shard)
 
 
-def create_state(params, cfg: ModelConfig, optimizer, mesh) -> TrainState:
+def create_state(params, cfg: ModelConfig, optimizer, mesh, specs: dict | None = None) -> TrainState:
     """A placed TrainState around `params`, which it consumes (their buffers are donated).
 
     The params are first moved to their declared shardings on `mesh` if they are elsewhere.
     """
     shapes = jax.eval_shape(lambda p: init_state(p, optimizer), params)
-    shard = state_shardings(shapes, cfg, mesh)
+    shard = state_shardings(shapes, cfg, mesh, specs)
     params = jax.device_put(params, shard.params)
     return jax.jit(lambda p: init_state(p, optimizer), out_shardings=shard, donate_argnums=0)(params)

@@ -148,16 +148,19 @@ def build(config: ml_collections.ConfigDict) -> Plan:
     scores = {} if online else {"ref_scores": lambda mesh: reference_scores(c, mesh, tokenizer(), data_cfg())}
     online_cfg = ref_cfg if online else None
     global_rank = s.scope == "batch" and s.rank_over == "global" and c.accum_steps > 1
-    return Plan(config=c, model=cfg,
-                loss=functools.partial(slm_loss, cfg=cfg, ratio=s.ratio, scope=s.scope, chunk=chunk,
-                                       ref_cfg=online_cfg),
-                init=common.init_params_fn(c, cfg), source=common.lm_source(c, data_cfg, tokenizer, **scores),
-                batch_spec=lm_batch_spec if online else with_fields(lm_batch_spec, ref_loss=lambda rows, seq: (rows, seq)),
-                prepare=global_selection(cfg, s.ratio, chunk, online_cfg) if global_rank else None,
-                aux=aux if online else None,
-                aux_spec=common.abstract_params_fn(ref_cfg, jnp.dtype(s.reference.param_dtype or c.param_dtype))
-                if online else None,
-                evaluate=common.heldout_evaluator(c, cfg, tokenizer), finish=common.exporter(c, cfg), module=MODULE)
+    # online, with the reference being the model trained from (same path and dtype): with LoRA the
+    # base with adapters off is the reference, one copy of the weights
+    ref_is_init = online and s.reference.path == c.model.path and s.reference.param_dtype in ("", c.param_dtype)
+    return common.with_lora(Plan(
+        config=c, model=cfg,
+        loss=functools.partial(slm_loss, cfg=cfg, ratio=s.ratio, scope=s.scope, chunk=chunk, ref_cfg=online_cfg),
+        init=common.init_params_fn(c, cfg), source=common.lm_source(c, data_cfg, tokenizer, **scores),
+        batch_spec=lm_batch_spec if online else with_fields(lm_batch_spec, ref_loss=lambda rows, seq: (rows, seq)),
+        prepare=global_selection(cfg, s.ratio, chunk, online_cfg) if global_rank else None,
+        aux=aux if online else None,
+        aux_spec=common.abstract_params_fn(ref_cfg, jnp.dtype(s.reference.param_dtype or c.param_dtype))
+        if online else None, reference_is_init=ref_is_init,
+        evaluate=common.heldout_evaluator(c, cfg, tokenizer), finish=common.exporter(c, cfg), module=MODULE), c)
 
 
 def run(config: ml_collections.ConfigDict | SLMConfig, score_only: bool = False):
