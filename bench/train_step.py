@@ -40,6 +40,12 @@ With --jax_only (no torch side) the model may be a preset, e.g. on a GPU:
         --batch 8 --seq 2048 --attention cudnn --remat dots
 where MFU is also reported against the chip's table peak (reasonax.train.monitor.PEAK_FLOPS).
 
+LoRA: --lora_r R trains rank-R adapters (alpha 2R, q/k/v/o/gate/up/down) on the frozen base on
+both sides (JAX: reasonax.train.adapters, the base as the step's frozen aux; torch: peft), from B =
+0 (so the first-step losses still match); run it with and without for LoRA vs full. The printed
+train-state bytes (trained params + AdamW moments) and XLA's compiled-step memory are the JAX
+side's; MFU keeps the full-training model FLOPs (6*P*tokens), so compare LoRA by tokens/s.
+
 XLA variations to try on CPU: --remat none|full|dots, --loss_chunk N, --attention einsum|xla,
 --layer_loop scan|unroll (default auto: unrolled on CPU, as the recipes), --accum N (micro-batches
 on both sides: on this CPU, rows of 1-2 x 512 tokens run faster per token than 8),
@@ -98,6 +104,9 @@ def parse_args(argv=None):
     g.add_argument("--attention", default="einsum", choices=("einsum", "xla", "cudnn"))
     g.add_argument("--accum", type=int, default=1,
                    help="micro-batches per step, both sides (gradient accumulation; same batch, same update)")
+    g.add_argument("--lora_r", type=int, default=0,
+                   help="> 0: both sides train LoRA adapters of this rank (alpha 2r, all seven projections) on "
+                        "the frozen base: JAX reasonax.train.adapters, torch peft.get_peft_model; 0: full")
     g.add_argument("--layer_loop", default="auto", choices=("auto", "scan", "unroll"),
                    help="JAX layer stack: lax.scan over stacked weights or unrolled (auto: unrolled on CPU, "
                         "as the recipes' train.layer_loop)")
@@ -178,11 +187,19 @@ class TorchSide:
         import torch
 
         self.torch = torch
+        if args.lora_r:  # PEFT LoRA: the base frozen, A/B trained
+            import peft
+
+            model = peft.get_peft_model(model, peft.LoraConfig(
+                r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
         self.model = model.train()
         self.inputs = torch.from_numpy(tokens[:, :-1]).long()
         self.targets = torch.from_numpy(tokens[:, 1:]).long()
-        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]  # weight matrices (embeddings too)
-        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # norms and biases
+        trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.trained_params = sum(p.numel() for _, p in trained)
+        decay = [p for n, p in trained if p.ndim >= 2]  # weight matrices (embeddings, LoRA A/B too)
+        no_decay = [p for n, p in trained if p.ndim < 2]  # norms and biases
         kw = {"fused": dict(fused=True), "foreach": dict(foreach=True), "loop": dict(foreach=False)}[args.torch_adamw]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}],
@@ -202,7 +219,7 @@ class TorchSide:
             loss.backward()  # gradients accumulate: the token mean of the whole batch
             total += float(loss.detach())
         if self.clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return total
@@ -216,33 +233,55 @@ class JaxSide:
         import jax.numpy as jnp
         import numpy as np
 
+        from reasonax.model import lora
+        from reasonax.model.params import ADAPTERS
+        from reasonax.train import adapters
         from reasonax.train import state as state_lib
         from reasonax.train.loss import sft_loss
         from reasonax.train.step import batch_sharding, build_train_step, resolve_layer_loop
 
         self.jax = jax
-        optim = state_lib.default_optim_config()
-        optim.update(lr=args.lr, warmup_steps=0, total_steps=10**9, end_lr_ratio=1.0, b1=args.b1, b2=args.b2,
-                     eps=args.eps, weight_decay=args.weight_decay, clip_norm=args.clip)
-        optimizer = state_lib.make_optimizer(optim, cfg)
+        optim = state_lib.OptimConfig(lr=args.lr, warmup_steps=0, total_steps=10**9, end_lr_ratio=1.0, b1=args.b1,
+                                      b2=args.b2, eps=args.eps, weight_decay=args.weight_decay, clip_norm=args.clip)
         dtype = jnp.dtype(args.dtype)
-        abstract = state_lib.abstract_state(cfg, optimizer, mesh, dtype)
-        shardings = jax.tree.map(lambda a: a.sharding, abstract)
         params = jax.tree.map(lambda x: x.astype(dtype), params)
-        self.state = state_lib.create_state(params, cfg, optimizer, mesh)
-        loss = functools.partial(sft_loss, cfg=cfg, chunk=args.loss_chunk or None)
+        chunk = args.loss_chunk or None
+        self.aux = ()
+        specs = None
+        if args.lora_r:  # the state: float32 adapters (A as PEFT draws it, B = 0); the base rides as aux
+            cfg = cfg.replace(lora=lora.LoraConfig(r=args.lora_r, alpha=2.0 * args.lora_r))
+            specs = adapters.trainable_specs(cfg)
+            self.aux = (params,)
+            params = {"layers": {ADAPTERS: lora.init_adapters(cfg, jax.random.key(args.seed), jnp.float32, mesh)}}
+
+            def loss(trained, mb, base):
+                return sft_loss(adapters.combine(base, trained), mb, cfg, chunk)
+        else:
+            loss = functools.partial(sft_loss, cfg=cfg, chunk=chunk)
+        optimizer = state_lib.make_optimizer(optim, cfg, specs)
+        abstract = state_lib.abstract_state(cfg, optimizer, mesh, jnp.float32 if specs else dtype, specs)
+        shardings = jax.tree.map(lambda a: a.sharding, abstract)
+        self.state = state_lib.create_state(params, cfg, optimizer, mesh, specs)
+        self.trained_params = sum(x.size for x in jax.tree.leaves(self.state.params))
         self.unroll = resolve_layer_loop(args.layer_loop, on_cpu=mesh.devices.flat[0].platform == "cpu")
         self.step_fn = build_train_step(loss, optimizer, shardings, mesh, accum_steps=args.accum,
-                                        unroll_layers=self.unroll,
-                                        lr_schedule=state_lib.schedule(optim))
+                                        unroll_layers=self.unroll, lr_schedule=state_lib.schedule(optim),
+                                        aux_shardings=jax.tree.map(lambda x: x.sharding, self.aux[0]) if self.aux else None)
         B, T = tokens.shape[0], tokens.shape[1] - 1
         batch = {"inputs": tokens[:, :-1].astype(np.int32), "targets": tokens[:, 1:].astype(np.int32),
                  "weights": np.ones((B, T), np.float32), "segment_ids": np.ones((B, T), np.int32),
                  "positions": np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)).copy()}
         self.batch = jax.device_put(batch, batch_sharding(mesh))
         t0 = time.perf_counter()
-        self.compiled = self.step_fn.lower(self.state, self.batch).compile()
+        self.compiled = self.step_fn.lower(self.state, self.batch, *self.aux).compile()
         self.compile_s = time.perf_counter() - t0
+        mem = self.compiled.memory_analysis()  # XLA's buffer assignment of the step (bytes)
+        self.memory = None if mem is None else {
+            "arguments": mem.argument_size_in_bytes, "outputs": mem.output_size_in_bytes,
+            "aliased": mem.alias_size_in_bytes, "temporaries": mem.temp_size_in_bytes,
+            "total": mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+            + mem.temp_size_in_bytes}
+        self.state_bytes = sum(x.nbytes for x in jax.tree.leaves((self.state.params, self.state.opt_state)))
         self.flops_xla = None
         try:  # XLA's own count of the compiled step (recomputation included), for reference
             cost = self.compiled.cost_analysis()
@@ -253,7 +292,7 @@ class JaxSide:
 
     def step(self) -> float:
         with self.jax.set_mesh(self.step_fn.mesh):
-            self.state, metrics = self.compiled(self.state, self.batch)
+            self.state, metrics = self.compiled(self.state, self.batch, *self.aux)
         self.jax.block_until_ready(self.state)
         return float(metrics["loss"])
 
@@ -342,8 +381,14 @@ def main(argv=None):
     xla = jax_side.flops_xla
     print(f"JAX layers: {'unrolled' if jax_side.unroll else 'lax.scan'}; compile: {jax_side.compile_s:.2f} s"
           + (f" (XLA cost analysis, for reference only: {xla / 1e9:.2f} GFLOP/step)" if xla else ""), flush=True)
+    mem = jax_side.memory
+    print(f"JAX trained params {jax_side.trained_params / 1e6:.2f}M{' (LoRA r=%d, base frozen)' % args.lora_r if args.lora_r else ''}; "
+          f"train state (trained params + AdamW) {jax_side.state_bytes / 2**20:.1f} MiB"
+          + (f"; compiled step: total {mem['total'] / 2**20:.1f} MiB (arguments {mem['arguments'] / 2**20:.1f}, "
+             f"temporaries {mem['temporaries'] / 2**20:.1f})" if mem else ""), flush=True)
     if not args.jax_only:
         torch_side = TorchSide(hf_model, tokens, args)
+        print(f"torch trained params {torch_side.trained_params / 1e6:.2f}M", flush=True)
 
     losses = {"torch": [], "jax": []}
     times = {"torch": [], "jax": []}
@@ -362,7 +407,9 @@ def main(argv=None):
            "model_flops_per_step": fl, "jax_matmul_peak": jax_peak, "torch_matmul_peak": torch_peak,
            "table_peak": table_peak, "jax_compile_s": jax_side.compile_s, "xla_flops_per_step": jax_side.flops_xla,
            "device": f"{dev.platform}: {dev.device_kind}", "cpu_count": os.cpu_count(),
-           "jax_version": jax.__version__,
+           "jax_version": jax.__version__, "lora_r": args.lora_r, "jax_trained_params": jax_side.trained_params,
+           "jax_state_bytes": jax_side.state_bytes, "jax_compiled_memory": jax_side.memory,
+           "torch_trained_params": torch_side.trained_params if torch_side else None,
            "torch_version": None if args.jax_only else torch.__version__}
     for name, _ in sides:
         med = statistics.median(times[name])
