@@ -38,9 +38,11 @@ def _leaves_equal(a, b):
     return all(bool(np.array_equal(np.asarray(x), np.asarray(y))) for x, y in zip(la, lb))
 
 
-def test_lora_sft_trains_only_the_adapters_and_exports_merged_and_peft(tmp_path):
-    c = typed.from_config(sft.SFTConfig, _lora_config(tmp_path, num_steps=12, **{"optim.total_steps": 12,
-                                                                                "checkpoint.every": 6}))
+def test_lora_sft_trains_only_the_adapters_resumes_exactly_and_exports_merged_and_peft(tmp_path):
+    """Sharded over the 8 fake devices (data 2 x fsdp 4). The same run is then killed at an
+    arbitrary step in a subprocess and resumed: its exports are bitwise this run's."""
+    straight = tmp_path / "straight"
+    c = typed.from_config(sft.SFTConfig, _resume_config(straight))
     plan = sft.build(c)
     cfg = plan.model
     assert cfg.lora == lora.LoraConfig(r=4, alpha=8.0)
@@ -60,13 +62,13 @@ def test_lora_sft_trains_only_the_adapters_and_exports_merged_and_peft(tmp_path)
     assert _leaves_equal(base, fresh)
     ad = state.params["layers"][ADAPTERS]
     assert all(float(jnp.abs(ab["b"]).max()) > 0 for ab in ad.values())  # B left zero: training moved it
-    losses = _losses(tmp_path)
-    assert losses[12] < losses[1], losses
+    losses = _losses(straight)
+    assert losses[STEPS] < losses[1], losses
 
     # exports: the PEFT directory holds the trained adapters; the merged HF model runs as base + adapters
-    _, back = lora.load_peft(tmp_path / "peft", cfg)
+    _, back = lora.load_peft(straight / "peft", cfg)
     assert _leaves_equal(back, jax.device_get(ad))
-    hf_cfg, merged = model.load_hf(tmp_path / "hf")
+    hf_cfg, merged = model.load_hf(straight / "hf")
     tokens = jnp.asarray(np.random.default_rng(0).integers(3, 200, (2, 24)), jnp.int32)
     want = model.forward(adapters.combine(base, state.params), tokens, cfg)
     np.testing.assert_allclose(np.asarray(model.forward(merged, tokens, hf_cfg)), np.asarray(want), atol=2e-5)
@@ -74,12 +76,22 @@ def test_lora_sft_trains_only_the_adapters_and_exports_merged_and_peft(tmp_path)
 
     # a run that starts from that PEFT directory starts from those adapters (lr 0: it ends there too)
     c2 = _lora_config(tmp_path / "again", num_steps=1, **{"optim.total_steps": 1, "optim.lr": 0.0, "lora.r": 0,
-                                                          "lora.init_from": str(tmp_path / "peft")})
+                                                          "lora.init_from": str(straight / "peft")})
     sft.run(c2)
     _, again = lora.load_peft(tmp_path / "again" / "peft", cfg)
     assert _leaves_equal(again, back)
     with pytest.raises(ValueError, match=r"lora.r=8, but the adapter in lora.init_from=.* has rank 4"):
-        sft.build(_lora_config(tmp_path / "x", **{"lora.r": 8, "lora.init_from": str(tmp_path / "peft")}))
+        sft.build(_lora_config(tmp_path / "x", **{"lora.r": 8, "lora.init_from": str(straight / "peft")}))
+
+    _kill_and_resume(tmp_path, straight)
+
+
+STEPS = 10
+
+
+def _resume_config(workdir):
+    return _lora_config(workdir, num_steps=STEPS, **{"optim.total_steps": STEPS, "checkpoint.every": 1,
+                                                     "checkpoint.keep": 2, "mesh.fsdp": 4, "mesh.data": 2})
 
 
 WORKER = """
@@ -87,11 +99,9 @@ import os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, {root!r})
-from tests.test_lora_train import _lora_config
+from tests.test_lora_train import _resume_config
 from reasonax.train import sft
-c = _lora_config(sys.argv[1], num_steps=10, **{{"optim.total_steps": 10, "checkpoint.every": 1,
-                 "checkpoint.keep": 2, "mesh.fsdp": 4, "mesh.data": 2}})
-sft.run(c)
+sft.run(_resume_config(sys.argv[1]))
 """
 
 
@@ -107,15 +117,13 @@ def _finish(proc):
     assert proc.returncode == 0, err[-3000:]
 
 
-def test_lora_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path):
-    """Sharded over 8 fake devices (data 2 x fsdp 4): the adapters and AdamW state checkpointed,
-    the base rebuilt; killed at an arbitrary step and resumed, the exported adapters are bitwise
-    the uninterrupted run's."""
-    straight = _worker(tmp_path, tmp_path / "straight")
-    _finish(straight)
+def _kill_and_resume(tmp_path, straight):
+    """Run _resume_config in a subprocess, SIGKILL it at an arbitrary step, rerun it (it resumes
+    from the latest complete checkpoint: adapters + AdamW state; the base is rebuilt) and compare
+    its exports and losses with the uninterrupted run in `straight`."""
     killed = tmp_path / "killed"
     proc = _worker(tmp_path, killed)
-    kill_at = random.Random(os.getpid()).randint(2, 7)
+    kill_at = random.Random(os.getpid()).randint(2, STEPS - 3)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if (killed / "metrics.jsonl").is_file() and max(_losses(killed), default=0) >= kill_at:
@@ -125,17 +133,17 @@ def test_lora_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = ckpt_lib.Checkpointer(killed / "checkpoints").latest_step()
-    assert done is not None and done < 10
+    assert done is not None and done < STEPS
     _finish(_worker(tmp_path, killed))
     from safetensors.numpy import load_file
 
     for sub in ("peft/adapter_model.safetensors", "hf/model.safetensors"):
-        a, b = load_file(tmp_path / "straight" / sub), load_file(killed / sub)
+        a, b = load_file(straight / sub), load_file(killed / sub)
         assert a.keys() == b.keys()
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{sub}: {k}")
-    la, lb = _losses(tmp_path / "straight"), _losses(killed)
-    assert sorted(lb) == list(range(1, 11)) and all(la[s] == lb[s] for s in la)
+    la, lb = _losses(straight), _losses(killed)
+    assert sorted(lb) == list(range(1, STEPS + 1)) and all(la[s] == lb[s] for s in la)
 
 
 def _grpo_config(workdir, **changes):
