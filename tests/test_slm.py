@@ -19,7 +19,7 @@ from reasonax.tasks.byte_tokenizer import byte_tokenizer
 from reasonax.train import data as data_lib
 from reasonax.train import loss as L
 from reasonax.train.slm import ref_scores as R
-from reasonax.train import slm
+from reasonax.train import loop, slm
 from reasonax.train import state as S
 from reasonax.train import step as ST
 from tests.test_train_step import _batch
@@ -362,3 +362,24 @@ def test_recipe_rejects_a_reference_with_another_tokenizer(tmp_path, tok):
     other.save_pretrained(ref_dir)
     with pytest.raises(ValueError, match="tokenizer mismatch"):
         slm.run(_recipe_config(tmp_path / "w", ref_dir, data_file))
+
+
+def test_lora_with_the_reference_as_the_model_keeps_one_copy(tmp_path, tok):
+    """Online SLM from the reference itself (model.path = slm.reference.path) with LoRA: the
+    reference is the base with adapters off (no second copy in the step's aux), so at the first
+    step, adapters' B = 0, the learner's loss on every token is the reference's."""
+    data_file = Path(_data(tmp_path, n=60).files[0])
+    ref_dir = tmp_path / "ref"
+    save_hf(_ref_params(), BYTES_CFG, ref_dir)
+    tok.save_pretrained(ref_dir)
+    c = _recipe_config(tmp_path / "lora", ref_dir, data_file, **{
+        "slm.mode": "online", "model.preset": "", "model.path": str(ref_dir), "model.overrides": {},
+        "lora.r": 4, "num_steps": 2, "optim.total_steps": 2, "eval_every": 0})
+    plan = slm.build(c)
+    mesh = loop.config_mesh(plan.config)
+    assert plan.trainable is not None and plan.aux_spec(mesh)["aux"] is None
+    slm.run(c)
+    m = _metrics(tmp_path / "lora")
+    assert len(m) == 2
+    np.testing.assert_allclose(m[0]["slm/loss_all"], m[0]["slm/ref_loss"], rtol=1e-6)
+    assert (tmp_path / "lora" / "peft" / "adapter_config.json").is_file()
