@@ -251,6 +251,8 @@ class JaxSide:
             self.flops_xla = float(cost["flops"]) if cost and "flops" in cost else None
         except Exception:  # noqa: BLE001 - not every backend reports it
             pass
+        mem = self.compiled.memory_analysis()  # the step's temporaries (XLA's scratch: activations, scores)
+        self.temp_bytes = int(mem.temp_size_in_bytes) if mem is not None else None
 
     def step(self) -> float:
         with self.jax.set_mesh(self.step_fn.mesh):
@@ -343,6 +345,8 @@ def main(argv=None):
     xla = jax_side.flops_xla
     print(f"JAX layers: {'unrolled' if jax_side.unroll else 'lax.scan'}; compile: {jax_side.compile_s:.2f} s"
           + (f" (XLA cost analysis, for reference only: {xla / 1e9:.2f} GFLOP/step)" if xla else ""), flush=True)
+    if jax_side.temp_bytes is not None:
+        print(f"JAX step temporaries (compiled.memory_analysis): {jax_side.temp_bytes / 2**20:.1f} MiB", flush=True)
     if not args.jax_only:
         torch_side = TorchSide(hf_model, tokens, args)
 
@@ -362,6 +366,7 @@ def main(argv=None):
            "matmul_params": flops_lib.matmul_params(cfg), "tokens_per_step": tokens_per_step,
            "model_flops_per_step": fl, "jax_matmul_peak": jax_peak, "torch_matmul_peak": torch_peak,
            "table_peak": table_peak, "jax_compile_s": jax_side.compile_s, "xla_flops_per_step": jax_side.flops_xla,
+           "jax_temp_bytes": jax_side.temp_bytes,
            "device": f"{dev.platform}: {dev.device_kind}", "cpu_count": os.cpu_count(),
            "jax_version": jax.__version__,
            "torch_version": None if args.jax_only else torch.__version__}
