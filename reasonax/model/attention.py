@@ -42,7 +42,7 @@ _NO_WINDOW = 1 << 30  # a window no slot distance reaches
 
 # auto: rows (key columns) from which the blockwise kernel replaces einsum on CPU, and cache
 # columns from which decode goes blockwise (bench/attention.py, bench/decode_ops.py)
-LONG_ROWS = 2048
+LONG_ROWS = 1024
 LONG_DECODE = 4096
 SPLASH_BLOCK = 128  # splash's block sizes; rows are padded to a multiple of it
 
