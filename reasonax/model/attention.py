@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from reasonax.model.config import ModelConfig
+from reasonax.model.sharding import BATCH_AXES
 
 _MASKED = float(jnp.finfo(jnp.float32).min)
 _NO_WINDOW = 1 << 30  # a window no slot distance reaches
@@ -385,7 +386,8 @@ def _splash_kernel(num_heads: int, rows: int, window: int | None, softcap: float
 def _attend_splash(cfg: ModelConfig, q, k, v, spec: MaskSpec):
     """Splash attention per row (vmapped), rows padded to a multiple of SPLASH_BLOCK with segment
     0; the scale is applied to q (splash applies none), the softcap by the kernel. A traced
-    `sliding` picks the local or the causal kernel with a cond."""
+    `sliding` picks the local or the causal kernel with a cond. Under a mesh, each device runs
+    the kernel on its rows (shard_map over the batch axes; heads are not split)."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 
     B, T, N, H = q.shape
@@ -397,9 +399,17 @@ def _attend_splash(cfg: ModelConfig, q, k, v, spec: MaskSpec):
     kg = jnp.pad(spec.k_seg.astype(jnp.int32), ((0, 0), (0, rows - T)))
     interpret = jax.default_backend() != "tpu"
 
+    mesh = jax.sharding.get_abstract_mesh()
+    batch_axes = tuple(a for a in BATCH_AXES if not mesh.empty and a in mesh.axis_names and mesh.shape[a] > 1)
+
     def run(window):
         kernel = _splash_kernel(N, rows, window, cfg.attn_softcap, interpret)
-        return jax.vmap(lambda q1, k1, v1, a, b: kernel(q1, k1, v1, segment_ids=sk.SegmentIds(q=a, kv=b)))(
+        rows_fn = jax.vmap(lambda q1, k1, v1, a, b: kernel(q1, k1, v1, segment_ids=sk.SegmentIds(q=a, kv=b)))
+        if not batch_axes:
+            return rows_fn(qp, kp, vp, qg, kg)
+        # a Pallas call is not partitioned by XLA: run it on each device's rows (heads whole)
+        spec = jax.sharding.PartitionSpec(batch_axes)
+        return jax.shard_map(rows_fn, mesh=mesh, in_specs=(spec,) * 5, out_specs=spec, check_vma=False)(
             qp, kp, vp, qg, kg)
 
     if spec.window is None or spec.sliding is False:
