@@ -10,7 +10,7 @@ import pytest
 
 from reasonax import model
 from reasonax.model import attention, hf
-from reasonax.model.config import ModelConfig
+from reasonax.model.config import FULL, SLIDING, ModelConfig
 from tests import hf_reference as R
 
 
@@ -57,9 +57,8 @@ def _compare(cfg, spec, q, k, v, valid, impl, atol=2e-5):
 
 
 @pytest.mark.parametrize("heads,kv_heads,softcap,window", [
-    (4, 2, None, None),   # GQA
-    (4, 1, 50.0, 5),      # MQA, Gemma 2 softcap, sliding window
-    (2, 2, None, 13),     # MHA, window longer than a block
+    (4, 2, None, None),   # GQA, causal
+    (4, 1, 50.0, 13),     # MQA, Gemma 2 softcap, a sliding window over more than one block
 ])
 def test_blockwise_matches_einsum(heads, kv_heads, softcap, window):
     T, block = 37, 8  # T not a multiple of the block
@@ -153,8 +152,9 @@ def test_model_blockwise_matches_einsum():
     """Whole-model logits and parameter gradients with blockwise attention (blocks of 8 over rows of
     21) equal the einsum reference's, left padding included: the tiny Gemma 2 alternates sliding
     and global layers (the layer type a scanned value, as Gemma 3's 5:1) and has the attention softcap."""
-    cfg = hf.config_from_hf(R.tiny_hf_config("gemma2")).replace(attention_block=8)
-    assert cfg.attn_softcap and len(set(cfg.layer_types)) == 2
+    cfg = hf.config_from_hf(R.tiny_hf_config("gemma2")).replace(attention_block=8, num_layers=2,
+                                                                 layer_types=(SLIDING, FULL))
+    assert cfg.attn_softcap
     params = R.random_jax_params(cfg, seed=0)
     tokens = np.random.default_rng(0).integers(3, R.VOCAB, size=(2, 21)).astype(np.int32)
     seg = np.ones_like(tokens)
