@@ -14,7 +14,9 @@
    256, 4 query heads; 32 slots, 1,408 cache columns, the first 1,024 live): the reference score
    einsum 'BKGH,BSKH->BKGS' (attention._attend_einsum) against the engine's 'BSKH,BKGH->BKSG'
    (attention._attend_decode), each on the first 1,024 columns sliced out of the cache, on the
-   whole cache (masked), and on the engine's per-layer 128-column blocks (the first 8 of 11).
+   whole cache (masked), and on the engine's per-layer 128-column blocks (the first 8 of 11);
+6. decode attention over long caches (2,048 / 4,096 / 8,192 columns of 128-column blocks): the
+   einsum decode against the blockwise decode (attention.LONG_DECODE is where auto switches).
 """
 
 import os
@@ -86,6 +88,7 @@ def main():
 
     matmul_ceiling(cfg, per_layer, table, batch=8)
     decode_attention(cfg)
+    long_decode_attention(cfg)
 
 
 def decode_attention(cfg, slots=32, columns=1408, live=1024, block=128):
@@ -116,6 +119,30 @@ def decode_attention(cfg, slots=32, columns=1408, live=1024, block=128):
         t = _median(lambda: f(*args))
         print(f"decode attention, one layer, {slots} slots x {live} of {columns} columns, {name}: "
               f"{t * 1e3:.2f} ms ({kv_bytes / t / 1e9:.1f} GB/s of the live keys and values)")
+
+
+def long_decode_attention(cfg, slots=32, block=128):
+    """6. decode attention over long caches (attention.attend, the engine's per-layer 128-column
+    blocks): the einsum decode (all scores of a row at once) against the blockwise decode (one
+    block of scores at a time), at cache lengths around attention.LONG_DECODE."""
+    import jax
+    import jax.numpy as jnp
+
+    from reasonax.model import attention
+
+    K, N, H = cfg.num_kv_heads, cfg.num_heads, cfg.head_dim
+    for columns in (2048, 4096, 8192):
+        q = jax.random.normal(jax.random.key(0), (slots, 1, N, H))
+        kb, vb = (tuple(jax.random.normal(jax.random.key(i + j), (slots, block, K, H))
+                        for j in range(0, columns, block)) for i in (1, 2))
+        spec = attention.MaskSpec(jnp.full((slots, 1), columns - 1, jnp.int32), jnp.arange(columns, dtype=jnp.int32),
+                                  jnp.ones((slots, 1), jnp.int32), jnp.ones((slots, columns), jnp.int32))
+        for impl in ("einsum", "blockwise"):
+            c = cfg.replace(attention_impl=impl)
+            f = jax.jit(lambda q, k, v, c=c: attention.attend(c, q, k, v, spec))
+            t = _median(lambda: f(q, kb, vb))
+            print(f"decode attention, one layer, {slots} slots x {columns} columns in {block}-column blocks, "
+                  f"{impl}: {t * 1e3:.2f} ms")
 
 
 def matmul_ceiling(cfg, per_layer, table, batch):

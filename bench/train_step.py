@@ -46,7 +46,7 @@ both sides (JAX: reasonax.train.adapters, the base as the step's frozen aux; tor
 train-state bytes (trained params + AdamW moments) and XLA's compiled-step memory are the JAX
 side's; MFU keeps the full-training model FLOPs (6*P*tokens), so compare LoRA by tokens/s.
 
-XLA variations to try on CPU: --remat none|full|dots, --loss_chunk N, --attention einsum|xla,
+XLA variations to try on CPU: --remat none|full|dots, --loss_chunk N, --attention einsum|blockwise|auto,
 --layer_loop scan|unroll (default auto: unrolled on CPU, as the recipes), --accum N (micro-batches
 on both sides: on this CPU, rows of 1-2 x 512 tokens run faster per token than 8),
 --xla_flags='--xla_...' (appended to XLA_FLAGS before jax is imported; write it with '=' so
@@ -101,7 +101,8 @@ def parse_args(argv=None):
     g.add_argument("--dtype", default="float32", help="param dtype of both sides (float32; bfloat16 for GPU runs)")
     g.add_argument("--remat", default="none", choices=("none", "full", "dots"))
     g.add_argument("--loss_chunk", type=int, default=0, help="positions per CE chunk (0: 256 MiB logits budget)")
-    g.add_argument("--attention", default="einsum", choices=("einsum", "xla", "cudnn"))
+    g.add_argument("--attention", default="einsum", choices=("auto", "einsum", "blockwise", "splash", "cudnn"))
+    g.add_argument("--attention_block", type=int, default=256, help="blockwise kernel block size")
     g.add_argument("--accum", type=int, default=1,
                    help="micro-batches per step, both sides (gradient accumulation; same batch, same update)")
     g.add_argument("--lora_r", type=int, default=0,
@@ -344,7 +345,7 @@ def main(argv=None):
         hf_model.save_pretrained(str(path))
         hf_model = hf_model.to(tdtype)
         cfg, params = model.load_hf(path, dtype=args.dtype, mesh=mesh)
-    cfg = cfg.replace(remat=args.remat, attention_impl=args.attention)
+    cfg = cfg.replace(remat=args.remat, attention_impl=args.attention, attention_block=args.attention_block)
     tokens = rng.integers(0, cfg.vocab_size, size=(args.batch, args.seq + 1))
     n_params = model.num_params(cfg)
     tokens_per_step = args.batch * args.seq

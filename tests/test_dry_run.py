@@ -129,6 +129,7 @@ def test_sft_cli_dry_run_reexecs_on_the_pod_mesh(tmp_path):
 
 
 @pytest.mark.parametrize("name,devices,reference", [("grpo_qwen25_math_1p5b_v5e8", 8, False),
+                                                    ("grpo_qwen25_math_1p5b_8k_v5e8", 8, False),
                                                     ("grpo_qwen3_1p7b_h100", 1, True)])
 def test_grpo_pod_configs_pass_the_dry_run(name, devices, reference):
     """The realistic GRPO configs compile (prepare pass, mu x minibatch updates, the frozen

@@ -19,7 +19,7 @@ FULL = "full_attention"
 SLIDING = "sliding_attention"
 LAYER_TYPES = (FULL, SLIDING)
 ACTIVATIONS = ("silu", "gelu_tanh")
-ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "einsum", "blockwise", "splash", "cudnn")
 REMAT_POLICIES = ("none", "full", "dots")
 ROPE_TYPES = ("default", "linear", "llama3")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # the projections LoRA can adapt, in layer order
@@ -112,7 +112,10 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
-    attention_impl: str = "einsum"  # einsum (reference) | xla | cudnn (jax.nn.dot_product_attention)
+    # attention kernel (reasonax.model.attention): auto (per backend and length) | einsum (the
+    # reference) | blockwise (flash-style, pure JAX) | splash (TPU Pallas) | cudnn (GPU, no softcap)
+    attention_impl: str = "auto"
+    attention_block: int = 256  # query rows / key columns per block of the blockwise kernel (bench/attention.py)
     remat: str = "none"  # rematerialisation of each scanned layer: none | full | dots
     # LoRA settings; the forward applies the adapters that params["layers"]["lora"] carries with
     # lora.scale, and base-only params run the base under the same config (reasonax.model.lora)
@@ -136,8 +139,11 @@ class ModelConfig:
             problems.append(f"activation {self.activation!r} not in {ACTIVATIONS}")
         if self.attention_impl not in ATTENTION_IMPLS:
             problems.append(f"attention_impl {self.attention_impl!r} not in {ATTENTION_IMPLS}")
-        if self.attention_impl != "einsum" and self.attn_softcap:
-            problems.append("attention softcap needs attention_impl='einsum'")
+        if self.attention_impl == "cudnn" and self.attn_softcap:
+            problems.append("attention softcap is not supported by attention_impl='cudnn' (use auto, blockwise, "
+                            "splash or einsum)")
+        if self.attention_block < 1:
+            problems.append(f"attention_block {self.attention_block} must be >= 1")
         if self.remat not in REMAT_POLICIES:
             problems.append(f"remat {self.remat!r} not in {REMAT_POLICIES}")
         if self.head_dim % 2:

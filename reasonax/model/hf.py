@@ -155,7 +155,8 @@ def config_to_hf(cfg: ModelConfig):
         kw["rope_parameters"] = _rope_to_hf(cfg.rope)
     hf_cfg = getattr(transformers, FAMILIES[mt].hf_config)(**kw)
     back = config_from_hf(hf_cfg, where="export")
-    runtime = dict(attention_impl=cfg.attention_impl, remat=cfg.remat, lora=cfg.lora)
+    runtime = dict(attention_impl=cfg.attention_impl, attention_block=cfg.attention_block, remat=cfg.remat,
+                   lora=cfg.lora)
     if cfg.rope_local is None and back.rope_local == cfg.rope:
         runtime["rope_local"] = None
     if back.replace(**runtime) != cfg:

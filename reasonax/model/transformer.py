@@ -2,9 +2,10 @@
 
 Einsum letters: B batch, T positions, D hidden, N query heads, K kv heads, H head dim, V vocab.
 
-Per-layer differences (sliding vs global attention, local vs global RoPE) are data: masks and
-RoPE tables are built once per *layer type* and each scanned layer indexes them by its type id,
-so compile time stays flat in depth.
+Per-layer differences (sliding vs global attention, local vs global RoPE) are data: RoPE tables
+are built once per *layer type* and each scanned layer indexes them by its type id; the mask is
+one attention.MaskSpec (slots, segment ids, window) whose window each layer switches on by its
+type, so compile time stays flat in depth.
 """
 
 from __future__ import annotations
@@ -32,19 +33,17 @@ def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
     return idx - jax.lax.cummax(starts, axis=1)
 
 
-def _layer_type_tables(cfg: ModelConfig, positions, q_slots, k_slots, q_seg, k_seg, dtype):
-    """Stacked masks [Y,B,T,S], cos/sin [Y,B,T,H/2] and per-layer type ids [L] for the Y types used."""
+def _layer_type_tables(cfg: ModelConfig, positions, dtype):
+    """Stacked cos/sin [Y,B,T,H/2], per-layer type ids [L] and the Y layer types used (sorted)."""
     types = sorted(set(cfg.layer_types))
-    masks, coss, sins = [], [], []
+    coss, sins = [], []
     for t in types:
-        window = cfg.sliding_window if t == SLIDING else None
         rope = cfg.rope_local if (t == SLIDING and cfg.rope_local is not None) else cfg.rope
-        masks.append(attention.make_mask(q_slots, k_slots, q_seg, k_seg, window))
         cos, sin = layers.rope_tables(positions, rope, cfg.head_dim, dtype)
         coss.append(cos)
         sins.append(sin)
     type_ids = jnp.asarray(np.array([types.index(t) for t in cfg.layer_types], np.int32))
-    return jnp.stack(masks), jnp.stack(coss), jnp.stack(sins), type_ids
+    return jnp.stack(coss), jnp.stack(sins), type_ids, types
 
 
 def _norm(cfg: ModelConfig, x, w):
@@ -93,11 +92,11 @@ def _write_blocks(blocks: tuple, new, rows, cols, columns: int) -> tuple:
     return tuple(out)
 
 
-def _decoder_layer(cfg: ModelConfig, x, p, cos, sin, mask, kv, layer, cols, attn_len):
+def _decoder_layer(cfg: ModelConfig, x, p, cos, sin, spec, kv, layer, cols, attn_len):
     """One pre-norm decoder layer.
 
-    kv: None (keys are this chunk) or the whole cache (k, v), each stacked [L,B,S,K,H] or a tuple of
-    per-layer [B,S,K,H] arrays; this chunk's keys and values are written at [layer, b, cols[b]] in
+    spec: the layer's attention.MaskSpec. kv: None (keys are this chunk) or the whole cache (k, v),
+    each stacked [L,B,S,K,H] or a tuple of per-layer [B,S,K,H] arrays; this chunk's keys and values are written at [layer, b, cols[b]] in
     place, and the layer's first attn_len columns are attended to.
     """
     h = _norm(cfg, x, p["pre_attn_norm"])
@@ -116,7 +115,7 @@ def _decoder_layer(cfg: ModelConfig, x, p, cos, sin, mask, kv, layer, cols, attn
         else:
             kv = tuple(c.at[layer, rows, cols].set(new.astype(c.dtype), mode="drop") for c, new in zip(kv, (k, v)))
             k, v = (jax.lax.dynamic_index_in_dim(c, layer, axis=0, keepdims=False)[:, :attn_len] for c in kv)
-    out = _project_out(cfg, attention.attend(cfg, q, k, v, mask), p, "o")
+    out = _project_out(cfg, attention.attend(cfg, q, k, v, spec), p, "o")
     if cfg.o_bias:
         out = out + p["o_bias"]
     if cfg.sandwich_norm:
@@ -169,22 +168,27 @@ def hidden_states(params: dict, tokens: jax.Array, cfg: ModelConfig, *, position
         q_slots = cols = cache.lengths[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
         k_slots = jnp.arange(attn_len, dtype=jnp.int32)
         k_seg = write_columns(cache.segment_ids, segment_ids, cache.lengths)
-    masks, coss, sins, type_ids = _layer_type_tables(
-        cfg, positions, q_slots, k_slots, segment_ids, k_seg if cache is None else k_seg[:, :attn_len], dtype)
-    single_type = masks.shape[0] == 1
+    coss, sins, type_ids, types = _layer_type_tables(cfg, positions, dtype)
+    # the mask as slots and segment ids (each kernel builds what it needs from them); the window
+    # applies on sliding layers: a bool when all layers have one type, else the scanned type id
+    spec = attention.MaskSpec(q_slots, k_slots, segment_ids, k_seg if cache is None else k_seg[:, :attn_len],
+                              window=cfg.sliding_window if SLIDING in types else None, aligned=cache is None)
+    single_type = len(types) == 1
 
     def body(carry, xs):  # the cache rides in the carry so each layer updates it in place
         x, kv = carry
         p, tid, layer = xs
         pick = (lambda a: a[0]) if single_type else (lambda a: a[tid])
-        return _decoder_layer(cfg, x, p, pick(coss), pick(sins), pick(masks), kv, layer, cols, attn_len), None
+        sliding = types[0] == SLIDING if single_type else tid == types.index(SLIDING)
+        return _decoder_layer(cfg, x, p, pick(coss), pick(sins), spec.with_sliding(sliding), kv, layer, cols,
+                              attn_len), None
 
     if cfg.remat != "none":
         body = jax.checkpoint(body, policy=_REMAT[cfg.remat])
     carry = (embed(params, tokens, cfg), None if cache is None else (cache.k, cache.v))
     if isinstance(params["layers"], (list, tuple)):  # unstacked (see unstack_layers): unrolled loop
         for i, p in enumerate(params["layers"]):
-            carry, _ = body(carry, (p, type_ids[i], i))
+            carry, _ = body(carry, (p, types.index(cfg.layer_types[i]), i))  # a static type: no selects
     else:
         layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
         carry, _ = jax.lax.scan(body, carry, (params["layers"], type_ids, layer_ids))
