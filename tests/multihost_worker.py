@@ -61,6 +61,9 @@ def main(argv):
     from reasonax.train import loop
     from reasonax.train.slm import ref_scores
 
+    from reasonax import typed
+
+    c = typed.from_config(sft.SFTConfig, c)  # common's helpers take the typed config
     cfg = common.model_config(c)
     ref_scores.score(state.params, cfg, common.load_tokenizer(c), common.data_config(c), workdir / "ref_scores",
                      mesh=loop.config_mesh(c), batch_size=8, part_records=150, progress=False)

@@ -136,14 +136,14 @@ def test_process_shards_cover_the_single_process_batches(tmp_path):
     """Without packing, each global batch of a 2-process run holds the same rows as 1 process's."""
     from reasonax.tasks.byte_tokenizer import byte_tokenizer
     from reasonax.train import data as data_lib
-    from reasonax.train import common
+    from reasonax import typed
+    from reasonax.train import common, sft
 
     c = _tiny_config()
     c.workdir = str(tmp_path)
-    c.data.pack = False
+    c.data.pack, c.data.num_threads = False, 0
     _write_data(tmp_path)
-    d = common.data_config(c)
-    d.num_threads = 0
+    d = common.data_config(typed.from_config(sft.SFTConfig, c))
     tok = byte_tokenizer()
 
     def batches(index, count):

@@ -38,7 +38,7 @@ PEFT_DIR = "peft"
 def settings(f) -> LoraConfig | None:
     """The LoraConfig of config.lora (a loop.LoraFields), or None when LoRA is off. With init_from
     the adapter directory's own settings are used; lora.r, if set, must equal its rank."""
-    if not f.enabled:
+    if not (f.r > 0 or f.init_from):
         return None
     if f.init_from:
         s = lora.read_peft_config(f.init_from)

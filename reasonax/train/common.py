@@ -214,7 +214,7 @@ def exporter(c, cfg: ModelConfig) -> Callable:
 
 def with_lora(plan, c):
     """plan, trained with LoRA adapters when config.lora is on (reasonax.train.adapters)."""
-    return adapters.lora_plan(plan, c) if c.lora.enabled else plan
+    return adapters.lora_plan(plan, c) if plan.model.lora is not None else plan
 
 
 def recipe_flags(configs: str, dry_run_help: str) -> None:

@@ -78,10 +78,6 @@ class LoraFields:
     dtype: str = "float32"    # adapters and their optimizer state (the base stays in param_dtype)
     export_peft: str = ""     # write the final adapters as a PEFT directory here ('' : <workdir>/peft; 'none': skip)
 
-    @property
-    def enabled(self) -> bool:
-        return self.r > 0 or bool(self.init_from)
-
     def problems(self) -> list[str]:
         out = []
         if self.r < 0:
