@@ -8,8 +8,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from reasonax.model import lora
 from reasonax.model.params import ADAPTERS, is_spec, num_params
 from reasonax.train import adapters, common, dry_run, grpo, loop, sft
 from reasonax.train import checkpoint as ckpt_lib
-from tests.test_train_loop import _losses, tiny_config
+from tests.test_train_loop import _finish, _losses, _worker, set_fields, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,24 +103,12 @@ sft.run(_resume_config(sys.argv[1]))
 """
 
 
-def _worker(tmp_path, workdir):
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(root=str(ROOT)))
-    return subprocess.Popen([sys.executable, str(script), str(workdir)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def _finish(proc):
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-
-
 def _kill_and_resume(tmp_path, straight):
     """Run _resume_config in a subprocess, SIGKILL it at an arbitrary step, rerun it (it resumes
     from the latest complete checkpoint: adapters + AdamW state; the base is rebuilt) and compare
     its exports and losses with the uninterrupted run in `straight`."""
     killed = tmp_path / "killed"
-    proc = _worker(tmp_path, killed)
+    proc = _worker(tmp_path, killed, WORKER)
     kill_at = random.Random(os.getpid()).randint(2, STEPS - 3)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -134,7 +120,7 @@ def _kill_and_resume(tmp_path, straight):
     proc.wait()
     done = ckpt_lib.Checkpointer(killed / "checkpoints").latest_step()
     assert done is not None and done < STEPS
-    _finish(_worker(tmp_path, killed))
+    _finish(_worker(tmp_path, killed, WORKER))
     from safetensors.numpy import load_file
 
     for sub in ("peft/adapter_model.safetensors", "hf/model.safetensors"):
@@ -157,13 +143,7 @@ def _grpo_config(workdir, **changes):
     g.prompts_per_step, g.group_size, g.max_prompt_len, g.max_new_tokens, g.beta = 2, 4, 64, 8, 0.04
     c.num_steps = c.optim.total_steps = 2
     c.lora.r = 4
-    for k, v in changes.items():
-        target = c
-        *path, last = k.split(".")
-        for p in path:
-            target = target[p]
-        target[last] = v
-    return c
+    return set_fields(c, changes)
 
 
 def test_grpo_lora_with_kl_keeps_one_copy_of_the_base(tmp_path):

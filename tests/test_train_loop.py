@@ -39,6 +39,11 @@ def tiny_config(workdir, **changes):
     c.log_every = 1
     c.peak_flops = "1e11"  # skip the matmul measurement
     c.tensorboard = False
+    return set_fields(c, changes)
+
+
+def set_fields(c, changes: dict):
+    """c with each dotted field of `changes` ('optim.lr': 1e-3) set; returns c."""
     for k, v in changes.items():
         target = c
         *path, last = k.split(".")
@@ -95,9 +100,10 @@ sft.run(c)
 """
 
 
-def _worker(tmp_path, workdir):
+def _worker(tmp_path, workdir, worker: str = WORKER):
+    """Run the worker script (WORKER, or another with a {root} field) on workdir in a subprocess."""
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(root=str(ROOT)))
+    script.write_text(worker.format(root=str(ROOT)))
     return subprocess.Popen([sys.executable, str(script), str(workdir)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 

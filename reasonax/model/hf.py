@@ -361,6 +361,18 @@ def host_tensors(params, specs, dtype) -> Iterator[tuple[str, np.ndarray]]:
             yield name, _to_hf(spec, host.astype(dtype))
 
 
+def new_out_dir(out_dir) -> tuple[Path, bool]:
+    """(out_dir as a Path, whether this process writes: process 0); process 0 creates it and
+    refuses one that exists and is not empty."""
+    out_dir = Path(out_dir)
+    write = jax.process_index() == 0
+    if write:
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise FileExistsError(f"{out_dir}: exists and is not empty")
+        out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir, write
+
+
 def save_hf(params: dict, cfg: ModelConfig, out_dir: str | os.PathLike, dtype=None,
             max_shard_bytes: int = 4 << 30, tokenizer_dir: str | os.PathLike | None = None) -> Path:
     """Write config.json + safetensors (sharded above max_shard_bytes) that transformers loads.
@@ -371,12 +383,7 @@ def save_hf(params: dict, cfg: ModelConfig, out_dir: str | os.PathLike, dtype=No
     if isinstance(params.get("layers"), dict) and ADAPTERS in params["layers"]:
         raise ValueError(f"params carry LoRA adapters (params['layers'][{ADAPTERS!r}]): save the merged model, "
                          "save_hf(lora.merge(base, adapters, cfg), cfg, ...), or the adapters, lora.save_peft(...)")
-    out_dir = Path(out_dir)
-    write = jax.process_index() == 0
-    if write:
-        if out_dir.exists() and any(out_dir.iterdir()):
-            raise FileExistsError(f"{out_dir}: exists and is not empty")
-        out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, write = new_out_dir(out_dir)
     hf_cfg = config_to_hf(cfg)
     np_dtype = np.dtype(jnp.dtype(dtype or params["embed"].dtype))
     hf_cfg.dtype = np_dtype.name

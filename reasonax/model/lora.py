@@ -230,12 +230,7 @@ def save_peft(adapters: dict, cfg: ModelConfig, out_dir: str | os.PathLike, dtyp
     process 0 writes.
     """
     specs = _check_adapters(adapters, cfg, "save_peft")
-    out_dir = Path(out_dir)
-    write = jax.process_index() == 0
-    if write:
-        if out_dir.exists() and any(out_dir.iterdir()):
-            raise FileExistsError(f"{out_dir}: exists and is not empty")
-        out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, write = hf.new_out_dir(out_dir)
     np_dtype = np.dtype(jnp.dtype(dtype or jax.tree.leaves(adapters)[0].dtype))
     tensors = dict(hf.host_tensors(adapters, specs, np_dtype))
     if write:
