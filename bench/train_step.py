@@ -38,7 +38,7 @@ against both peaks.
 With --jax_only (no torch side) the model may be a preset, e.g. on a GPU:
     python bench/train_step.py --jax_only --platform cuda --preset qwen2.5-1.5b --dtype bfloat16 \
         --batch 8 --seq 2048 --attention cudnn --remat dots
-where MFU is also reported against the chip's table peak (reasonax.train.monitor.PEAK_FLOPS).
+where MFU is also reported against the chip's table peak (reasonax.train.monitor.CHIPS).
 
 LoRA: --lora_r R trains rank-R adapters (alpha 2R, q/k/v/o/gate/up/down) on the frozen base on
 both sides (JAX: reasonax.train.adapters, the base as the step's frozen aux; torch: peft), from B =

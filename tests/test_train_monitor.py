@@ -78,12 +78,13 @@ def test_train_flops_is_three_forwards_with_sliding_layers(causal):
 ])
 def test_device_kind_matching(kind, key):
     assert M.peak_key(kind) == key
-    assert key is None or key in M.PEAK_FLOPS
+    assert key is None or key in M.CHIPS
 
 
 def test_peak_table_values_and_device_lookup():
-    assert M.PEAK_FLOPS["tpu v5e"] == 197e12 and M.PEAK_FLOPS["tpu v5p"] == 459e12
-    assert M.PEAK_FLOPS["h100"] == M.PEAK_FLOPS["h200"] == 989e12
+    assert M.CHIPS["tpu v5e"].peak_flops == 197e12 and M.CHIPS["tpu v5p"].peak_flops == 459e12
+    assert M.CHIPS["h100"].peak_flops == M.CHIPS["h200"].peak_flops == 989e12
+    assert M.CHIPS["tpu v5e"].hbm_bw == 819e9 and M.CHIPS["h200"].hbm_bw == 4.8e12
 
     class Fake:
         device_kind, platform = "TPU v6 lite", "tpu"

@@ -8,6 +8,8 @@ set serves MQA, GQA and MHA models alike.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections.abc import Sequence
 
 import jax
@@ -30,6 +32,20 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("lora_rank", ("fsdp",)),
     # replicated: layers, head_dim, norm, seq
 )
+
+
+_ACTIVE_RULES = contextvars.ContextVar("reasonax_sharding_rules", default=DEFAULT_RULES)
+
+
+@contextlib.contextmanager
+def use_rules(rules):
+    """Trace under `rules` instead of DEFAULT_RULES: constrain() inside the model follows them (the
+    rollout layout keeps the vocabulary whole, reasonax.train.rollout_layout.RULES). Per thread."""
+    token = _ACTIVE_RULES.set(tuple(rules))
+    try:
+        yield
+    finally:
+        _ACTIVE_RULES.reset(token)
 
 
 def mesh_shape(data: int = 1, fsdp: int = 1, tensor: int = 1, num_devices: int | None = None,
@@ -103,9 +119,11 @@ def named_sharding(mesh: Mesh, axes: Sequence[str | None], shape: Sequence[int],
     return NamedSharding(mesh, logical_to_spec(axes, shape, dict(mesh.shape), rules))
 
 
-def constrain(x: jax.Array, axes: Sequence[str | None], rules=DEFAULT_RULES) -> jax.Array:
-    """with_sharding_constraint by logical axes under the current mesh (jax.set_mesh); no-op without."""
+def constrain(x: jax.Array, axes: Sequence[str | None], rules=None) -> jax.Array:
+    """with_sharding_constraint by logical axes under the current mesh (jax.set_mesh); no-op without.
+    rules: default the active ones (use_rules; DEFAULT_RULES)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return x
+    rules = _ACTIVE_RULES.get() if rules is None else rules
     return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, x.shape, dict(mesh.shape), rules))

@@ -13,12 +13,14 @@ Restoring takes an abstract state whose shardings may be on a different mesh tha
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orbax.checkpoint as ocp
 
 STATE, DATA, CONFIG = "state", "data", "config"
+EXTRA_ARRAYS, EXTRA_JSON = "extra_arrays", "extra"  # a source's own state (GRPO one-step-off: the batch in flight)
 
 
 class Checkpointer:
@@ -39,11 +41,20 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state, data_iter=None, config: dict | None = None, force: bool = False) -> bool:
-        """Start saving (returns at once when async); False if `step` is not a save step."""
+    def save(self, step: int, state, data_iter=None, config: dict | None = None, force: bool = False,
+             extra: Callable[[], dict | None] | None = None) -> bool:
+        """Start saving (returns at once when async); False if `step` is not a save step. extra: called
+        only when this step is saved; its {"rows": {name: numpy array}, ...} is saved beside the state
+        (arrays under "rows", the rest as JSON) and read back by restore_extra."""
         import grain
 
+        if extra is not None and not (force or self.manager.should_save(step)):
+            return False  # extra() may wait (for a batch in flight): only on steps that are saved
         items = {STATE: ocp.args.StandardSave(state)}
+        more = extra() if extra is not None else None
+        if more is not None:
+            items[EXTRA_ARRAYS] = ocp.args.StandardSave(dict(more["rows"]))
+            items[EXTRA_JSON] = ocp.args.JsonSave({k: v for k, v in more.items() if k != "rows"})
         if data_iter is not None:
             items[DATA] = grain.checkpoint.CheckpointSave(data_iter)
         if config is not None:
@@ -62,6 +73,15 @@ class Checkpointer:
         if data_iter is not None:
             items[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
         return self.manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+
+    def restore_extra(self, step: int | None = None) -> dict | None:
+        """What save(extra=...) stored at `step` (default latest), or None when that step has none."""
+        step = self.latest_step() if step is None else step
+        if step is None or not (self.directory / str(step) / EXTRA_JSON).exists():
+            return None
+        got = self.manager.restore(step, args=ocp.args.Composite(**{EXTRA_ARRAYS: ocp.args.StandardRestore(),
+                                                                    EXTRA_JSON: ocp.args.JsonRestore()}))
+        return {**got[EXTRA_JSON], "rows": got[EXTRA_ARRAYS]}
 
     def restore_config(self, step: int | None = None) -> dict[str, Any]:
         step = self.latest_step() if step is None else step

@@ -35,12 +35,13 @@ import jax
 import jax.numpy as jnp
 
 from reasonax.model import num_params
-from reasonax.model.cache import kv_bytes_per_row
 from reasonax.model import sharding as sharding_lib
 from reasonax.model.config import ModelConfig
 from reasonax.model.lora import num_adapter_params
-from reasonax.sample import SamplingParams, engine, sampler
+from reasonax.sample import SamplingParams, engine
+from reasonax.train import rollout_layout
 from reasonax.train import state as state_lib
+from reasonax.train.rollout_layout import per_device_bytes
 from reasonax.train.step import build_train_step, resolve_layer_loop
 
 GIB = 1 << 30
@@ -81,15 +82,6 @@ def check_batch(config, shape: dict[str, int]) -> None:
 # Memory
 
 
-def per_device_bytes(tree) -> int:
-    """Bytes one device holds of a tree of sharded ShapeDtypeStructs / arrays (the largest shard)."""
-    total = 0
-    for leaf in jax.tree.leaves(tree):
-        shard = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
-        total += math.prod(shard) * jnp.dtype(leaf.dtype).itemsize
-    return total
-
-
 def compiled_memory(compiled) -> dict[str, int] | None:
     """Per-device byte counts of compiled.memory_analysis() (None if the backend gives none)."""
     stats = compiled.memory_analysis()
@@ -115,23 +107,101 @@ def fit(total_bytes: int, device_memory_gib: float) -> dict:
 # The dry run
 
 
-def sampler_memory(model_cfg: ModelConfig, abstract_params, mesh, rollout, rows: int) -> dict:
-    """The rollout engine's memory next to the train step (GRPO): decode slots from the KV budget
-    (or rollout.num_slots), their KV cache exactly, and the compiled decode block (the longest one:
-    attending to every column) on this mesh. rollout: the grpo config."""
+def _decode_devices(plan, n: int) -> tuple[list, list]:
+    """(train devices, rollout devices) of the dry run: GRPO's one-step-off keeps the first
+    grpo.rollout_devices for rollouts and trains on the next n; otherwise both are the first n."""
+    reserved = int(plan.reserved_devices)
+    train = jax.devices()[reserved:reserved + n]
+    return train, (jax.devices()[:reserved] if reserved else train)
 
-    columns = sampler.bucket(int(rollout.max_prompt_len)) + int(rollout.max_new_tokens)
-    shards = sharding_lib.batch_shards(mesh)
-    dtype = abstract_params["embed"].dtype
-    slots = int(rollout.num_slots) or engine.plan_slots(model_cfg, columns, dtype,
-                                                        int(rollout.kv_budget_gb * GIB), shards, rows)
-    sp = SamplingParams(max_new_tokens=int(rollout.max_new_tokens), temperature=float(rollout.temperature),
-                        top_k=int(rollout.top_k), top_p=float(rollout.top_p), n=int(rollout.group_size))
-    compiled = engine.compile_decode_block(abstract_params, model_cfg, mesh, slots, columns, sp,
-                                           int(rollout.block_steps))
-    return {"num_slots": slots, "cache_columns": columns,
-            "kv_cache": kv_bytes_per_row(model_cfg, columns, dtype) * math.ceil(slots / shards),
-            "compiled": compiled_memory(compiled)}
+
+def _policy_spec(plan, mesh, rules=rollout_layout.RULES) -> dict:
+    """The params the rollout decodes with (LoRA: base + adapters), abstract on mesh."""
+    config = plan.config
+    return rollout_layout.policy_spec(plan.model, jnp.dtype(config.param_dtype), mesh,
+                                      plan.trainable_dtype or None, rules)
+
+
+def _compile_decode(plan, layout: rollout_layout.Layout, slots: int, columns: int):
+    rc = plan.rollout
+    sp = SamplingParams(max_new_tokens=int(rc.max_new_tokens), temperature=float(rc.temperature),
+                        top_k=int(rc.top_k), top_p=float(rc.top_p), n=int(rc.group_size))
+    with sharding_lib.use_rules(layout.rules):
+        return engine.compile_decode_block(_policy_spec(plan, layout.mesh, layout.rules), plan.model, layout.mesh,
+                                           slots, columns, sp, int(rc.block_steps))
+
+
+def resolve_layout(plan, train_mesh, resident: int) -> rollout_layout.Layout:
+    """The plan's rollout layout as the run would resolve it, over the dry run's rollout devices
+    (the budget: config.device_memory_gib; the chip: config.peak_flops)."""
+    config, rc = plan.config, plan.rollout
+    _, devices = _decode_devices(plan, math.prod(train_mesh.shape.values()))
+    return rollout_layout.resolve(
+        plan.model, rc, train_mesh, devices, rows=int(config.batch_size), dtype=jnp.dtype(config.param_dtype),
+        chip=rollout_layout.chip_of(config.peak_flops, devices), budget=int(config.device_memory_gib * GIB) or None,
+        resident=0 if plan.reserved_devices else resident, adapters_dtype=plan.trainable_dtype or None)
+
+
+def compile_rollout_decode(plan, resident: int = 0):
+    """The decode block compiled as GRPO's rollout runs it for plan's config: in the plan's rollout
+    layout (grpo.rollout_mesh, resolved as the run resolves it) with its slot count, attending to all
+    columns, over stacked layers (the accelerator path), on the first devices of the rollout group.
+    Needs the devices (fake CPU devices for a pod config). resident: bytes per device of the train
+    state that stay during the rollout (auto's memory check; 0: not counted)."""
+    config = plan.config
+    n = mesh_devices(config)
+    train_mesh = sharding_lib.make_mesh(**mesh_shape(config), devices=_decode_devices(plan, n)[0])
+    layout = resolve_layout(plan, train_mesh, resident)
+    slots, columns = rollout_layout.slot_count(plan.model, plan.rollout, sharding_lib.batch_shards(layout.mesh),
+                                               int(config.batch_size),
+                                               jnp.dtype(config.param_dtype))
+    return _compile_decode(plan, layout, slots, columns)
+
+
+def rollout_report(plan, train_mesh, resident: int) -> dict:
+    """The rollout in its layout and, side by side, in today's (the learner's FSDP arrays): per
+    layout the slots, weights, KV, sync bytes per device, the collectives of one decode step read
+    from the compiled decode block, HBM bytes per step, and with a chip (config.peak_flops a key of
+    monitor.CHIPS) seconds per decode step, per sync and per step's rollout (at max_new_tokens for
+    every row: an upper bound). resident: the train state's bytes per device that stay while
+    rolling out (overlap none)."""
+    config, cfg, rc = plan.config, plan.model, plan.rollout
+    dtype = jnp.dtype(config.param_dtype)
+    chip = rollout_layout.chip_of(config.peak_flops, list(train_mesh.devices.flat))
+    chosen = resolve_layout(plan, train_mesh, resident)
+    out = {"chip": next((k for k, v in rollout_layout.CHIPS.items() if v is chip), None),
+           "overlap": rc.overlap, "rollout_mesh": rc.rollout_mesh}
+    for label, layout in (("today", rollout_layout.Layout("train", train_mesh)), ("rollout", chosen)):
+        mesh = layout.mesh
+        policy = _policy_spec(plan, mesh, layout.rules)
+        data = sharding_lib.batch_shards(mesh)
+        tensor = mesh.shape["tensor"]
+        held = rollout_layout.per_device_bytes(policy)
+        # today's decode gathers every FSDP-sharded weight at every step: it reads all of them
+        read = rollout_layout.per_device_bytes(_policy_spec(plan, None)) if layout.is_train else held
+        est = rollout_layout.estimate(cfg, rc, data, tensor, read, int(config.batch_size), dtype, chip)
+        compiled = _compile_decode(plan, layout, est["num_slots"], est["cache_columns"])
+        coll = rollout_layout.collectives(compiled.as_text())
+        temp = (compiled_memory(compiled) or {}).get("temp", 0)
+        sync = 0 if layout.is_train else held
+        if cfg.lora is not None and not layout.is_train:  # the base is placed once; each sync moves the adapters
+            sync = rollout_layout.per_device_bytes(policy["layers"][rollout_layout.ADAPTERS])
+        mem = (0 if plan.reserved_devices and not layout.is_train else resident) + est["kv_bytes"] + temp
+        mem += 0 if layout.is_train else held  # today's weights are the train state's own (in resident)
+        entry = {**est, "layout": "train (" + " x ".join(f"{a}={k}" for a, k in mesh.shape.items()) + ")"
+                 if layout.is_train else layout.spec,
+                 "weights_held_bytes": held, "sync_bytes": sync, "collectives": coll, "decode_temp_bytes": temp,
+                 "memory_bytes": int(mem)}
+        if chip is not None:
+            step = (est["hbm_bytes_per_step"] / chip.hbm_bw + coll["per_iteration"] / (chip.interconnect_bw / 2)
+                    + coll["count_per_iteration"] * rollout_layout.COLLECTIVE_LATENCY_S)
+            entry.update(step_s=step, rollout_s=step * int(rc.max_new_tokens) * est["waves"],
+                         sync_s=rollout_layout.sync_seconds(sync, chip))
+        out[label] = entry
+    if chosen.considered:
+        out["considered"] = [{k: e[k] for k in ("layout", "step_s", "rollout_s", "memory_bytes")} | {"fits": fits}
+                             for e, fits in chosen.considered]
+    return out
 
 
 def dry_run(plan, device_memory_gib: float | None = None) -> dict:
@@ -147,11 +217,13 @@ def dry_run(plan, device_memory_gib: float | None = None) -> dict:
     config, model_cfg = plan.config, plan.model
     shape = mesh_shape(config)
     n = math.prod(shape.values())
-    if jax.device_count() < n:
-        raise ValueError(f"config.mesh {shape} needs {n} devices, this process has {jax.device_count()} "
-                         f"(run with XLA_FLAGS={_COUNT_FLAG}={n} JAX_PLATFORMS=cpu)")
+    total = n + int(plan.reserved_devices)
+    if jax.device_count() < total:
+        raise ValueError(f"config.mesh {shape} needs {n} devices" + (
+            f" after grpo.rollout_devices={plan.reserved_devices}" if plan.reserved_devices else "")
+            + f", this process has {jax.device_count()} (run with XLA_FLAGS={_COUNT_FLAG}={total} JAX_PLATFORMS=cpu)")
     check_batch(config, shape)
-    mesh = sharding_lib.make_mesh(**shape, devices=jax.devices()[:n])
+    mesh = sharding_lib.make_mesh(**shape, devices=_decode_devices(plan, n)[0])
     optimizer = state_lib.make_optimizer(config.optim, model_cfg, plan.trainable)
     abstract = state_lib.abstract_state(model_cfg, optimizer, mesh, jnp.dtype(plan.trainable_dtype or config.param_dtype),
                                         plan.trainable)
@@ -191,15 +263,10 @@ def dry_run(plan, device_memory_gib: float | None = None) -> dict:
     }
     peak = report["compiled"].get("total") if report["compiled"] else None
     if plan.rollout is not None:
-        policy = abstract.params if plan.policy is None else plan.policy(abstract.params, aux[0])
-        sampler = sampler_memory(model_cfg, policy, mesh, plan.rollout, int(config.batch_size))
-        c = sampler["compiled"] or {}
-        # while rolling out the train state stays resident; the decode block's arguments are the
-        # params (already counted) and the slots
-        sampler["total"] = (per_device_bytes(abstract.params) + per_device_bytes(abstract.opt_state)
-                            + aux_bytes + sampler["kv_cache"] + c.get("temp", 0))
-        report["sampler"] = sampler
-        peak = max(peak or 0, sampler["total"])
+        # while rolling out (overlap none) the train state stays resident beside the rollout's weights
+        resident = per_device_bytes(abstract.params) + per_device_bytes(abstract.opt_state) + aux_bytes
+        report["rollout"] = rollout_report(plan, mesh, resident)
+        peak = max(peak or 0, report["rollout"]["rollout"]["memory_bytes"])
     report["peak"] = peak
     if device_memory_gib is not None and peak is not None:
         report["fit"] = fit(peak, device_memory_gib)
@@ -243,14 +310,10 @@ def format_report(report: dict) -> str:
         rows += [f"  {label:<42}{_gib(c[k])}" for k, label in labels if k in c]
         if "total" in c:
             rows.append(f"  {'total = args + outputs - alias + temp':<42}{_gib(c['total'])}")
-    if sm := report.get("sampler"):
-        sc = sm["compiled"] or {}
-        rows += ["", f"rollout engine: {sm['num_slots']} decode slots x {sm['cache_columns']} columns",
-                 f"  {'KV cache of the slots (exact)':<42}{_gib(sm['kv_cache'])}",
-                 f"  {'compiled decode block: temporaries':<42}{_gib(sc.get('temp'))}",
-                 f"  {'rollout total = state + slots + temp':<42}{_gib(sm['total'])}"]
-    if report.get("sampler") and report.get("peak") is not None:
-        rows.append(f"  {'peak = max(train step, rollout)':<42}{_gib(report['peak'])}")
+    if r := report.get("rollout"):
+        rows += ["", format_rollout(r)]
+        if report.get("peak") is not None:
+            rows.append(f"  {'peak = max(train step, rollout)':<42}{_gib(report['peak'])}")
     if f := report.get("fit"):
         verdict = "fits" if f["fits"] else "DOES NOT FIT"
         rows += ["", f"{verdict} in {f['device_memory_gib']:g} GiB per device: headroom "
@@ -258,6 +321,51 @@ def format_report(report: dict) -> str:
     rows += ["", "compiled figures: XLA:CPU's buffer assignment of the same sharded program; TPU/GPU differ "
                  "(fusion, layouts, bf16), so treat them as an estimate."]
     return "\n".join(rows)
+
+
+def _mib(b) -> str:
+    return "n/a" if b is None else f"{b / 2**20:,.1f} MiB"
+
+
+def _ms(s) -> str:
+    return "n/a" if s is None else f"{1e3 * s:,.2f} ms"
+
+
+def format_rollout(r: dict) -> str:
+    """The rollout section: the chosen layout beside today's (the learner's FSDP arrays)."""
+    t, o = r["today"], r["rollout"]
+    lines = [f"rollout: grpo.rollout_mesh={r['rollout_mesh']!r}, overlap={r['overlap']}; estimates for "
+             f"{r['chip'] or 'no chip (set peak_flops to a key of monitor.CHIPS)'}",
+             f"  {'per device':<44}{'today':>20}{'rollout layout':>20}"]
+
+    def row(label, a, b):
+        lines.append(f"  {label:<44}{a:>20}{b:>20}")
+
+    row("layout", t["layout"], o["layout"])
+    row("decode slots x cache columns", f"{t['num_slots']} x {t['cache_columns']}", f"{o['num_slots']} x {o['cache_columns']}")
+    row("weights held (exact)", _mib(t["weights_held_bytes"]), _mib(o["weights_held_bytes"]))
+    row("one weight sync moves", _mib(t["sync_bytes"]), _mib(o["sync_bytes"]))
+    row("KV cache of the slots (exact)", _mib(t["kv_bytes"]), _mib(o["kv_bytes"]))
+    for label, key in (("collectives per decode step (compiled)", "per_iteration"),
+                       ("  per layer of a step", "per_inner_iteration"),
+                       ("  largest one inside the loops", "largest_in_loop"),
+                       ("  once per decode block, outside loops", "outside_loops")):
+        row(label, _mib(t["collectives"][key]), _mib(o["collectives"][key]))
+    row("  collectives per step (count)", str(t["collectives"]["count_per_iteration"]),
+        str(o["collectives"]["count_per_iteration"]))
+    row("HBM read per decode step (weights + all KV)", _mib(t["hbm_bytes_per_step"]), _mib(o["hbm_bytes_per_step"]))
+    row("est. decode step", _ms(t["step_s"]), _ms(o["step_s"]))
+    row("est. weight sync", _ms(t.get("sync_s")), _ms(o.get("sync_s")))
+    row("est. rollout per step (upper bound)", _ms(t["rollout_s"]), _ms(o["rollout_s"]))
+    row("rollout memory (state + weights + KV + temp)", _gib(t["memory_bytes"]).strip(), _gib(o["memory_bytes"]).strip())
+    if considered := r.get("considered"):
+        lines.append("  auto considered: " + "; ".join(
+            f"{c['layout']} {_ms(c['step_s'])}/step, {_ms(c['rollout_s'])}/rollout, {c['memory_bytes'] / GIB:.2f} GiB"
+            + ("" if c["fits"] else " (does not fit)")
+            for c in considered))
+    lines.append("  upper bound: every row decodes max_new_tokens; HBM = weights + every KV column; the CPU program's "
+                 "collectives may be float32 where a TPU's are bf16")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,7 +396,7 @@ def main(c, build: Callable) -> None:
     """
     try:
         plan = build(c)
-        n = mesh_devices(plan.config)
+        n = mesh_devices(plan.config) + int(plan.reserved_devices)
         check_batch(plan.config, mesh_shape(plan.config))
     except (ValueError, TypeError, KeyError, OSError) as e:
         raise SystemExit(f"--dry_run: {e}") from None
@@ -300,7 +408,10 @@ def main(c, build: Callable) -> None:
     if jax.default_backend() != "cpu" or jax.device_count() < n:
         raise SystemExit(f"--dry_run: needs {n} CPU devices, have {jax.device_count()} "
                          f"{jax.default_backend()} devices (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})")
-    report = dry_run(plan, device_memory_gib=plan.config.device_memory_gib or None)
+    try:
+        report = dry_run(plan, device_memory_gib=plan.config.device_memory_gib or None)
+    except ValueError as e:  # a setting that cannot work on this mesh (e.g. grpo.rollout_mesh): name it, no traceback
+        raise SystemExit(f"--dry_run: {e}") from None
     print(format_report(report), flush=True)
     if report.get("fit") and not report["fit"]["fits"]:
         raise SystemExit(1)

@@ -111,7 +111,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = CheckpointConfig()
     log_every: int = 10         # console / metrics.jsonl / TensorBoard every N steps
     eval_every: int = 0         # held-out evaluation every N steps and at the end (0: never; needs eval data)
-    peak_flops: str | float = "auto"  # MFU peak per device: 'auto', a key of monitor.PEAK_FLOPS, or FLOP/s
+    peak_flops: str | float = "auto"  # MFU peak per device: 'auto', a key of monitor.CHIPS, or FLOP/s
     tensorboard: bool = True
     max_bad_steps: int = 5      # stop after this many non-finite steps in a row
     export_hf: str = ""         # write the final params as HF safetensors here ('' : <workdir>/hf; 'none': skip)
@@ -156,10 +156,19 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def config_mesh(config) -> jax.sharding.Mesh:
-    """The mesh of config.mesh on all devices (sharding.make_mesh; one axis of -1 takes the rest)."""
+def config_mesh(config, skip: int = 0) -> jax.sharding.Mesh:
+    """The mesh of config.mesh on the devices after the first `skip` (sharding.make_mesh; one axis
+    of -1 takes the rest). ValueError naming config.mesh when those devices do not fit it."""
     m = config.mesh
-    return sharding.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
+    devices = jax.devices()[skip:]
+    if not devices:
+        raise ValueError(f"config.mesh: no devices left for training after the first {skip} "
+                         f"(grpo.rollout_devices={skip} of {jax.device_count()})")
+    try:
+        return sharding.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor, devices=devices)
+    except ValueError as e:
+        raise ValueError(f"config.mesh: {e}" + (f" (the {len(devices)} devices after the first {skip}, which "
+                                                 "grpo.rollout_devices keeps for rollouts)" if skip else "")) from None
 
 
 @dataclasses.dataclass
@@ -191,7 +200,7 @@ def run(plan, *, mesh: jax.sharding.Mesh | None = None):
     if not config.workdir:
         raise ValueError("config.workdir is required")
     workdir = Path(config.workdir)
-    mesh = mesh or config_mesh(config)
+    mesh = mesh or config_mesh(config, plan.reserved_devices)
     source = plan.source(mesh)
     aux = plan.aux(mesh) if plan.aux is not None else None
     evaluate = plan.evaluate(mesh) if plan.evaluate is not None else None
@@ -207,6 +216,8 @@ def run(plan, *, mesh: jax.sharding.Mesh | None = None):
         state = state_lib.create_state(params, model_cfg, optimizer, mesh, plan.trainable)
     else:
         state = ckpt.restore(abstract, source.iterator)
+        if hasattr(source, "restore_extra"):
+            source.restore_extra(ckpt.restore_extra(start))
     logger = monitor.MetricsLogger(workdir, resume_step=start, tensorboard=config.tensorboard)
     if start is not None:
         logger.log_event(start, f"resumed from checkpoint {start}")
@@ -245,7 +256,7 @@ def run(plan, *, mesh: jax.sharding.Mesh | None = None):
             if pending is not None:  # read the previous step's metrics while this one runs
                 _guard(*pending, config, logger)
             pending = (step, metrics)
-            ckpt.save(step, state, source.iterator, saved_config)
+            ckpt.save(step, state, source.iterator, saved_config, extra=getattr(source, "checkpoint_extra", None))
             timer.tick(metrics)
             if step % config.log_every == 0 or step == config.num_steps:
                 out = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -264,9 +275,12 @@ def run(plan, *, mesh: jax.sharding.Mesh | None = None):
         if pending is not None:
             _guard(*pending, config, logger)
         if step not in ckpt.all_steps():
-            ckpt.save(step, state, source.iterator, saved_config, force=True)
+            ckpt.save(step, state, source.iterator, saved_config, force=True,
+                      extra=getattr(source, "checkpoint_extra", None))
         ckpt.wait()
     finally:
+        if hasattr(source, "close"):
+            source.close()
         ckpt.close()
         logger.close()
     if plan.finish is not None:

@@ -10,6 +10,7 @@ tokens_per_sec (shown as tok/s) and mfu (a fraction, shown as a percentage).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
@@ -22,18 +23,44 @@ from tensorboardX import SummaryWriter
 
 from reasonax import jsonl
 
-# Dense (no sparsity) bf16 peak FLOP/s per chip.
-PEAK_FLOPS = {
-    "tpu v4": 275e12,  # cloud.google.com/tpu/docs/v4: 275 TFLOPs bf16 per chip
-    "tpu v5e": 197e12,  # cloud.google.com/tpu/docs/v5e: 197 TFLOPs bf16 per chip
-    "tpu v5p": 459e12,  # cloud.google.com/tpu/docs/v5p: 459 TFLOPs bf16 per chip
-    "tpu v6e": 918e12,  # cloud.google.com/tpu/docs/v6e (Trillium): 918 TFLOPs bf16 per chip
-    "h100": 989e12,  # nvidia.com H100 datasheet, SXM: 1,979 TFLOPS bf16 with sparsity = 989.4 dense
-    "h100 pcie": 756e12,  # same datasheet, PCIe: 1,513 with sparsity = 756 dense
-    "h100 nvl": 835e12,  # same datasheet, NVL: 1,671 with sparsity = 835 dense
-    "h200": 989e12,  # nvidia.com H200 datasheet, SXM: 1,979 TFLOPS bf16 with sparsity = 989 dense
-    "h200 nvl": 835e12,  # same datasheet, NVL: 1,671 with sparsity = 835 dense
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    """One accelerator's public figures, per chip: dense bf16 peak FLOP/s (MFU), HBM bandwidth and
+    interconnect bandwidth in bytes/s (the rollout layout's estimates, reasonax.train.grpo.layout).
+    interconnect_bw is the chip's total bidirectional ICI / NVLink figure as the vendor states it;
+    the estimates use half of it (one direction)."""
+
+    peak_flops: float
+    hbm_bw: float
+    interconnect_bw: float
+    hbm_bytes: float
+
+
+# The one table of device figures (sources per line; dense = no sparsity).
+CHIPS = {
+    # cloud.google.com/tpu/docs/v4: 275 TFLOPs bf16, HBM2 32 GiB at 1,200 GBps; the v4 page gives no
+    # per-chip ICI figure: 6 links x 2 directions x 45 GB/s from jax-ml.github.io/scaling-book/tpus
+    "tpu v4": Chip(275e12, 1200e9, 540e9, 32 * 2**30),
+    # cloud.google.com/tpu/docs/v5e: 197 TFLOPs bf16, 16 GB at 819 GBps, ICI 400 GBps bidirectional per chip
+    "tpu v5e": Chip(197e12, 819e9, 400e9, 16e9),
+    # cloud.google.com/tpu/docs/v5p: 459 TFLOPs bf16, 95 GB at 2,765 GBps, ICI 1,200 GBps bidirectional per chip
+    "tpu v5p": Chip(459e12, 2765e9, 1200e9, 95e9),
+    # cloud.google.com/tpu/docs/v6e (Trillium): 918 TFLOPs bf16, 32 GB at 1,638 GBps, ICI 800 GBps bidirectional
+    "tpu v6e": Chip(918e12, 1638e9, 800e9, 32e9),
+    # nvidia.com H100 datasheet, SXM: 1,979 TFLOPS bf16 with sparsity = 989.4 dense; 80 GB HBM3 at 3.35 TB/s;
+    # NVLink 900 GB/s
+    "h100": Chip(989e12, 3.35e12, 900e9, 80e9),
+    # same datasheet, PCIe: 1,513 with sparsity = 756 dense; 80 GB at 2 TB/s; NVLink bridge 600 GB/s
+    "h100 pcie": Chip(756e12, 2.0e12, 600e9, 80e9),
+    # same datasheet, NVL: 1,671 with sparsity = 835 dense; 94 GB at 3.9 TB/s; NVLink bridge 600 GB/s
+    "h100 nvl": Chip(835e12, 3.9e12, 600e9, 94e9),
+    # nvidia.com H200 datasheet, SXM: 1,979 TFLOPS bf16 with sparsity = 989 dense; 141 GB HBM3e at 4.8 TB/s;
+    # NVLink 900 GB/s
+    "h200": Chip(989e12, 4.8e12, 900e9, 141e9),
+    # same datasheet, NVL: 1,671 with sparsity = 835 dense; 141 GB at 4.8 TB/s; NVLink bridge 900 GB/s
+    "h200 nvl": Chip(835e12, 4.8e12, 900e9, 141e9),
 }
+
 
 # jax device_kind (lowercased) of TPUs -> table key. v5p reports itself as 'TPU v5'.
 _TPU_KINDS = {
@@ -47,7 +74,7 @@ _MEASURED: dict[tuple[str, str], float] = {}  # (platform, dtype) -> FLOP/s, per
 
 
 def peak_key(device_kind: str) -> str | None:
-    """The PEAK_FLOPS key of a jax device_kind ('TPU v5 lite' -> 'tpu v5e'), or None if unknown."""
+    """The CHIPS key of a jax device_kind ('TPU v5 lite' -> 'tpu v5e'), or None if unknown."""
     kind = " ".join(device_kind.lower().split())
     if kind in _TPU_KINDS:
         return _TPU_KINDS[kind]
@@ -62,7 +89,7 @@ def device_peak_flops(device=None) -> float | None:
     """Table peak FLOP/s of `device` (default: the first default device), None if not in the table."""
     device = device or jax.devices()[0]
     key = peak_key(device.device_kind)
-    return PEAK_FLOPS[key] if key else None
+    return CHIPS[key].peak_flops if key else None
 
 
 def measure_matmul_flops(dtype: str = "float32", n: int = 1024, repeats: int = 5) -> float:
@@ -85,7 +112,7 @@ def _auto_peak() -> tuple[float, str]:
     device = jax.devices()[0]
     key = None if device.platform == "cpu" else peak_key(device.device_kind)
     if key:
-        return PEAK_FLOPS[key], f"table: {key} ({device.device_kind})"
+        return CHIPS[key].peak_flops, f"table: {key} ({device.device_kind})"
     dtype = "float32" if device.platform == "cpu" else "bfloat16"
     if (device.platform, dtype) not in _MEASURED:
         _MEASURED[device.platform, dtype] = measure_matmul_flops(dtype)
@@ -93,20 +120,20 @@ def _auto_peak() -> tuple[float, str]:
 
 
 def resolve_peak(spec: float | int | str) -> tuple[float, str]:
-    """(peak FLOP/s per device, description) from a number, a PEAK_FLOPS key or 'auto'."""
+    """(peak FLOP/s per device, description) from a number, a CHIPS key or 'auto'."""
     if isinstance(spec, bool) or not isinstance(spec, (int, float, str)):
-        raise TypeError(f"peak spec must be a number, a PEAK_FLOPS key or 'auto', got {spec!r}")
+        raise TypeError(f"peak spec must be a number, a CHIPS key or 'auto', got {spec!r}")
     name = spec.strip().lower() if isinstance(spec, str) else None
     if name == "auto":
         value, desc = _auto_peak()
-    elif name in PEAK_FLOPS:
-        value, desc = PEAK_FLOPS[name], f"table: {name}"
+    elif name in CHIPS:
+        value, desc = CHIPS[name].peak_flops, f"table: {name}"
     else:
         try:
             value = float(spec)
         except ValueError:
             raise ValueError(f"unknown peak {spec!r}: expected FLOP/s per device, 'auto' or one of "
-                             f"{sorted(PEAK_FLOPS)}") from None
+                             f"{sorted(CHIPS)}") from None
         desc = f"given: {value:.3g} FLOP/s"
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"peak FLOP/s must be finite and > 0, got {value} from {spec!r}")

@@ -45,6 +45,8 @@ class Plan:
                                        # LoRA: the adapters, reasonax.train.adapters)
     trainable_dtype: str = ""          # their dtype ('' : config.param_dtype)
     policy: Callable | None = None     # (state params, aux) -> the params the model runs (None: the state's)
+    reserved_devices: int = 0          # the first N devices do the plan's own work (GRPO's one-step-off rollout
+                                       # group); the loop's mesh (config.mesh) takes the devices after them
 
 
 def lm_batch_spec(config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:

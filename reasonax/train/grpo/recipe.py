@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from pathlib import Path
 
 import jax
@@ -21,7 +22,7 @@ from reasonax.eval import grader
 from reasonax.model import prompts as prompts_lib
 from reasonax.tasks import arithmetic
 from reasonax.sample.stops import stop_token_ids
-from reasonax.train import common, loop
+from reasonax.train import common, loop, rollout_layout
 from reasonax.train import state as state_lib
 from reasonax.train.grpo import rollout
 from reasonax.train.grpo.objective import AGGREGATIONS, SCALES, LossParams, grpo_loss, make_prepare
@@ -70,6 +71,11 @@ class GRPOSettings:
     format_weight: float = 0.0  # reward += weight if the completion has a \\boxed answer
     reward_fns: tuple[str, ...] = ()  # extra rewards: dotted paths of fn(prompts, completions, golds) -> floats
     is_cap: float = 0.0       # > 0: truncated importance weights min(pi_learner / pi_sampler, cap)
+    rollout_mesh: str = "auto"  # the rollout's layout of the weights: auto | train (the learner's own arrays,
+                                # no sync) | 'data=D,tensor=T' over the rollout devices (reasonax.train.rollout_layout)
+    overlap: str = "none"     # none | one-step-off: rollouts of step t+1 (with theta_t) on their own devices
+                              # while step t trains; needs rollout_devices and the IS correction (is_cap > 0)
+    rollout_devices: int = 0  # one-step-off: the first N devices run rollouts, the rest train on config.mesh
 
     def problems(self) -> list[str]:
         out = []
@@ -86,6 +92,29 @@ class GRPOSettings:
             out.append(f"aggregation={self.aggregation!r} (one of {AGGREGATIONS})")
         if self.mu < 1 or self.minibatches < 1:
             out.append(f"mu={self.mu} and minibatches={self.minibatches} must be >= 1")
+        try:
+            layout = rollout_layout.parse(self.rollout_mesh)
+        except ValueError as e:
+            out.append(str(e).removeprefix("grpo."))
+            layout = "auto"
+        if self.overlap not in rollout.OVERLAPS:
+            out.append(f"overlap={self.overlap!r} (one of {rollout.OVERLAPS})")
+        elif self.overlap == "one-step-off":
+            if self.rollout_devices < 1:
+                out.append("rollout_devices must be >= 1 with overlap='one-step-off' (the rollout group: the first "
+                           "N devices; config.mesh trains on the rest)")
+            if self.is_cap <= 0:
+                out.append(f"is_cap={self.is_cap}: overlap='one-step-off' samples with the previous step's weights, "
+                           "so the sampler/learner importance-sampling correction is required (set is_cap > 0, e.g. 2)")
+            if isinstance(layout, tuple) and self.rollout_devices >= 1 and math.prod(layout) != self.rollout_devices:
+                out.append(f"rollout_mesh={self.rollout_mesh!r} covers {math.prod(layout)} devices, but "
+                           f"rollout_devices={self.rollout_devices}")
+            if layout == "train":
+                out.append("rollout_mesh='train' decodes with the learner's own arrays: it cannot run on a separate "
+                           "rollout group (overlap='one-step-off'); use auto or data=D,tensor=T")
+        elif self.rollout_devices:
+            out.append(f"rollout_devices={self.rollout_devices}: a separate rollout group is only used with "
+                       "overlap='one-step-off' (set rollout_devices=0)")
         if self.num_slots < 0 or self.block_steps < 1 or self.kv_budget_gb <= 0:
             out.append(f"num_slots={self.num_slots} (>= 0), block_steps={self.block_steps} (>= 1), "
                        f"kv_budget_gb={self.kv_budget_gb} (> 0)")
@@ -115,10 +144,11 @@ class GRPOConfig(loop.TrainConfig):
 
     def problems(self) -> list[str]:
         g = self.grpo
+        out = []
         if self.batch_size % (g.minibatches * self.accum_steps):
-            return [f"grpo.prompts_per_step x grpo.group_size = {self.batch_size} rows do not split into "
-                    f"grpo.minibatches={g.minibatches} x accum_steps={self.accum_steps}"]
-        return []
+            out.append(f"grpo.prompts_per_step x grpo.group_size = {self.batch_size} rows do not split into "
+                       f"grpo.minibatches={g.minibatches} x accum_steps={self.accum_steps}")
+        return out
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -161,7 +191,8 @@ def greedy_correct(params, prompts, cfg, tokenizer, max_new_tokens: int, eos_ids
     res = sample.generate(params, cfg, [p.tokens for p in prompts], sp, eos_ids=eos_ids, seed=0,
                           stop=sample.StopStrings(tokenizer, stops, eos_ids))
     texts = [rollout.completion_text(tokenizer, toks, eos_ids, stops) for toks in res.tokens]
-    return grader.grade_batch(texts, [p.gold for p in prompts], fallback=False)
+    with rollout.GRADE_LOCK:
+        return grader.grade_batch(texts, [p.gold for p in prompts], fallback=False)
 
 
 def accuracy_evaluator(prompts, cfg, tokenizer, rc, eos_ids, stops: tuple[str, ...] = ()):
@@ -181,13 +212,18 @@ def batch_spec(config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruc
 
 
 def build(config: ml_collections.ConfigDict | GRPOConfig) -> Plan:
-    """The GRPO plan: rollouts from the learner's own params (rollout.RolloutSource), the clipped
+    """The GRPO plan: rollouts from a copy of the learner's params in the rollout layout
+    (rollout.RolloutSource, reasonax.train.rollout_layout; with one-step-off on the first
+    grpo.rollout_devices devices, the loop's mesh on the rest), the clipped
     objective, the prepare pass for old / reference log-probs when needed, and with beta > 0 the
     frozen reference (the initial policy) as aux. The rollout engine's config goes with it, so the
     dry run reports the sampler's memory next to the train step's."""
     c = check_config(config)
     g = c.grpo
     cfg = common.model_config(c)
+    if isinstance(layout := rollout_layout.parse(g.rollout_mesh), tuple) and cfg.num_heads % layout[1]:
+        raise ValueError(f"grpo.rollout_mesh={g.rollout_mesh!r}: tensor={layout[1]} does not divide the model's "
+                         f"{cfg.num_heads} query heads")
     chunk = c.loss_chunk or None
     tokenizer = functools.cache(lambda: common.load_tokenizer(c))
 
@@ -198,10 +234,16 @@ def build(config: ml_collections.ConfigDict | GRPOConfig) -> Plan:
             return [train], [held]
         return list(g.files), list(g.eval_files)
 
+    reserved = g.rollout_devices if g.overlap == "one-step-off" else 0
+
     def source(mesh):
         tok = tokenizer()
         prompts = rollout.load_prompts(dataclasses.replace(g, files=tuple(files()[0])), tok, g.max_prompt_len)
-        return rollout.RolloutSource(prompts, cfg, tok, g, mesh, c.seed, stop_ids(c, cfg, tok), stop_strings(c))
+        devices = jax.devices()[:reserved] if reserved else list(mesh.devices.flat)
+        return rollout.RolloutSource(prompts, cfg, tok, g, mesh, c.seed, stop_ids(c, cfg, tok), stop_strings(c),
+                                     devices=devices, num_steps=c.num_steps,
+                                     chip=rollout_layout.chip_of(c.peak_flops, devices),
+                                     budget=rollout_layout.device_budget(c.device_memory_gib, devices))
 
     def evaluate(mesh):
         if not files()[1]:
@@ -215,16 +257,17 @@ def build(config: ml_collections.ConfigDict | GRPOConfig) -> Plan:
     return common.with_lora(Plan(
         config=c, model=cfg, loss=functools.partial(grpo_loss, cfg=cfg, hp=hp, chunk=chunk), init=init,
         source=source, batch_spec=batch_spec,
-        prepare=make_prepare(cfg, hp, chunk, old=g.mu > 1 or g.minibatches > 1 or bool(g.is_cap), ref=bool(g.beta)),
+        prepare=make_prepare(cfg, hp, chunk, old=g.mu > 1 or g.minibatches > 1 or bool(g.is_cap) or reserved > 0,
+                             ref=bool(g.beta)),
         aux=init if g.beta else None,  # the frozen reference = the initial policy (with LoRA: the base)
         aux_spec=common.abstract_params_fn(cfg, jnp.dtype(c.param_dtype)) if g.beta else None,
         reference_is_init=bool(g.beta), evaluate=evaluate if (c.synthetic.task or g.eval_files) else None,
         finish=common.exporter(c, cfg), step_options=dict(minibatches=g.minibatches, epochs=g.mu),
-        rollout=g, module=MODULE), c)
+        rollout=g, module=MODULE, reserved_devices=reserved), c)
 
 
 def run(config: ml_collections.ConfigDict | GRPOConfig):
-    """Train with GRPO per config (rollouts from the learner's own params); export HF at the end."""
+    """Train with GRPO per config (rollouts in the rollout layout, synced each step); export HF at the end."""
     c = check_config(config)
     loop.init_distributed(c.distributed)  # before anything touches the devices
     return loop.run(build(c))

@@ -28,8 +28,10 @@ logging and checkpointing), with tokens/s of sampling and of the updates.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import importlib
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -39,10 +41,16 @@ import numpy as np
 
 from reasonax import sample
 from reasonax.eval import grader
+from reasonax.model import sharding
 from reasonax.model.config import ModelConfig
+from reasonax.model.params import ADAPTERS
 from reasonax.sample.stops import cut_at_stop
 from reasonax.train import data as data_lib
+from reasonax.train import rollout_layout
 from reasonax.train.grpo.objective import group_advantages, overlong_penalty
+
+
+GRADE_LOCK = threading.Lock()  # the grader's worker pool serves one batch at a time (rollout thread, evaluation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,11 +172,23 @@ def build_rows(prompt_tokens: Sequence[Sequence[int]], completions: Sequence[Seq
                                  "sampler_logp": np.float32})
 
 
+OVERLAPS = ("none", "one-step-off")
+
+
 class RolloutSource:
-    """loop.run's batch source for GRPO (see the module docstring)."""
+    """loop.run's batch source for GRPO (see the module docstring).
+
+    The rollouts decode with a copy of the learner's weights in the rollout layout
+    (reasonax.train.rollout_layout: grpo.rollout_mesh over `devices`, default all of the train
+    mesh's devices), synced once per step. overlap 'one-step-off' (rc.overlap): `devices` are a
+    separate rollout group; next(state) at step t returns the batch sampled with theta_{t-1} while
+    step t-1 trained (step 0: with theta_0), syncs theta_t to the rollout group and starts sampling
+    batch t+1 in a background thread while step t trains. The in-flight batch goes into each
+    checkpoint (checkpoint_extra / restore_extra), so a resumed run trains on the same batches."""
 
     def __init__(self, prompts: list[Prompt], cfg: ModelConfig, tokenizer, rc, mesh, seed: int,
-                 eos_ids: Sequence[int], stop_strings: Sequence[str] = ()):
+                 eos_ids: Sequence[int], stop_strings: Sequence[str] = (), *, devices: Sequence | None = None,
+                 num_steps: int | None = None, chip=None, budget: int | None = None):
         self.prompts, self.cfg, self.tokenizer, self.rc, self.mesh = prompts, cfg, tokenizer, rc, mesh
         self.seed, self.eos_ids, self.stop_strings = seed, tuple(eos_ids), tuple(stop_strings)
         self.stop = sample.StopStrings(tokenizer, self.stop_strings, self.eos_ids)
@@ -177,19 +197,51 @@ class RolloutSource:
         self.sp = sample.SamplingParams(max_new_tokens=rc.max_new_tokens, temperature=rc.temperature,
                                         top_k=rc.top_k, top_p=rc.top_p, n=rc.group_size)
         self.seq_len = rc.max_prompt_len + rc.max_new_tokens
+        self.overlap = rc.overlap == "one-step-off"
+        if self.overlap and jax.process_count() > 1:
+            raise ValueError("grpo.overlap='one-step-off' runs in one process (a single host); this run has "
+                             f"{jax.process_count()} processes (see docs/ARCHITECTURE.md, 'Rollouts at pod scale')")
+        self.devices = list(mesh.devices.flat) if devices is None else list(devices)
+        self.num_steps, self.chip, self.budget = num_steps, chip, budget
+        self.layout: rollout_layout.Layout | None = None  # resolved at the first step (needs the state's size)
+        self.sync = rollout_layout.WeightSync(rollout_layout.lora_frozen if cfg.lora is not None else (lambda k: False))
+        self._targets = None
+        self._pending: concurrent.futures.Future | None = None  # one-step-off: the next batch in flight
+        self._pending_index = -1
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rollout") if self.overlap else None
+        # what loop.run saves beside the state (one-step-off only: the batch in flight)
+        self.checkpoint_extra = self._checkpoint_extra if self.overlap else None
         self._metrics: dict = {}
-        self._last_end: float | None = None  # end of the previous rollout
+        self._last_end: float | None = None  # end of the previous next()
         self._prev_tokens = 0  # real tokens of the previous batch x update epochs
 
     def metrics(self) -> dict:
         return dict(self._metrics)
 
-    def _round(self, state, step: int, round_: int):
+    def _place(self, state, syncs: list) -> dict:
+        """The weight sync: state.params in the rollout layout (resolved on the first call); its
+        (bytes moved per device, seconds) appended to syncs."""
+        if self.layout is None:
+            dtype = state.params["embed"].dtype
+            resident = 0 if self.overlap else rollout_layout.per_device_bytes((state.params, state.opt_state))
+            adapters = state.params["layers"].get(ADAPTERS) if isinstance(state.params["layers"], dict) else None
+            self.layout = rollout_layout.resolve(
+                self.cfg, self.rc, self.mesh, self.devices, rows=self.rc.prompts_per_step * self.rc.group_size,
+                dtype=dtype, chip=self.chip, budget=self.budget, resident=resident,
+                adapters_dtype=jax.tree.leaves(adapters)[0].dtype if adapters else None)
+            if not self.layout.is_train:
+                self._targets = rollout_layout.rollout_shardings(state.params, self.layout.mesh, self.cfg)
+        params = self.sync(state.params, self._targets)
+        syncs.append((self.sync.bytes_moved, self.sync.seconds))
+        return params
+
+    def _round(self, params, index: int, round_: int):
         idx = [int(next(self.iterator)) for _ in range(self.rc.prompts_per_step)]
         t0 = time.perf_counter()
-        res = sample.generate(state.params, self.cfg, [self.prompts[i].tokens for i in idx], self.sp,
-                              eos_ids=self.eos_ids, seed=(self.seed * 1_000_003 + step * 97 + round_) % (2**31 - 1),
-                              key_ids=idx, stop=self.stop, **engine_options(self.rc))
+        with sharding.use_rules(self.layout.rules):
+            res = sample.generate(params, self.cfg, [self.prompts[i].tokens for i in idx], self.sp,
+                                  eos_ids=self.eos_ids, seed=(self.seed * 1_000_003 + index * 97 + round_) % (2**31 - 1),
+                                  key_ids=idx, stop=self.stop, **engine_options(self.rc))
         t_gen = time.perf_counter() - t0
         t0 = time.perf_counter()
         out = _Completions(tokens=res.tokens, logprobs=res.logprobs,
@@ -200,17 +252,17 @@ class RolloutSource:
         G = self.rc.group_size
         golds = [self.prompts[i].gold for i in idx for _ in range(G)]
         qs = [self.prompts[i].text for i in idx for _ in range(G)]
-        r, parts = rewards(texts, golds, [len(t) for t in out.tokens], qs, self.rc, self.user_fns)
+        with GRADE_LOCK:
+            r, parts = rewards(texts, golds, [len(t) for t in out.tokens], qs, self.rc, self.user_fns)
         return idx, out, r, parts, t_gen, time.perf_counter() - t0
 
-    def next(self, state) -> dict:
-        jax.block_until_ready(state.params)  # the previous update's device time, not the rollout's
-        now = time.perf_counter()
-        t_update = 0.0 if self._last_end is None else now - self._last_end
-        step, G, P = int(state.step), self.rc.group_size, self.rc.prompts_per_step
+    def _sample(self, params, index: int) -> tuple[dict, dict]:
+        """Batch `index` (its prompts from the stream, its seeds from the index) sampled with params:
+        (global rows as numpy, their metrics)."""
+        G, P = self.rc.group_size, self.rc.prompts_per_step
         keep, spare, t_gen, t_rew, rounds, generated = [], [], 0.0, 0.0, 0, 0
         while len(keep) < P and rounds < max(1, self.rc.max_sampling_rounds if self.rc.dynamic_sampling else 1):
-            idx, res, r, parts, tg, tr = self._round(state, step, rounds)
+            idx, res, r, parts, tg, tr = self._round(params, index, rounds)
             t_gen, t_rew, rounds, generated = t_gen + tg, t_rew + tr, rounds + 1, generated + res.generated
             for g, i in enumerate(idx):
                 rows = range(g * G, (g + 1) * G)
@@ -231,23 +283,76 @@ class RolloutSource:
         rows = build_rows(heads, comps, [lp for g in groups for lp in g[2]], trunc, T, self.rc.mask_truncated)
         rows["advantages"] = adv.astype(np.float32)
         lengths = np.asarray([len(c) for c in comps])
-        zero_groups = float(np.mean([np.ptp(g[4]) == 0 for g in groups]))
-        self._metrics = {
+        metrics = {
             "reward/mean": float(rew.mean()), "reward/std": float(rew.std()),
             "reward/accuracy": float(np.concatenate([g[5]["accuracy"] for g in groups]).mean()),
-            "reward/zero_adv_groups": zero_groups, "rollout/length_mean": float(lengths.mean()),
+            "reward/zero_adv_groups": float(np.mean([np.ptp(g[4]) == 0 for g in groups])),
+            "rollout/length_mean": float(lengths.mean()),
             "rollout/length_max": float(lengths.max()), "rollout/truncated": float(np.mean(trunc)),
             "rollout/stop_string": float(np.concatenate([g[5]["stopped"] for g in groups]).mean()),
             "rollout/rounds": float(rounds), "rollout/filled_groups": float(filled),
-            "time/rollout": t_gen, "time/reward": t_rew, "time/update": t_update,
-            "rollout/tokens_per_sec": generated / max(t_gen, 1e-9),
+            "time/rollout": t_gen, "time/reward": t_rew, "rollout/tokens_per_sec": generated / max(t_gen, 1e-9),
         }
+        if "format" in groups[0][5]:
+            metrics["reward/format"] = float(np.concatenate([g[5]["format"] for g in groups]).mean())
+        return rows, metrics
+
+    def _sync_metrics(self, syncs: list[tuple[int, float]]) -> dict:
+        """This step's weight syncs: bytes moved per device and seconds, summed; the params version."""
+        return {"rollout/params_version": float(self.sync.version), "time/weight_sync": sum(s for _, s in syncs),
+                "rollout/sync_bytes_per_device": float(sum(b for b, _ in syncs))}
+
+
+    def next(self, state) -> dict:
+        jax.block_until_ready(state.params)  # the previous update's device time, not the rollout's
+        now = time.perf_counter()
+        t_update = 0.0 if self._last_end is None else now - self._last_end
+        step = int(state.step)
+        wait, syncs = 0.0, []
+        if self._pending is not None and self._pending_index == step:  # one-step-off: sampled with theta_{t-1}
+            t0 = time.perf_counter()
+            rows, metrics = self._pending.result()
+            wait, self._pending = time.perf_counter() - t0, None
+            metrics = {**metrics, "rollout/staleness": 1.0}
+        else:  # on-policy: overlap none, or one-step-off's first step (and a resume without a batch in flight)
+            rows, metrics = self._sample(self._place(state, syncs), step)
+            metrics = {**metrics, "rollout/staleness": 0.0}
+            if not self.overlap:
+                self.sync.free()
+        if self.overlap:
+            metrics["time/rollout_wait"] = wait
+            if self.num_steps is None or step + 1 < self.num_steps:
+                params = self._place(state, syncs)  # theta_t to the rollout group, before step t donates it
+                self._pending, self._pending_index = self._executor.submit(self._sample, params, step + 1), step + 1
+        self._metrics = {**metrics, **self._sync_metrics(syncs), "time/update": t_update}
         if t_update:
             self._metrics["update/tokens_per_sec"] = self._prev_tokens / t_update
         self._prev_tokens = int((rows["segment_ids"] > 0).sum()) * self.rc.mu
         self._last_end = time.perf_counter()
-        if "format" in groups[0][5]:
-            self._metrics["reward/format"] = float(np.concatenate([g[5]["format"] for g in groups]).mean())
+        return self._to_global(rows)
+
+    def _to_global(self, rows: dict) -> dict:
         pc, pi = jax.process_count(), jax.process_index()
-        local = len(comps) // pc
+        local = len(rows["advantages"]) // pc
         return data_lib.to_global({k: v[pi * local:(pi + 1) * local] for k, v in rows.items()}, self.mesh)
+
+    def _checkpoint_extra(self) -> dict | None:
+        """What a checkpoint must hold beside the state and the prompt stream: one-step-off's batch
+        in flight (sampled with the params before the step just taken), waited for; None otherwise."""
+        if self._pending is None:
+            return None
+        rows, metrics = self._pending.result()
+        return {"index": self._pending_index, "rows": rows, "metrics": metrics}
+
+    def restore_extra(self, extra: dict | None) -> None:
+        """Put a checkpoint's batch in flight back (one-step-off resume)."""
+        if extra is None:
+            return
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        fut.set_result(({k: np.asarray(v) for k, v in extra["rows"].items()}, dict(extra["metrics"])))
+        self._pending, self._pending_index = fut, int(extra["index"])
+
+    def close(self) -> None:
+        """Wait for a batch in flight and stop the rollout thread."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
