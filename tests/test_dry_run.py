@@ -151,7 +151,7 @@ def test_grpo_pod_configs_pass_the_dry_run(name, devices, reference):
     assert p.batch_size == c.grpo.prompts_per_step * c.grpo.group_size
     assert p.seq_len == c.grpo.max_prompt_len + c.grpo.max_new_tokens
     assert ("reference" in text) == reference
-    assert "rollout engine:" in text and "peak = max(train step, rollout)" in text
+    assert "rollout: grpo.rollout_mesh=" in text and "peak = max(train step, rollout)" in text
 
 
 def test_grpo_dry_run_reports_the_rollout_engine_next_to_the_train_step():
@@ -175,14 +175,21 @@ def test_grpo_dry_run_reports_the_rollout_engine_next_to_the_train_step():
     g.kv_budget_gb = budget / 2**30
     plan = Plan(config=c, model=cfg, loss=loss, init=None, source=None, batch_spec=grpo.batch_spec, rollout=g)
     report = dry_run.dry_run(plan, 100.0)
-    sm = report["sampler"]
-    assert sampler.bucket(64) + 64 == sm["cache_columns"] == 128
-    assert sm["num_slots"] == 32  # 4 per device x 8 devices (fsdp shards the slots)
-    assert sm["kv_cache"] == 4 * kv_bytes_per_row(cfg, 128, "bfloat16")
+    today, ro = report["rollout"]["today"], report["rollout"]["rollout"]
+    assert sampler.bucket(64) + 64 == today["cache_columns"] == ro["cache_columns"] == 128
+    assert today["num_slots"] == ro["num_slots"] == 32  # 4 per device x 8 devices (the slots shard over 8 either way)
+    assert today["kv_bytes"] == ro["kv_bytes"] == 4 * kv_bytes_per_row(cfg, 128, "bfloat16")
+    assert ro["layout"] == "data=8,tensor=1"  # auto on CPU (no chip figures): the fewest tensor shards
     d = report["per_device_bytes"]
-    assert sm["total"] == d["params"] + d["opt_state"] + sm["kv_cache"] + sm["compiled"]["temp"]
-    assert report["peak"] == max(report["compiled"]["total"], sm["total"])
-    assert "rollout engine: 32 decode slots x 128 columns" in dry_run.format_report(report)
+    resident = d["params"] + d["opt_state"]
+    assert today["memory_bytes"] == resident + today["kv_bytes"] + today["decode_temp_bytes"]
+    # the replicated copy: every leaf FSDP-sharded in training moves (the norms are replicated in both)
+    assert 0.9 * ro["weights_held_bytes"] < ro["copy_bytes"] == ro["sync_bytes"] < ro["weights_held_bytes"]
+    assert ro["memory_bytes"] == resident + ro["copy_bytes"] + ro["kv_bytes"] + ro["decode_temp_bytes"]
+    assert today["sync_bytes"] == today["copy_bytes"] == 0
+    assert report["peak"] == max(report["compiled"]["total"], ro["memory_bytes"])
+    text = dry_run.format_report(report)
+    assert "decode slots x cache columns" in text and "data=8,tensor=1" in text
 
 
 def grpo_tiny_model(c):

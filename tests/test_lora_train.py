@@ -160,7 +160,10 @@ def test_grpo_lora_with_kl_keeps_one_copy_of_the_base(tmp_path):
     assert rf["per_device_bytes"]["params"] == rf["per_device_bytes"]["reference"] == base_bytes
     assert rl["per_device_bytes"]["frozen"] == base_bytes  # the base, once: it is the reference too
     assert rl["per_device_bytes"]["params"] == dry_run.per_device_bytes(lora.abstract_adapters(low.model, mesh=mesh))
-    assert rl["sampler"]["num_slots"] == rf["sampler"]["num_slots"]
+    assert rl["rollout"]["rollout"]["num_slots"] == rf["rollout"]["rollout"]["num_slots"]
+    # the rollout copy: the base placed once (copy_bytes), each sync moves at most the adapters
+    ro = rl["rollout"]["rollout"]
+    assert ro["sync_bytes"] <= dry_run.per_device_bytes(lora.abstract_adapters(low.model)) < ro["copy_bytes"]
 
     state = loop.run(low)
     metrics = [json.loads(x) for x in (tmp_path / "lora" / "metrics.jsonl").read_text().splitlines()]

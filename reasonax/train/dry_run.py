@@ -171,6 +171,7 @@ def rollout_report(plan, train_mesh, resident: int) -> dict:
     chosen = resolve_layout(plan, train_mesh, resident)
     out = {"chip": next((k for k, v in rollout_layout.CHIPS.items() if v is chip), None),
            "overlap": rc.overlap, "rollout_mesh": rc.rollout_mesh}
+    train_policy = _policy_spec(plan, train_mesh, sharding_lib.DEFAULT_RULES)
     for label, layout in (("today", rollout_layout.Layout("train", train_mesh)), ("rollout", chosen)):
         mesh = layout.mesh
         policy = _policy_spec(plan, mesh, layout.rules)
@@ -183,14 +184,20 @@ def rollout_report(plan, train_mesh, resident: int) -> dict:
         compiled = _compile_decode(plan, layout, est["num_slots"], est["cache_columns"])
         coll = rollout_layout.collectives(compiled.as_text())
         temp = (compiled_memory(compiled) or {}).get("temp", 0)
-        sync = 0 if layout.is_train else held
+        # the copy: leaves already in their rollout sharding are used as they are (one device: no copy)
+        copy = 0 if layout.is_train else rollout_layout.copy_bytes(train_policy, policy)
+        sync = copy
         if cfg.lora is not None and not layout.is_train:  # the base is placed once; each sync moves the adapters
-            sync = rollout_layout.per_device_bytes(policy["layers"][rollout_layout.ADAPTERS])
-        mem = (0 if plan.reserved_devices and not layout.is_train else resident) + est["kv_bytes"] + temp
-        mem += 0 if layout.is_train else held  # today's weights are the train state's own (in resident)
+            ad = rollout_layout.ADAPTERS
+            sync = rollout_layout.copy_bytes(train_policy["layers"][ad], policy["layers"][ad])
+        if plan.reserved_devices and not layout.is_train:  # a separate rollout group: no train state there
+            mem = held + est["kv_bytes"] + temp
+        else:  # the train state stays; today's weights are its own
+            mem = resident + copy + est["kv_bytes"] + temp
         entry = {**est, "layout": "train (" + " x ".join(f"{a}={k}" for a, k in mesh.shape.items()) + ")"
                  if layout.is_train else layout.spec,
-                 "weights_held_bytes": held, "sync_bytes": sync, "collectives": coll, "decode_temp_bytes": temp,
+                 "weights_held_bytes": held, "copy_bytes": copy, "sync_bytes": sync, "collectives": coll,
+                 "decode_temp_bytes": temp,
                  "memory_bytes": int(mem)}
         if chip is not None:
             step = (est["hbm_bytes_per_step"] / chip.hbm_bw + coll["per_iteration"] / (chip.interconnect_bw / 2)
@@ -344,7 +351,8 @@ def format_rollout(r: dict) -> str:
     row("layout", t["layout"], o["layout"])
     row("decode slots x cache columns", f"{t['num_slots']} x {t['cache_columns']}", f"{o['num_slots']} x {o['cache_columns']}")
     row("weights held (exact)", _mib(t["weights_held_bytes"]), _mib(o["weights_held_bytes"]))
-    row("one weight sync moves", _mib(t["sync_bytes"]), _mib(o["sync_bytes"]))
+    row("rollout copy beside the train state", _mib(t["copy_bytes"]), _mib(o["copy_bytes"]))
+    row("one weight sync moves (per step)", _mib(t["sync_bytes"]), _mib(o["sync_bytes"]))
     row("KV cache of the slots (exact)", _mib(t["kv_bytes"]), _mib(o["kv_bytes"]))
     for label, key in (("collectives per decode step (compiled)", "per_iteration"),
                        ("  per layer of a step", "per_inner_iteration"),
@@ -359,7 +367,7 @@ def format_rollout(r: dict) -> str:
     row("est. rollout per step (upper bound)", _ms(t["rollout_s"]), _ms(o["rollout_s"]))
     row("rollout memory (state + weights + KV + temp)", _gib(t["memory_bytes"]).strip(), _gib(o["memory_bytes"]).strip())
     if considered := r.get("considered"):
-        lines.append("  auto considered: " + "; ".join(
+        lines.append("  layouts considered: " + "; ".join(
             f"{c['layout']} {_ms(c['step_s'])}/step, {_ms(c['rollout_s'])}/rollout, {c['memory_bytes'] / GIB:.2f} GiB"
             + ("" if c["fits"] else " (does not fit)")
             for c in considered))

@@ -313,6 +313,17 @@ class WeightSync:
                 y.delete()
 
 
+def copy_bytes(source_spec, target_spec) -> int:
+    """Bytes per device a sync from source_spec's shardings to target_spec's moves (and the rollout
+    copy holds beside the source): the leaves whose target sharding is not equivalent to their
+    source's (WeightSync uses those as they are)."""
+    total = 0
+    for a, b in zip(jax.tree.leaves(source_spec), jax.tree.leaves(target_spec)):
+        if not a.sharding.is_equivalent_to(b.sharding, len(b.shape)):
+            total += math.prod(b.sharding.shard_shape(b.shape)) * jnp.dtype(b.dtype).itemsize
+    return total
+
+
 def lora_frozen(path: str) -> bool:
     """With LoRA every leaf but the adapters (params['layers']['lora']) is the frozen base."""
     return f"['{ADAPTERS}']" not in path

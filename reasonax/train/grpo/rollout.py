@@ -1,9 +1,10 @@
-"""GRPO rollouts: prompts -> G completions each from the sampler on the learner's own params ->
-rewards -> group advantages -> one fixed-shape training batch (the GRPO plan's source).
+"""GRPO rollouts: prompts -> G completions each from the sampler on a copy of the learner's
+params in the rollout layout (reasonax.train.rollout_layout, synced once per step) -> rewards ->
+group advantages -> one fixed-shape training batch (the GRPO plan's source).
 
     source = RolloutSource(prompts, cfg, tokenizer, rc, mesh, seed)
     batch = source.next(state)      # what loop.run calls once per step
-    source.metrics()                # this step's rollout metrics (reward, accuracy, lengths, times)
+    source.metrics()                # this step's rollout metrics (reward, accuracy, lengths, times, sync)
 
 Prompts come from a grain stream of record indices (shuffled every epoch, checkpointed with the
 run, the same on every process: all processes generate the same global batch, SPMD, and each
@@ -22,8 +23,9 @@ with mask_truncated; it still counts in its group's statistics), sampler_logp th
 log-prob of each completion target, advantages [N].
 
 Times in the metrics: time/rollout (sampling), time/reward (grading), time/update (wall time from
-the end of the previous rollout to the start of this one: the previous step's updates with its
-logging and checkpointing), with tokens/s of sampling and of the updates.
+the end of the previous next() to the start of this one: the previous step's updates with its
+logging and checkpointing), time/weight_sync (the step's syncs), time/rollout_wait (one-step-off:
+how long next() waited for the batch in flight), with tokens/s of sampling and of the updates.
 """
 
 from __future__ import annotations
@@ -223,7 +225,9 @@ class RolloutSource:
         (bytes moved per device, seconds) appended to syncs."""
         if self.layout is None:
             dtype = state.params["embed"].dtype
-            resident = 0 if self.overlap else rollout_layout.per_device_bytes((state.params, state.opt_state))
+            # overlap none: the train state stays on these devices while rolling out
+            resident = 0 if self.overlap else rollout_layout.per_device_bytes(
+                (state.params, getattr(state, "opt_state", None)))
             adapters = state.params["layers"].get(ADAPTERS) if isinstance(state.params["layers"], dict) else None
             self.layout = rollout_layout.resolve(
                 self.cfg, self.rc, self.mesh, self.devices, rows=self.rc.prompts_per_step * self.rc.group_size,
