@@ -1,0 +1,164 @@
+"""Fault injection: each test injects one fault and asserts what is kept (docs: BENCHMARKS.md,
+"Reliability"). Runs are tiny and shared between cases where they can be; subprocess runs are
+launched side by side.
+
+- SIGTERM (a preemption notice) at a seeded random step: the run exits by itself with status 75
+  (reasonax.train.preempt.EXIT_PREEMPTED), its checkpoint holds every finished step, and the rerun
+  ends bitwise equal to an uninterrupted run (SFT through its CLI; GRPO in process, with a second
+  SIGTERM while the stop checkpoint is saved; 2 processes x 4 fake devices).
+- the watchdog (reasonax.train.watchdog): a 2-process run with one process SIGSTOPped, and one
+  with a process SIGKILLed.
+- checkpoint faults: SIGKILL during an async save, a write error (RLIMIT_FSIZE) during a save, a
+  truncated / missing file in the latest checkpoint (checkpoint.fallback).
+- a grader worker killed during a GRPO step; a malformed record in a GRPO prompt file.
+"""
+
+import dataclasses
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from reasonax.train import checkpoint as ckpt_lib
+from reasonax.train import loop, preempt
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 300  # per subprocess run; a tiny run takes ~15 s on an idle 2-core machine
+SEED = int(os.environ.get("REASONAX_FAULT_SEED", os.getpid()))  # the SIGTERM steps; printed on failure
+
+
+def _metrics(workdir: Path) -> list[dict]:
+    path = Path(workdir) / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
+def _losses(workdir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in _metrics(workdir) if "loss" in r}
+
+
+def _assert_same_export(a: Path, b: Path) -> None:
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes(), (a, b)
+
+
+def _signal_at_step(proc: subprocess.Popen, workdir: Path, step: int, sig=signal.SIGTERM) -> int:
+    """Send `sig` to proc once workdir's metrics log a step >= `step`; returns the last step logged."""
+    deadline = time.time() + TIMEOUT_S
+    while time.time() < deadline and proc.poll() is None:
+        if max(_losses(workdir), default=0) >= step:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before step {step} (seed {SEED}): {proc.communicate()[1][-3000:]}"
+    proc.send_signal(sig)
+    return max(_losses(workdir))
+
+
+# ---------------------------------------------------------------- SIGTERM, 1 process, SFT's CLI
+
+SFT_STEPS = 24
+SFT_FLAGS = ["--config=configs/sft_tiny_cpu.py", f"--config.num_steps={SFT_STEPS}",
+             f"--config.optim.total_steps={SFT_STEPS}", "--config.checkpoint.every=1000",  # larger than the run
+             "--config.synthetic.num_examples=400", "--config.seq_len=64", "--config.batch_size=8",
+             "--config.log_every=1", "--config.peak_flops=1e11", "--config.tensorboard=False"]
+
+
+def _sft_cli(workdir: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "reasonax.train.sft", *SFT_FLAGS, f"--config.workdir={workdir}"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _done(proc: subprocess.Popen, status: int = 0) -> str:
+    out, err = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == status, f"exit {proc.returncode}, expected {status}:\n{(out + err)[-4000:]}"
+    return out + err
+
+
+def test_sigterm_sft_cli_exits_75_with_a_checkpoint_of_every_logged_step_and_resumes_bitwise(tmp_path):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    runs = {"straight": _sft_cli(straight), "stopped": _sft_cli(stopped)}  # side by side
+    at = random.Random(SEED).randint(2, SFT_STEPS // 2)
+    _signal_at_step(runs["stopped"], stopped, at)
+    log = _done(runs["stopped"], preempt.EXIT_PREEMPTED)  # not -15: it exited by itself
+    last_logged = max(_losses(stopped))
+    saved = ckpt_lib.Checkpointer(stopped / "checkpoints").latest_step()
+    assert saved is not None and last_logged <= saved < SFT_STEPS, (at, last_logged, saved)
+    assert f"stopped at step {saved}: SIGTERM" in log
+    assert not (stopped / "hf").exists()  # no export of an unfinished run
+    _done(runs["straight"])
+    _done(_sft_cli(stopped))  # the same command again: resumes from the stop checkpoint
+    _assert_same_export(straight / "hf", stopped / "hf")
+    la, lb = _losses(straight), _losses(stopped)
+    assert sorted(lb) == list(range(1, SFT_STEPS + 1)) and all(la[s] == lb[s] for s in la)
+
+
+# ---------------------------------------------------------------- SIGTERM, 1 process, GRPO in process
+
+
+GRPO_STEPS = 6
+
+
+def _grpo_config(workdir, **changes):
+    from tests.test_grpo import _tiny
+
+    base = {"num_steps": GRPO_STEPS, "optim.total_steps": GRPO_STEPS, "checkpoint.every": 1000,
+            "grpo.prompts_per_step": 2, "grpo.group_size": 4, "grpo.max_new_tokens": 8, "export_hf": ""}
+    return _tiny(workdir, **{**base, **changes})
+
+
+class _SignalAt:
+    """A plan's batch source that sends this process `sig` while step `step` is being prepared."""
+
+    def __init__(self, inner, step: int, sig=signal.SIGTERM):
+        self.inner, self.step, self.sig = inner, step, sig
+
+    def next(self, state):
+        if int(state.step) + 1 == self.step:
+            os.kill(os.getpid(), self.sig)
+        return self.inner.next(state)
+
+    def __getattr__(self, name):  # iterator, metrics, stats
+        return getattr(self.inner, name)
+
+
+def test_sigterm_grpo_stops_at_the_step_in_progress_survives_a_second_sigterm_while_saving_and_resumes_bitwise(
+        tmp_path, monkeypatch):
+    from reasonax.train import grpo
+
+    straight = grpo.run(_grpo_config(tmp_path / "straight"))
+    at = random.Random(SEED).randint(1, GRPO_STEPS - 1)
+    plan = grpo.build(_grpo_config(tmp_path / "stopped"))
+    signalled = dataclasses.replace(plan, source=lambda mesh: _SignalAt(plan.source(mesh), at))
+    save = ckpt_lib.Checkpointer.save
+
+    def save_with_second_sigterm(self, step, *args, force=False, **kw):
+        if force:  # the stop checkpoint: a second notice arrives while it is written
+            os.kill(os.getpid(), signal.SIGTERM)
+        return save(self, step, *args, force=force, **kw)
+
+    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save_with_second_sigterm)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(preempt.Preempted) as stop:
+        loop.run(signalled)
+    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save)
+    assert stop.value.code == preempt.EXIT_PREEMPTED and stop.value.step == at
+    assert signal.getsignal(signal.SIGTERM) == before  # given back
+    assert ckpt_lib.Checkpointer(tmp_path / "stopped" / "checkpoints").latest_step() == at
+    assert max(_losses(tmp_path / "stopped")) == at  # logged up to the stop step, which is saved
+    resumed = grpo.run(_grpo_config(tmp_path / "stopped"))
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), straight.params,
+                 resumed.params)
+    _assert_same_export(tmp_path / "straight" / "hf", tmp_path / "stopped" / "hf")
+
+    def rewards(w):
+        return {r["step"]: (r["reward/mean"], r["loss"]) for r in _metrics(w) if "loss" in r}
+
+    assert rewards(tmp_path / "straight") == rewards(tmp_path / "stopped")  # prompt stream + sampling seed
