@@ -29,7 +29,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from reasonax.train import checkpoint as ckpt_lib
-from reasonax.train import loop, preempt
+from reasonax.train import loop, preempt, watchdog
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300  # per subprocess run; a tiny run takes ~15 s on an idle 2-core machine
@@ -162,3 +162,103 @@ def test_sigterm_grpo_stops_at_the_step_in_progress_survives_a_second_sigterm_wh
         return {r["step"]: (r["reward/mean"], r["loss"]) for r in _metrics(w) if "loss" in r}
 
     assert rewards(tmp_path / "straight") == rewards(tmp_path / "stopped")  # prompt stream + sampling seed
+
+
+# ---------------------------------------------------------------- 2 processes x 4 fake devices
+
+MULTI_STEPS = 16
+MULTI = {"num_steps": MULTI_STEPS, "optim.total_steps": MULTI_STEPS, "checkpoint.every": 1000, "export_hf": "",
+         "watchdog_s": 20.0}  # far below JAX's heartbeat timeout (100 s) and this test's bound
+
+
+def _two_processes(tmp_path: Path, name: str, monkeypatch, **changes) -> tuple[Path, dict, dict]:
+    """Launch tests/multihost_worker.py as 2 processes x 4 fake devices on tmp_path/name."""
+    from tests.test_multihost import _free_port, _launch
+
+    monkeypatch.setenv("REASONAX_WORKER_CHANGES", json.dumps({**MULTI, **changes}))
+    workdir, address = tmp_path / name, f"localhost:{_free_port()}"
+    logs = {i: tmp_path / f"{name}_{i}.log" for i in range(2)}
+    return workdir, {i: _launch([4, workdir, i, 2, address], logs[i]) for i in range(2)}, logs
+
+
+def _exit_codes(procs: dict, logs: dict) -> dict:
+    codes = {}
+    try:
+        for i, p in procs.items():
+            codes[i] = p.wait(timeout=TIMEOUT_S)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return codes
+
+
+def _tails(logs: dict) -> str:
+    return "\n".join(f"--- process {i} ---\n{Path(log).read_text()[-3000:]}" for i, log in logs.items())
+
+
+def test_sigterm_two_processes_agree_on_the_stop_step_save_it_exit_75_and_resume_bitwise(tmp_path, monkeypatch):
+    straight, procs_a, logs_a = _two_processes(tmp_path, "straight", monkeypatch)
+    stopped, procs_b, logs_b = _two_processes(tmp_path, "stopped", monkeypatch)
+    at = random.Random(SEED).randint(2, MULTI_STEPS // 2)
+    deadline = time.time() + TIMEOUT_S
+    while time.time() < deadline and max(_losses(stopped), default=0) < at and procs_b[0].poll() is None:
+        time.sleep(0.02)
+    for p in procs_b.values():  # as a preemption does: every process gets the notice
+        p.send_signal(signal.SIGTERM)
+    codes = _exit_codes(procs_b, logs_b)
+    assert codes == {0: preempt.EXIT_PREEMPTED, 1: preempt.EXIT_PREEMPTED}, f"seed {SEED}\n" + _tails(logs_b)
+    saved = ckpt_lib.Checkpointer(stopped / "checkpoints").latest_step()
+    assert max(_losses(stopped)) <= saved < MULTI_STEPS
+    assert all(f"stopped at step {saved}" in Path(log).read_text() for log in logs_b.values()) or \
+        f"stopped at step {saved}" in Path(logs_b[0]).read_text()
+    assert _exit_codes(procs_a, logs_a) == {0: 0, 1: 0}, _tails(logs_a)
+    _, procs_c, logs_c = _two_processes(tmp_path, "stopped", monkeypatch)  # the same command again
+    assert _exit_codes(procs_c, logs_c) == {0: 0, 1: 0}, _tails(logs_c)
+    _assert_same_export(straight / "hf", stopped / "hf")
+    la, lb = _losses(straight), _losses(stopped)
+    assert sorted(lb) == list(range(1, MULTI_STEPS + 1)) and all(la[s] == lb[s] for s in la)
+
+
+def test_a_stopped_process_trips_the_survivors_watchdog_naming_step_and_phase(tmp_path, monkeypatch):
+    workdir, procs, logs = _two_processes(tmp_path, "sigstop", monkeypatch)
+    at = random.Random(SEED).randint(2, MULTI_STEPS // 2)
+    _wait_for_step(workdir, procs, at)
+    procs[1].send_signal(signal.SIGSTOP)
+    try:
+        code = procs[0].wait(timeout=TIMEOUT_S)
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()
+    log = Path(logs[0]).read_text()
+    assert code == watchdog.EXIT_HUNG, f"exit {code}\n" + _tails(logs)
+    import re
+
+    m = re.search(r"watchdog: process 0 of 2 .* in phase '([^']+)' at step (\d+)", log)
+    assert m and int(m.group(2)) >= at, log[-3000:]
+    assert "Thread" in log[m.end():]  # faulthandler's stacks follow the message
+
+
+def test_a_killed_process_ends_the_survivor_with_a_message_naming_it(tmp_path, monkeypatch):
+    """First the survivor's next collective fails (gloo: connection reset by the lost peer): the
+    loop names this process, phase and step; then JAX's coordination service, after
+    distributed.heartbeat_timeout_s without a heartbeat from the lost process, names it and ends
+    the survivor (here 15 s instead of the default 100 s)."""
+    workdir, procs, logs = _two_processes(tmp_path, "sigkill", monkeypatch, **{"distributed.heartbeat_timeout_s": 15})
+    at = random.Random(SEED).randint(2, MULTI_STEPS // 2)
+    _wait_for_step(workdir, procs, at)
+    procs[1].send_signal(signal.SIGKILL)
+    codes = _exit_codes(procs, logs)
+    log = Path(logs[0]).read_text()
+    assert codes[0] != 0, _tails(logs)
+    assert "[reasonax] process 0 of 2 failed in phase '" in log, log[-3000:]
+    assert "Task 1 heartbeat timeout" in log, log[-3000:]  # the lost process, named by JAX
+
+
+def _wait_for_step(workdir, procs, step):
+    deadline = time.time() + TIMEOUT_S
+    while time.time() < deadline and max(_losses(workdir), default=0) < step:
+        assert all(p.poll() is None for p in procs.values()), f"a process ended before step {step}"
+        time.sleep(0.02)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,10 @@ class DistributedConfig:
     num_processes: int = 1
     process_id: int = 0
     local_device_ids: str = ""  # comma-separated device ids of this process ('' : all)
+    heartbeat_timeout_s: int = 100  # JAX's coordination service declares a silent process dead after this (and ends the rest)
+
+    def problems(self) -> list[str]:
+        return [] if self.heartbeat_timeout_s >= 1 else [f"heartbeat_timeout_s={self.heartbeat_timeout_s} must be >= 1"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +153,8 @@ def init_distributed(dist: DistributedConfig) -> None:
         return
     local = [int(i) for i in str(dist.local_device_ids).split(",") if i.strip()] or None
     jax.distributed.initialize(dist.coordinator_address, num_processes=dist.num_processes,
-                               process_id=dist.process_id, local_device_ids=local)
+                               process_id=dist.process_id, local_device_ids=local,
+                               heartbeat_timeout_seconds=dist.heartbeat_timeout_s)
 
 
 def barrier(name: str) -> None:
@@ -201,6 +207,13 @@ def run(plan, *, mesh: jax.sharding.Mesh | None = None):
     stopper = preempt.Preemption()
     try:
         return _run(plan, mesh, dog, stopper)
+    except Exception as e:
+        if jax.process_count() > 1:  # most likely a lost peer: say where this process was
+            print(f"[reasonax] process {jax.process_index()} of {jax.process_count()} failed in phase "
+                  f"{dog.failed_in or dog.where()}: {type(e).__name__}; if another process was lost, JAX's coordination service "
+                  f"names it within config.distributed.heartbeat_timeout_s="
+                  f"{plan.config.distributed.heartbeat_timeout_s}s", file=sys.stderr, flush=True)
+        raise
     finally:
         stopper.close()
         dog.close()

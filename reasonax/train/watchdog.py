@@ -42,6 +42,7 @@ class Watchdog:
         self._open: tuple[str, int | None, float, float] | None = None  # (phase, step, start, allowance)
         self._lock = threading.Lock()
         self._done = threading.Event()
+        self.failed_in = ""  # where() of the phase an exception left, for the run's error message
         self._thread = None
         if self.seconds > 0:
             self._thread = threading.Thread(target=self._watch, name="reasonax-watchdog", daemon=True)
@@ -57,9 +58,19 @@ class Watchdog:
             outer, self._open = self._open, (name, step, time.monotonic(), allowance)
         try:
             yield
+        except BaseException:
+            self.failed_in = self.failed_in or self.where()  # the innermost phase an error left
+            raise
         finally:
             with self._lock:
                 self._open = outer
+
+    def where(self) -> str:
+        """The open phase and step, as the watchdog's message names them ('none' outside any)."""
+        current = self._open
+        if current is None:
+            return "none"
+        return f"'{current[0]}'" + ("" if current[1] is None else f" at step {current[1]}")
 
     def _watch(self) -> None:
         while not self._done.wait(self.poll_s):
