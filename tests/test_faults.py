@@ -262,3 +262,93 @@ def _wait_for_step(workdir, procs, step):
     while time.time() < deadline and max(_losses(workdir), default=0) < step:
         assert all(p.poll() is None for p in procs.values()), f"a process ended before step {step}"
         time.sleep(0.02)
+
+
+# ---------------------------------------------------------------- checkpoint faults
+
+CKPT_WORKER = """
+import os, resource, signal, sys
+sys.path.insert(0, {root!r})
+import jax, jax.numpy as jnp
+from reasonax.train.checkpoint import Checkpointer
+mode, directory = sys.argv[1], sys.argv[2]
+ck = Checkpointer(directory, every=1, async_save=True)
+ck.save(1, {{"w": jnp.arange(1000.0), "big": jnp.zeros(1)}})
+ck.wait()
+big = jax.random.normal(jax.random.key(0), (128 * 2**20 // 4,))  # 128 MiB of incompressible floats
+if mode == "kill":  # SIGKILL while the async save of step 2 is being written
+    ck.save(2, {{"w": jnp.arange(1000.0) + 1, "big": big}})
+    os.kill(os.getpid(), signal.SIGKILL)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))  # reaches tensorstore's C++ writers
+ck.save(2, {{"w": jnp.arange(1000.0) + 1, "big": big}})
+ck.wait()
+"""
+
+
+def _ckpt_worker(tmp_path: Path, mode: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "ckpt_worker.py"
+    script.write_text(CKPT_WORKER.format(root=str(ROOT)))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    return subprocess.run([sys.executable, str(script), mode, str(tmp_path / mode)], env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
+
+
+def _restore_w(directory: Path) -> np.ndarray:
+    ck = ckpt_lib.Checkpointer(directory)
+    try:
+        return np.asarray(ck.restore(_abstract(directory))["w"])
+    finally:
+        ck.close()
+
+
+def _abstract(directory: Path):
+    """The saved tree's abstract arrays, on this process's first device (read from the metadata)."""
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    ck = ckpt_lib.Checkpointer(directory)
+    meta = ck.manager.item_metadata(ck.all_steps()[0])[ckpt_lib.STATE]
+    ck.close()
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), meta)
+
+
+def test_sigkill_during_an_async_save_keeps_the_previous_checkpoint(tmp_path):
+    proc = _ckpt_worker(tmp_path, "kill")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    directory = tmp_path / "kill"
+    assert any(p.name.startswith("2.orbax-checkpoint-tmp") for p in directory.iterdir())  # it was mid-write
+    assert ckpt_lib.Checkpointer(directory).latest_step() == 1
+    np.testing.assert_array_equal(_restore_w(directory), np.arange(1000.0))
+
+
+def test_a_write_error_during_a_save_names_the_directory_and_keeps_the_previous_checkpoint(tmp_path):
+    proc = _ckpt_worker(tmp_path, "efbig")
+    directory = tmp_path / "efbig"
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"CheckpointError: {directory}: saving checkpoint step 2 failed" in proc.stderr, proc.stderr[-3000:]
+    assert ckpt_lib.Checkpointer(directory).latest_step() == 1
+    np.testing.assert_array_equal(_restore_w(directory), np.arange(1000.0))
+
+
+def test_a_truncated_or_missing_file_in_the_latest_checkpoint_is_named_and_fallback_restores_the_one_before(
+        tmp_path, capfd):
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    ck = ckpt_lib.Checkpointer(tmp_path, every=1)
+    for step in (1, 2):
+        ck.save(step, {"w": jax.device_put(np.arange(1000.0, dtype=np.float32) + step, sharding)})
+    ck.close()
+    files = sorted((tmp_path / "2" / "state").rglob("d/*"), key=lambda p: p.stat().st_size)
+    data = files[-1].read_bytes()  # the largest data file: the array's chunk
+    files[-1].write_bytes(data[: len(data) // 2])
+    abstract = {"w": jax.ShapeDtypeStruct((1000,), np.float32, sharding=sharding)}
+    with pytest.raises(ckpt_lib.CheckpointError, match=rf"checkpoint step 2 at {tmp_path}/2 is unreadable .*"
+                                                       r"\"w/0\".*checkpoint.fallback=true"):
+        ckpt_lib.Checkpointer(tmp_path).restore(abstract)
+    files[-1].unlink()  # missing instead of truncated: the same
+    with pytest.raises(ckpt_lib.CheckpointError, match=r"checkpoint step 2 .* is unreadable"):
+        ckpt_lib.Checkpointer(tmp_path).restore(abstract)
+    ck = ckpt_lib.Checkpointer(tmp_path, fallback=True)
+    restored = ck.restore(abstract)
+    np.testing.assert_array_equal(np.asarray(restored["w"]), np.arange(1000.0) + 1)
+    assert "WARNING: checkpoint step 2" in capfd.readouterr().err
+    assert ck.all_steps() == [1] and (tmp_path / "unreadable-2").is_dir()  # set aside, not deleted
+    ck.close()

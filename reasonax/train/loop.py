@@ -52,6 +52,7 @@ class CheckpointConfig:
     every: int = 100        # save every N steps (and at the end)
     keep: int = 3           # checkpoints kept
     async_save: bool = True  # write in the background while training goes on
+    fallback: bool = False   # the latest checkpoint unreadable: warn, set it aside, restore the one before
 
     def problems(self) -> list[str]:
         return [f"every={self.every} and keep={self.keep} must be >= 1"] if min(self.every, self.keep) < 1 else []
@@ -234,13 +235,14 @@ def _run(plan, mesh, dog: watchdog.Watchdog, stopper: preempt.Preemption):
     abstract = state_lib.abstract_state(model_cfg, optimizer, mesh, dtype, plan.trainable)
     shardings = jax.tree.map(lambda a: a.sharding, abstract)
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep, every=config.checkpoint.every,
-                        async_save=config.checkpoint.async_save)
+                        async_save=config.checkpoint.async_save, fallback=config.checkpoint.fallback)
     start = ckpt.latest_step()
     if start is None:
         params = jax.tree.map(lambda x: x.astype(dtype), init_params(mesh))
         state = state_lib.create_state(params, model_cfg, optimizer, mesh, plan.trainable)
     else:
         state = ckpt.restore(abstract, source.iterator)
+        start = int(state.step)  # an older step than latest_step with checkpoint.fallback
     logger = monitor.MetricsLogger(workdir, resume_step=start, tensorboard=config.tensorboard)
     if start is not None:
         logger.log_event(start, f"resumed from checkpoint {start}")
