@@ -352,3 +352,61 @@ def test_a_truncated_or_missing_file_in_the_latest_checkpoint_is_named_and_fallb
     assert "WARNING: checkpoint step 2" in capfd.readouterr().err
     assert ck.all_steps() == [1] and (tmp_path / "unreadable-2").is_dir()  # set aside, not deleted
     ck.close()
+
+
+# ---------------------------------------------------------------- GRPO: grader worker, prompt file
+
+def _prompt_file(path: Path, n: int, bad_line: int | None = None) -> Path:
+    """n prompt records whose gold (x^2+2x+1) only the grader's sympy workers can match with
+    (x+1)^2; line bad_line (1-based) is malformed JSON instead."""
+    lines = [json.dumps({"prompt": f"Expand (x+1)^2, case {i}.", "answer": "x^2+2x+1"}) for i in range(n)]
+    if bad_line is not None:
+        lines.insert(bad_line - 1, '{"prompt": "cut off here')
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_grader_worker_killed_during_a_grpo_step_is_replaced_and_the_step_rewards_are_complete(
+        tmp_path, monkeypatch):
+    from reasonax.eval import grader
+    from reasonax.eval.grader import pool
+    from reasonax.train import grpo
+    from reasonax.train.grpo import rollout
+
+    files = [str(_prompt_file(tmp_path / "prompts.jsonl", 8))]
+    # every completion is graded as the right answer, in a form that needs a grader worker
+    monkeypatch.setattr(rollout, "completion_text", lambda *a, **k: "so it is \\boxed{(x+1)^2}")
+    recv, killed = pool._Worker.recv, []
+
+    def recv_killed_once(self, timeout):  # the first comparison of step 2: its worker dies mid-task
+        if steps_done() == 1 and not killed:
+            killed.append(self.proc.pid)
+            self.proc.kill()
+        return recv(self, timeout)
+
+    def steps_done():
+        return max(_losses(tmp_path / "run"), default=0)
+
+    monkeypatch.setattr(pool._Worker, "recv", recv_killed_once)
+    grader.shutdown()  # fresh workers, started with the patched class
+    grpo.run(_grpo_config(tmp_path / "run", num_steps=2, **{"synthetic.task": "", "grpo.files": files,
+                                                             "export_hf": "none"}))
+    rows = {r["step"]: r for r in _metrics(tmp_path / "run") if "loss" in r}
+    assert killed, "no grader worker was used"
+    assert rows[1]["grader/worker_crashes"] == 0 and rows[2]["grader/worker_crashes"] >= 1
+    assert rows[1]["reward/accuracy"] == rows[2]["reward/accuracy"] == 1.0  # nothing lost to the crash
+
+
+def test_a_malformed_record_mid_grpo_prompt_file_is_named_or_skipped_and_counted(tmp_path, capfd):
+    from reasonax.model.tokenizer import from_spec
+    from reasonax.train.grpo import GRPOConfig
+    from reasonax.train.grpo.rollout import load_prompts
+
+    path = _prompt_file(tmp_path / "prompts.jsonl", 6, bad_line=4)
+    rc = dataclasses.replace(GRPOConfig().grpo, files=(str(path),), template="raw")
+    tok = from_spec("bytes", "")
+    with pytest.raises(ValueError, match=rf"{path}:4\b"):
+        load_prompts(rc, tok, 64)
+    prompts = load_prompts(dataclasses.replace(rc, on_malformed="skip"), tok, 64)
+    assert [p.where for p in prompts] == [f"{path}:{i}" for i in (1, 2, 3, 5, 6, 7)]
+    assert "skipped 1 malformed record(s)" in capfd.readouterr().err
