@@ -211,8 +211,7 @@ def test_sigterm_two_processes_agree_on_the_stop_step_save_it_exit_75_and_resume
     assert codes == {0: preempt.EXIT_PREEMPTED, 1: preempt.EXIT_PREEMPTED}, f"seed {SEED}\n" + _tails(logs_b)
     saved = ckpt_lib.Checkpointer(stopped / "checkpoints").latest_step()
     assert max(_losses(stopped)) <= saved < MULTI_STEPS
-    assert all(f"stopped at step {saved}" in Path(log).read_text() for log in logs_b.values()) or \
-        f"stopped at step {saved}" in Path(logs_b[0]).read_text()
+    assert f"stopped at step {saved}: preemption notice" in Path(logs_b[0]).read_text()  # process 0 logs
     assert _exit_codes(procs_a, logs_a) == {0: 0, 1: 0}, _tails(logs_a)
     _, procs_c, logs_c = _two_processes(tmp_path, "stopped", monkeypatch)  # the same command again
     assert _exit_codes(procs_c, logs_c) == {0: 0, 1: 0}, _tails(logs_c)
