@@ -166,7 +166,7 @@ def test_sigterm_grpo_stops_at_the_step_in_progress_survives_a_second_sigterm_wh
 
 # ---------------------------------------------------------------- 2 processes x 4 fake devices
 
-MULTI_STEPS = 16
+MULTI_STEPS = 24
 MULTI = {"num_steps": MULTI_STEPS, "optim.total_steps": MULTI_STEPS, "checkpoint.every": 1000, "export_hf": "",
          "watchdog_s": 20.0}  # far below JAX's heartbeat timeout (100 s) and this test's bound
 
@@ -220,38 +220,51 @@ def test_sigterm_two_processes_agree_on_the_stop_step_save_it_exit_75_and_resume
     assert sorted(lb) == list(range(1, MULTI_STEPS + 1)) and all(la[s] == lb[s] for s in la)
 
 
-def test_a_stopped_process_trips_the_survivors_watchdog_naming_step_and_phase(tmp_path, monkeypatch):
-    workdir, procs, logs = _two_processes(tmp_path, "sigstop", monkeypatch)
+@pytest.fixture(scope="module")
+def lost_peer(tmp_path_factory) -> dict:
+    """Two 2-process runs side by side (their waits overlap): in 'sigstop' process 1 is stopped
+    with SIGSTOP, in 'sigkill' it is killed (distributed.heartbeat_timeout_s = 15 s instead of
+    100 s), both at a seeded random step. {name: (exit code of process 0, its log, all logs)}."""
+    tmp = tmp_path_factory.mktemp("lost_peer")
+    with pytest.MonkeyPatch.context() as mp:
+        runs = {"sigstop": _two_processes(tmp, "sigstop", mp),
+                "sigkill": _two_processes(tmp, "sigkill", mp, **{"distributed.heartbeat_timeout_s": 15})}
     at = random.Random(SEED).randint(2, MULTI_STEPS // 2)
-    _wait_for_step(workdir, procs, at)
-    procs[1].send_signal(signal.SIGSTOP)
+    out = {}
     try:
-        code = procs[0].wait(timeout=TIMEOUT_S)
+        for name, sig in (("sigstop", signal.SIGSTOP), ("sigkill", signal.SIGKILL)):
+            workdir, procs, _ = runs[name]
+            _wait_for_step(workdir, procs, at)
+            procs[1].send_signal(sig)
+        for name, (workdir, procs, logs) in runs.items():
+            code = procs[0].wait(timeout=TIMEOUT_S)
+            out[name] = (code, Path(logs[0]).read_text(), logs, at)
     finally:
-        for p in procs.values():
-            p.kill()
-            p.wait()
-    log = Path(logs[0]).read_text()
-    assert code == watchdog.EXIT_HUNG, f"exit {code}\n" + _tails(logs)
+        for _, procs, _ in runs.values():
+            for p in procs.values():
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+    return out
+
+
+def test_a_stopped_process_trips_the_survivors_watchdog_naming_step_and_phase(lost_peer):
     import re
 
+    code, log, logs, at = lost_peer["sigstop"]
+    assert code == watchdog.EXIT_HUNG, f"exit {code}\n" + _tails(logs)
     m = re.search(r"watchdog: process 0 of 2 .* in phase '([^']+)' at step (\d+)", log)
     assert m and int(m.group(2)) >= at, log[-3000:]
     assert "Thread" in log[m.end():]  # faulthandler's stacks follow the message
 
 
-def test_a_killed_process_ends_the_survivor_with_a_message_naming_it(tmp_path, monkeypatch):
+def test_a_killed_process_ends_the_survivor_with_a_message_naming_it(lost_peer):
     """First the survivor's next collective fails (gloo: connection reset by the lost peer): the
     loop names this process, phase and step; then JAX's coordination service, after
     distributed.heartbeat_timeout_s without a heartbeat from the lost process, names it and ends
-    the survivor (here 15 s instead of the default 100 s)."""
-    workdir, procs, logs = _two_processes(tmp_path, "sigkill", monkeypatch, **{"distributed.heartbeat_timeout_s": 15})
-    at = random.Random(SEED).randint(2, MULTI_STEPS // 2)
-    _wait_for_step(workdir, procs, at)
-    procs[1].send_signal(signal.SIGKILL)
-    codes = _exit_codes(procs, logs)
-    log = Path(logs[0]).read_text()
-    assert codes[0] != 0, _tails(logs)
+    the survivor."""
+    code, log, logs, _ = lost_peer["sigkill"]
+    assert code != 0, _tails(logs)
     assert "[reasonax] process 0 of 2 failed in phase '" in log, log[-3000:]
     assert "Task 1 heartbeat timeout" in log, log[-3000:]  # the lost process, named by JAX
 

@@ -66,7 +66,7 @@ class DistributedConfig:
     num_processes: int = 1
     process_id: int = 0
     local_device_ids: str = ""  # comma-separated device ids of this process ('' : all)
-    heartbeat_timeout_s: int = 100  # JAX's coordination service declares a silent process dead after this (and ends the rest)
+    heartbeat_timeout_s: int = 100  # JAX declares a process without heartbeats dead after this (and ends the others)
 
     def problems(self) -> list[str]:
         return [] if self.heartbeat_timeout_s >= 1 else [f"heartbeat_timeout_s={self.heartbeat_timeout_s} must be >= 1"]
@@ -211,8 +211,8 @@ def run(plan, *, mesh: jax.sharding.Mesh | None = None):
     except Exception as e:
         if jax.process_count() > 1:  # most likely a lost peer: say where this process was
             print(f"[reasonax] process {jax.process_index()} of {jax.process_count()} failed in phase "
-                  f"{dog.failed_in or dog.where()}: {type(e).__name__}; if another process was lost, JAX's coordination service "
-                  f"names it within config.distributed.heartbeat_timeout_s="
+                  f"{dog.failed_in or dog.where()}: {type(e).__name__}; if another process was lost, JAX's "
+                  f"coordination service names it within config.distributed.heartbeat_timeout_s="
                   f"{plan.config.distributed.heartbeat_timeout_s}s", file=sys.stderr, flush=True)
         raise
     finally:
