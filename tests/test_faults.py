@@ -409,6 +409,24 @@ def test_a_grader_worker_killed_during_a_grpo_step_is_replaced_and_the_step_rewa
     assert rows[1]["reward/accuracy"] == rows[2]["reward/accuracy"] == 1.0  # nothing lost to the crash
 
 
+def test_grader_workers_ignore_sigterm_so_a_group_wide_notice_leaves_rewards_to_the_parent():
+    from reasonax.eval import grader
+    from reasonax.eval.grader import pool
+
+    grader.shutdown()
+    assert grader.grade_batch(["\\boxed{(x+1)^2}"], ["x^2+2x+1"], fallback=False) == [True]  # starts a worker
+    workers = list(pool._get_pool()._all)
+    assert workers
+    for w in workers:
+        os.kill(w.proc.pid, signal.SIGTERM)
+    for w in workers:  # without SIG_IGN a worker dies at once; 2 s is only how long we look
+        with pytest.raises(subprocess.TimeoutExpired):
+            w.proc.wait(timeout=2)
+    crashes = grader.stats()["worker_crashes"]
+    assert grader.grade_batch(["\\boxed{(x+1)^2}"], ["x^2+2x+1"], fallback=False) == [True]
+    assert grader.stats()["worker_crashes"] == crashes
+
+
 def test_a_malformed_record_mid_grpo_prompt_file_is_named_or_skipped_and_counted(tmp_path, capfd):
     from reasonax.model.tokenizer import from_spec
     from reasonax.train.grpo import GRPOConfig
