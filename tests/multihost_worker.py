@@ -9,6 +9,9 @@ is one of NUM_PROCESSES processes joined by jax.distributed.initialize (config.d
 Writes WORKDIR/worker_<process_id>.json describing what jax saw; metrics.jsonl (process 0) and
 checkpoints/ are written by the run itself; then the trained params score the training data as an
 SLM reference (reasonax.train.slm.ref_scores) into WORKDIR/ref_scores.
+
+With REASONAX_WORKER_CHANGES (JSON {dotted field: value}, tests/test_faults.py) those config fields
+are changed and the run is all it does (no SLM pass, no worker_<id>.json).
 """
 
 import json
@@ -56,6 +59,14 @@ def main(argv):
 
     from reasonax.train import common, sft
 
+    changes = json.loads(os.environ.get("REASONAX_WORKER_CHANGES", "{}"))
+    if changes:
+        from tests.test_train_loop import set_fields
+
+        sft.run(set_fields(c, changes))
+        if coordinator:
+            jax.distributed.shutdown()
+        return
     state = sft.run(c)
     # the SLM reference scoring pass over the same data, with the trained params as the reference
     from reasonax.train import loop

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from reasonax.model import flops as flops_lib
 from reasonax.model import sharding
 from reasonax.model.config import LORA_TARGETS, REMAT_POLICIES, LoraConfig, config_to_dict
 from reasonax.train import data as data_lib
-from reasonax.train import monitor
+from reasonax.train import monitor, preempt, watchdog
 from reasonax.train import state as state_lib
 from reasonax.train.checkpoint import Checkpointer
 from reasonax.train.step import LAYER_LOOPS, build_train_step, resolve_layer_loop
@@ -51,6 +52,7 @@ class CheckpointConfig:
     every: int = 100        # save every N steps (and at the end)
     keep: int = 3           # checkpoints kept
     async_save: bool = True  # write in the background while training goes on
+    fallback: bool = False   # the latest checkpoint unreadable: warn, set it aside, restore the one before
 
     def problems(self) -> list[str]:
         return [f"every={self.every} and keep={self.keep} must be >= 1"] if min(self.every, self.keep) < 1 else []
@@ -64,6 +66,10 @@ class DistributedConfig:
     num_processes: int = 1
     process_id: int = 0
     local_device_ids: str = ""  # comma-separated device ids of this process ('' : all)
+    heartbeat_timeout_s: int = 100  # JAX declares a process without heartbeats dead after this (and ends the others)
+
+    def problems(self) -> list[str]:
+        return [] if self.heartbeat_timeout_s >= 1 else [f"heartbeat_timeout_s={self.heartbeat_timeout_s} must be >= 1"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +122,8 @@ class TrainConfig:
     max_bad_steps: int = 5      # stop after this many non-finite steps in a row
     export_hf: str = ""         # write the final params as HF safetensors here ('' : <workdir>/hf; 'none': skip)
     device_memory_gib: float = 0.0  # memory per device the --dry_run checks the step against (0: no check)
+    watchdog_s: float = 1800.0  # a step, save, log or barrier longer than this dumps all stacks and exits 124 (0: off)
+    watchdog_slow_s: float = 7200.0  # the same for the first step (compilation), held-out eval and the final export
     distributed: DistributedConfig = DistributedConfig()
     lora: LoraFields = LoraFields()
 
@@ -130,6 +138,8 @@ class TrainConfig:
                 out.append(f"{k}={getattr(self, k)!r}; expected one of {allowed}")
         if self.loss_chunk < 0 or self.eval_every < 0 or self.device_memory_gib < 0:
             out.append("loss_chunk, eval_every and device_memory_gib must be >= 0")
+        if self.watchdog_s < 0 or self.watchdog_slow_s < 0:
+            out.append(f"watchdog_s={self.watchdog_s} and watchdog_slow_s={self.watchdog_slow_s} must be >= 0 (0: off)")
         return out
 
 
@@ -144,7 +154,8 @@ def init_distributed(dist: DistributedConfig) -> None:
         return
     local = [int(i) for i in str(dist.local_device_ids).split(",") if i.strip()] or None
     jax.distributed.initialize(dist.coordinator_address, num_processes=dist.num_processes,
-                               process_id=dist.process_id, local_device_ids=local)
+                               process_id=dist.process_id, local_device_ids=local,
+                               heartbeat_timeout_seconds=dist.heartbeat_timeout_s)
 
 
 def barrier(name: str) -> None:
@@ -153,7 +164,8 @@ def barrier(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
-        multihost_utils.sync_global_devices(name)
+        with watchdog.phase(f"barrier {name}"):
+            multihost_utils.sync_global_devices(name)
 
 
 def config_mesh(config, skip: int = 0) -> jax.sharding.Mesh:
@@ -194,7 +206,30 @@ def run(plan, *, mesh: jax.sharding.Mesh | None = None):
     epochs). A source with a metrics() method (GRPO's rollouts) has those logged with each
     step's. plan.evaluate(mesh) -> evaluate(params) -> {name: float} runs every
     config.eval_every steps and at the end, logged as eval/<name>.
+
+    SIGTERM (a preemption notice; reasonax.train.preempt) stops the run after the step in
+    progress, agreed on by every process, with a checkpoint of that step: it raises
+    preempt.Preempted (SystemExit, status 75) instead of evaluating and exporting. A step, save,
+    log or barrier longer than config.watchdog_s (the first step and evaluation / export:
+    config.watchdog_slow_s) ends the process with a stack dump (reasonax.train.watchdog).
     """
+    dog = watchdog.Watchdog(plan.config.watchdog_s, plan.config.watchdog_slow_s)
+    stopper = preempt.Preemption()
+    try:
+        return _run(plan, mesh, dog, stopper)
+    except Exception as e:
+        if jax.process_count() > 1:  # most likely a lost peer: say where this process was
+            print(f"[reasonax] process {jax.process_index()} of {jax.process_count()} failed in phase "
+                  f"{dog.failed_in or dog.where()}: {type(e).__name__}; if another process was lost, JAX's "
+                  f"coordination service names it within config.distributed.heartbeat_timeout_s="
+                  f"{plan.config.distributed.heartbeat_timeout_s}s", file=sys.stderr, flush=True)
+        raise
+    finally:
+        stopper.close()
+        dog.close()
+
+
+def _run(plan, mesh, dog: watchdog.Watchdog, stopper: preempt.Preemption):
     config, model_cfg, loss_fn, init_params = plan.config, plan.model, plan.loss, plan.init
     prepare, step_options = plan.prepare, plan.step_options
     if not config.workdir:
@@ -209,13 +244,14 @@ def run(plan, *, mesh: jax.sharding.Mesh | None = None):
     abstract = state_lib.abstract_state(model_cfg, optimizer, mesh, dtype, plan.trainable)
     shardings = jax.tree.map(lambda a: a.sharding, abstract)
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep, every=config.checkpoint.every,
-                        async_save=config.checkpoint.async_save)
+                        async_save=config.checkpoint.async_save, fallback=config.checkpoint.fallback)
     start = ckpt.latest_step()
     if start is None:
         params = jax.tree.map(lambda x: x.astype(dtype), init_params(mesh))
         state = state_lib.create_state(params, model_cfg, optimizer, mesh, plan.trainable)
     else:
         state = ckpt.restore(abstract, source.iterator)
+        start = int(state.step)  # an older step than latest_step with checkpoint.fallback
         if hasattr(source, "restore_extra"):
             source.restore_extra(ckpt.restore_extra(start))
     logger = monitor.MetricsLogger(workdir, resume_step=start, tensorboard=config.tensorboard)
@@ -246,45 +282,57 @@ def run(plan, *, mesh: jax.sharding.Mesh | None = None):
     step = int(state.step)
     timer = _Timer()
     pending = None
+    stop = False
+    extra = getattr(source, "checkpoint_extra", None)  # a source's own state for the checkpoint (GRPO one-step-off)
     try:
-        while step < config.num_steps:
-            batch = source.next(state)
-            rows, seq = batch["inputs"].shape  # GRPO trims rows to its batch's longest sequence
-            step_flops = flops_of(rows, seq)
-            state, metrics = step_fn(state, batch, *aux_args)
-            step += 1
-            if pending is not None:  # read the previous step's metrics while this one runs
+        while step < config.num_steps and not stop:
+            with dog.phase("step", step + 1, slow=pending is None):  # the first step compiles
+                batch = source.next(state)
+                rows, seq = batch["inputs"].shape  # GRPO trims rows to its batch's longest sequence
+                step_flops = flops_of(rows, seq)
+                state, metrics = step_fn(state, batch, *aux_args)
+                step += 1
+                if pending is not None:  # read the previous step's metrics while this one runs
+                    _guard(*pending, config, logger)
+                pending = (step, metrics)
+                timer.tick(metrics)
+            stop = stopper.should_stop(step)  # a preemption notice: save this step, then stop
+            with dog.phase("save", step):
+                ckpt.save(step, state, source.iterator, saved_config, force=stop, extra=extra)
+            if stop or step % config.log_every == 0 or step == config.num_steps:
+                with dog.phase("log", step):  # the host waits here for the step's results
+                    out = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    seconds = timer.lap()
+                    if seconds:
+                        out["step_seconds"] = seconds
+                        out["tokens_per_sec"] = rows * seq / seconds
+                        out["mfu"] = monitor.mfu(step_flops, seconds, peak, jax.device_count())
+                    if getattr(source, "stats", None) is not None:  # this process's data counters
+                        out.update({f"data/{k}": v for k, v in source.stats.as_dict().items()})
+                    if hasattr(source, "metrics"):
+                        out.update(source.metrics())
+                    logger.log(step, out)
+            if eval_every and not stop and (step % eval_every == 0 or step == config.num_steps):
+                with dog.phase("eval", step, slow=True):
+                    logger.log(step, {f"eval/{k}": float(v) for k, v in evaluate(state.params).items()})
+        with dog.phase("save", step):
+            if pending is not None:
                 _guard(*pending, config, logger)
-            pending = (step, metrics)
-            ckpt.save(step, state, source.iterator, saved_config, extra=getattr(source, "checkpoint_extra", None))
-            timer.tick(metrics)
-            if step % config.log_every == 0 or step == config.num_steps:
-                out = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                seconds = timer.lap()
-                if seconds:
-                    out["step_seconds"] = seconds
-                    out["tokens_per_sec"] = rows * seq / seconds
-                    out["mfu"] = monitor.mfu(step_flops, seconds, peak, jax.device_count())
-                if getattr(source, "stats", None) is not None:  # this process's data counters
-                    out.update({f"data/{k}": v for k, v in source.stats.as_dict().items()})
-                if hasattr(source, "metrics"):
-                    out.update(source.metrics())
-                logger.log(step, out)
-            if eval_every and (step % eval_every == 0 or step == config.num_steps):
-                logger.log(step, {f"eval/{k}": float(v) for k, v in evaluate(state.params).items()})
-        if pending is not None:
-            _guard(*pending, config, logger)
-        if step not in ckpt.all_steps():
-            ckpt.save(step, state, source.iterator, saved_config, force=True,
-                      extra=getattr(source, "checkpoint_extra", None))
-        ckpt.wait()
+            if step not in ckpt.all_steps():
+                ckpt.save(step, state, source.iterator, saved_config, force=True, extra=extra)
+            ckpt.wait()
+        if stop:
+            logger.log_event(step, str(preempt.Preempted(step, stopper.reason)))
     finally:
         if hasattr(source, "close"):
             source.close()
         ckpt.close()
         logger.close()
+    if stop:
+        raise preempt.Preempted(step, stopper.reason)
     if plan.finish is not None:
-        plan.finish(state.params)
+        with dog.phase("export", step, slow=True):
+            plan.finish(state.params)
     return state
 
 

@@ -456,7 +456,8 @@ def _worker_main() -> None:
     Receives ``[kind, gold, pred]``; replies ``["ok", [verdict, status]]`` or
     ``["error", exception_name]``. Exits when stdin closes (the parent died or killed it).
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and a group-wide SIGTERM (a preemption) reach
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the parent too: it decides; a worker ends when stdin closes
     out = sys.stdout
     sys.stdout = sys.stderr  # stray prints from libraries must not corrupt the protocol
     _w_setup()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import importlib
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -66,8 +67,12 @@ class Prompt:
 def load_prompts(rc, tokenizer, max_prompt_len: int) -> list[Prompt]:
     """Prompts of rc.files (JSONL/Parquet; rc.prompt_field, rc.answer_field) tokenized as the
     training pipeline starts an example (data.prompt_tokens); ValueError naming the record
-    when one is longer than max_prompt_len tokens."""
-    records, _ = data_lib.load_records(rc.files, rc.prompt_field, rc.answer_field, rc.on_malformed)
+    when one is longer than max_prompt_len tokens. A malformed record raises naming its file and
+    line, or with rc.on_malformed='skip' is skipped and counted (a warning on stderr)."""
+    records, skipped = data_lib.load_records(rc.files, rc.prompt_field, rc.answer_field, rc.on_malformed)
+    if skipped:
+        print(f"[reasonax] grpo.files: skipped {skipped} malformed record(s) (grpo.on_malformed='skip'); "
+              f"{len(records)} prompts kept", file=sys.stderr, flush=True)
     if not records:
         raise ValueError(f"grpo.files={list(rc.files)!r}: no prompts (set grpo.files or synthetic.task)")
     out = []
@@ -264,6 +269,7 @@ class RolloutSource:
         """Batch `index` (its prompts from the stream, its seeds from the index) sampled with params:
         (global rows as numpy, their metrics)."""
         G, P = self.rc.group_size, self.rc.prompts_per_step
+        crashes = grader.stats()["worker_crashes"]  # grader workers lost (and replaced) in this batch
         keep, spare, t_gen, t_rew, rounds, generated = [], [], 0.0, 0.0, 0, 0
         while len(keep) < P and rounds < max(1, self.rc.max_sampling_rounds if self.rc.dynamic_sampling else 1):
             idx, res, r, parts, tg, tr = self._round(params, index, rounds)
@@ -296,6 +302,7 @@ class RolloutSource:
             "rollout/stop_string": float(np.concatenate([g[5]["stopped"] for g in groups]).mean()),
             "rollout/rounds": float(rounds), "rollout/filled_groups": float(filled),
             "time/rollout": t_gen, "time/reward": t_rew, "rollout/tokens_per_sec": generated / max(t_gen, 1e-9),
+            "grader/worker_crashes": float(grader.stats()["worker_crashes"] - crashes),
         }
         if "format" in groups[0][5]:
             metrics["reward/format"] = float(np.concatenate([g[5]["format"] for g in groups]).mean())
