@@ -42,7 +42,7 @@ from reasonax.eval import grader
 from reasonax.model.config import ModelConfig
 from reasonax.sample.stops import cut_at_stop
 from reasonax.train import data as data_lib
-from reasonax.train.grpo.objective import group_advantages, overlong_penalty
+from reasonax.train.grpo.objective import group_advantages, overlong_penalty, rloo_advantages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,10 +143,11 @@ def row_length(longest: int, full: int, bucket: int) -> int:
     return min(full, max(bucket, -(-longest // bucket) * bucket))
 
 
-def build_rows(prompt_tokens: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
-               logprobs: Sequence[Sequence[float]], truncated: Sequence[bool], seq_len: int,
-               mask_truncated: bool) -> dict[str, np.ndarray]:
-    """Training rows (see the module docstring) for prompt_tokens[i] + completions[i], one per row."""
+def completion_examples(prompt_tokens: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
+                        logprobs: Sequence[Sequence[float]], truncated: Sequence[bool], seq_len: int,
+                        mask_truncated: bool) -> list[dict[str, np.ndarray]]:
+    """One shifted example per prompt_tokens[i] + completions[i] (inputs, targets, weights,
+    sampler_logp; see the module docstring); ValueError naming the row when one exceeds seq_len."""
     examples = []
     for i, (p, c, lp) in enumerate(zip(prompt_tokens, completions, logprobs)):
         seq = np.asarray([*p, *c], np.int32)
@@ -159,16 +160,67 @@ def build_rows(prompt_tokens: Sequence[Sequence[int]], completions: Sequence[Seq
         keep = not (mask_truncated and truncated[i])
         examples.append({"inputs": seq[:-1], "targets": seq[1:], "sampler_logp": sampler_logp,
                          "weights": (on_completion & keep).astype(np.float32)})
-    return data_lib.layout_rows(examples, [[i] for i in range(len(examples))], seq_len,
-                                {"inputs": np.int32, "targets": np.int32, "weights": np.float32,
-                                 "sampler_logp": np.float32})
+    return examples
+
+
+ROW_FEATURES = {"inputs": np.int32, "targets": np.int32, "weights": np.float32, "sampler_logp": np.float32}
+
+
+def build_rows(prompt_tokens: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
+               logprobs: Sequence[Sequence[float]], truncated: Sequence[bool], seq_len: int,
+               mask_truncated: bool) -> dict[str, np.ndarray]:
+    """Training rows (see the module docstring) for prompt_tokens[i] + completions[i], one per row."""
+    examples = completion_examples(prompt_tokens, completions, logprobs, truncated, seq_len, mask_truncated)
+    return data_lib.layout_rows(examples, [[i] for i in range(len(examples))], seq_len, ROW_FEATURES)
+
+
+def packed_rows_per_part(rc, parts: int) -> int:
+    """Packed rows per micro-batch: rc.pack_rows, or (0) enough for its prompts_per_step x
+    group_size / parts sequences at full length whatever their lengths: first fit opens a row only
+    when every open one holds more than pack_len - seq_len tokens, so at least pack_len // seq_len
+    sequences each (seq_len = max_prompt_len + max_new_tokens)."""
+    if rc.pack_rows:
+        return rc.pack_rows
+    per_part = rc.prompts_per_step * rc.group_size // parts
+    return -(-per_part // (rc.pack_len // (rc.max_prompt_len + rc.max_new_tokens)))
+
+
+def pack_rows(examples: Sequence[dict[str, np.ndarray]], parts: int, pack_len: int,
+              rows_per_part: int) -> tuple[dict[str, np.ndarray], int]:
+    """The packed update batch of `examples` (completion_examples) and how many rows a part needed.
+
+    Example i goes to part (micro-batch) i % parts, as its unpacked row would (step._split takes
+    rows j, j + parts, ... for micro-batch j), so minibatches hold the same sequences packed or
+    not. Each part is packed first fit (data.first_fit) into rows of pack_len tokens; the global
+    row r * parts + j is part j's row r, and `sequence` gives each position's example index in its
+    part (i // parts; padding 0, weight 0), the index of its advantage in that micro-batch.
+    Every part gets rows_per_part rows; when one needs more, every part gets that many rounded up
+    to a multiple of rows_per_part (a new batch shape: one more compiled step)."""
+    examples = [{**ex, "sequence": np.full(len(ex["inputs"]), i // parts, np.int32)} for i, ex in enumerate(examples)]
+    bins = []
+    for j in range(parts):
+        idx = list(range(j, len(examples), parts))
+        bins.append([[idx[k] for k in b] for b in data_lib.first_fit([len(examples[i]["inputs"]) for i in idx],
+                                                                     pack_len)])
+    needed = max(len(b) for b in bins)
+    R = rows_per_part if needed <= rows_per_part else -(-needed // rows_per_part) * rows_per_part
+    rows = [bins[j][r] if r < len(bins[j]) else [] for r in range(R) for j in range(parts)]
+    return data_lib.layout_rows(examples, rows, pack_len, {**ROW_FEATURES, "sequence": np.int32}), needed
+
+
+def sequence_advantages(rewards: np.ndarray, rc) -> np.ndarray:
+    """Advantages [N] of the step's rewards by rc.advantage: grpo (group_advantages with
+    rc.scale_rewards) or rloo (rloo_advantages)."""
+    if rc.advantage == "rloo":
+        return np.asarray(rloo_advantages(rewards, rc.group_size), np.float32)
+    return np.asarray(group_advantages(rewards, rc.group_size, rc.scale_rewards, rc.adv_eps), np.float32)
 
 
 class RolloutSource:
     """loop.run's batch source for GRPO (see the module docstring)."""
 
     def __init__(self, prompts: list[Prompt], cfg: ModelConfig, tokenizer, rc, mesh, seed: int,
-                 eos_ids: Sequence[int], stop_strings: Sequence[str] = ()):
+                 eos_ids: Sequence[int], stop_strings: Sequence[str] = (), parts: int = 1):
         self.prompts, self.cfg, self.tokenizer, self.rc, self.mesh = prompts, cfg, tokenizer, rc, mesh
         self.seed, self.eos_ids, self.stop_strings = seed, tuple(eos_ids), tuple(stop_strings)
         self.stop = sample.StopStrings(tokenizer, self.stop_strings, self.eos_ids)
@@ -177,6 +229,8 @@ class RolloutSource:
         self.sp = sample.SamplingParams(max_new_tokens=rc.max_new_tokens, temperature=rc.temperature,
                                         top_k=rc.top_k, top_p=rc.top_p, n=rc.group_size)
         self.seq_len = rc.max_prompt_len + rc.max_new_tokens
+        self.parts = parts  # micro-batches per step (minibatches x accum_steps): the packed layout's parts
+        self.pack_rows = packed_rows_per_part(rc, parts) if rc.pack_len else 0
         self._metrics: dict = {}
         self._last_end: float | None = None  # end of the previous rollout
         self._prev_tokens = 0  # real tokens of the previous batch x update epochs
@@ -223,13 +277,19 @@ class RolloutSource:
         filled = max(0, P - len(keep))
         groups = (keep + spare)[:P]  # short after max rounds: all-equal groups fill (zero advantage)
         rew = np.concatenate([g[4] for g in groups])
-        adv = np.asarray(group_advantages(rew, G, self.rc.scale_rewards, self.rc.adv_eps))
+        adv = sequence_advantages(rew, self.rc)
         comps = [c for g in groups for c in g[1]]
         trunc = [t for g in groups for t in g[3]]
         heads = [self.prompts[g[0]].tokens for g in groups for _ in range(G)]
-        T = row_length(max(len(p) + len(c) - 1 for p, c in zip(heads, comps)), self.seq_len, self.rc.row_bucket)
-        rows = build_rows(heads, comps, [lp for g in groups for lp in g[2]], trunc, T, self.rc.mask_truncated)
-        rows["advantages"] = adv.astype(np.float32)
+        examples = completion_examples(heads, comps, [lp for g in groups for lp in g[2]], trunc, self.seq_len,
+                                       self.rc.mask_truncated)
+        if self.rc.pack_len:
+            rows, needed = pack_rows(examples, self.parts, self.rc.pack_len, self.pack_rows)
+            pack_metrics = {"update/pack_rows_needed": float(needed), "update/pack_overflow": float(needed > self.pack_rows)}
+        else:
+            T = row_length(max(len(ex["inputs"]) for ex in examples), self.seq_len, self.rc.row_bucket)
+            rows, pack_metrics = data_lib.layout_rows(examples, [[i] for i in range(len(examples))], T, ROW_FEATURES), {}
+        rows["advantages"] = adv
         lengths = np.asarray([len(c) for c in comps])
         zero_groups = float(np.mean([np.ptp(g[4]) == 0 for g in groups]))
         self._metrics = {
@@ -241,6 +301,7 @@ class RolloutSource:
             "rollout/rounds": float(rounds), "rollout/filled_groups": float(filled),
             "time/rollout": t_gen, "time/reward": t_rew, "time/update": t_update,
             "rollout/tokens_per_sec": generated / max(t_gen, 1e-9),
+            "update/padding": float(np.mean(rows["segment_ids"] == 0)), **pack_metrics,
         }
         if t_update:
             self._metrics["update/tokens_per_sec"] = self._prev_tokens / t_update
@@ -249,5 +310,5 @@ class RolloutSource:
         if "format" in groups[0][5]:
             self._metrics["reward/format"] = float(np.concatenate([g[5]["format"] for g in groups]).mean())
         pc, pi = jax.process_count(), jax.process_index()
-        local = len(comps) // pc
-        return data_lib.to_global({k: v[pi * local:(pi + 1) * local] for k, v in rows.items()}, self.mesh)
+        local = {k: len(v) // pc for k, v in rows.items()}  # rows; advantages: one per sequence
+        return data_lib.to_global({k: v[pi * local[k]:(pi + 1) * local[k]] for k, v in rows.items()}, self.mesh)
