@@ -203,7 +203,7 @@ def run_reasonax(workdir: Path, hf_dir: Path) -> dict:
     total = F.warmup + F.steps + 1  # the extra step's start closes the last timed one
     c = reasonax_config(workdir, hf_dir, total)
     marks, real_tokens, step_metrics = [], [], []
-    orig_next, orig_rows = rollout.RolloutSource.next, rollout.build_rows
+    orig_next, orig_rows = rollout.RolloutSource.next, rollout.completion_examples
 
     def timed_next(self, state):
         jax.block_until_ready(state.params)  # the previous update has finished: a step boundary
@@ -217,12 +217,12 @@ def run_reasonax(workdir: Path, hf_dir: Path) -> dict:
         real_tokens.append(sum(len(p) + len(c) for p, c in zip(prompt_tokens, completions)))
         return rows
 
-    rollout.RolloutSource.next, rollout.build_rows = timed_next, counted_rows
+    rollout.RolloutSource.next, rollout.completion_examples = timed_next, counted_rows
     t0 = time.perf_counter()
     try:
         grpo.run(c)
     finally:
-        rollout.RolloutSource.next, rollout.build_rows = orig_next, orig_rows
+        rollout.RolloutSource.next, rollout.completion_examples = orig_next, orig_rows
     wall = time.perf_counter() - t0
     steps = []
     for k in range(total - 1):  # step k+1 runs from marks[k] to marks[k+1]

@@ -268,6 +268,21 @@ def test_grpo_learns_a_reward_on_cpu(tmp_path):
     assert last > first + 0.2, (first, last)
 
 
+@pytest.mark.parametrize("loss", ["gspo", "cispo"])
+def test_each_policy_loss_learns_with_minibatches(tmp_path, loss):
+    """12 steps with 2 minibatches (ratios differ from 1) and the packed update: the reward climbs.
+    (ppo: test_grpo_learns_a_reward_on_cpu; 30 steps of each loss: bench/grpo_objectives.py.)"""
+    from reasonax.train import grpo as G
+
+    agg = "seq-mean-token-mean" if loss == "gspo" else "token-mean"
+    G.run(_tiny(tmp_path / "run", **{"num_steps": 12, "optim.total_steps": 12, "checkpoint.every": 12,
+                                      "grpo.minibatches": 2, "grpo.pack_len": 160, "grpo.policy_loss": loss,
+                                      "grpo.aggregation": agg}))
+    r = _rewards(tmp_path / "run")
+    first, last = np.mean(r[:3]), np.mean(r[-3:])
+    assert last > first + 0.2, (loss, first, last)
+
+
 def test_resume_matches_an_uninterrupted_run(tmp_path):
     """Stop at step 6 (a checkpoint), resume to 12: same rewards, losses and params as 12 in one go
     (params, optimizer state, prompt-stream position and the per-step sampling seed restored)."""
@@ -312,6 +327,7 @@ def test_sampling_differs_between_steps_for_the_same_prompt(tmp_path):
 
 def test_every_variant_runs_together_and_reports_its_metrics(tmp_path):
     """beta > 0 (frozen reference), mu = 2 and 2 minibatches (off-policy updates: the prepare pass),
+    the packed update with RLOO advantages,
     IS correction, dual clip, dynamic sampling, overlong penalty, truncation mask, format reward,
     seq-mean-token-mean: a few steps run and every metric is there and sane."""
     import json
@@ -323,14 +339,16 @@ def test_every_variant_runs_together_and_reports_its_metrics(tmp_path):
                            "grpo.dynamic_sampling": True, "grpo.max_sampling_rounds": 2,
                            "grpo.overlong_buffer": 4, "grpo.mask_truncated": True, "grpo.format_weight": 0.1,
                            "grpo.aggregation": "seq-mean-token-mean", "grpo.eval_limit": 4, "eval_every": 3,
-                           "optim.lr": 1e-3})
+                           "optim.lr": 1e-3, "grpo.pack_len": 160, "grpo.advantage": "rloo",
+                           "grpo.scale_rewards": "none"})
     state = G.run(c)
     assert int(state.step) == 3 and int(state.updates) == 3 * 2 * 2
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
     for r in steps:
         for k in ("kl", "is_weight", "is_capped", "clip_frac", "entropy", "logp_gap", "reward/format",
-                  "reward/zero_adv_groups", "rollout/truncated", "rollout/rounds", "time/rollout", "time/reward"):
+                  "reward/zero_adv_groups", "rollout/truncated", "rollout/rounds", "time/rollout", "time/reward",
+                  "update/padding", "update/pack_overflow"):
             assert k in r and np.isfinite(r[k]), k
         assert r["kl"] >= 0.0
         assert r["logp_gap"] < 1e-3 and abs(r["is_weight"] - 1.0) < 1e-3  # same params, same float32 math
@@ -696,3 +714,16 @@ def test_packed_update_equals_unpacked(minibatches, setting):
     for k in mu_:
         np.testing.assert_allclose(float(mu_[k]), float(mp[k]), rtol=1e-5, atol=1e-6, err_msg=k)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), du, dp)
+
+
+def test_step_flops_count_every_pass_on_real_tokens():
+    from reasonax.model import flops
+    from tests.test_train_step import CFG
+
+    P, tokens, rows = flops.matmul_params(CFG), 300, 10
+    attn = flops.forward_flops(CFG, rows, 30)["attention"]
+    full = flops.step_flops(CFG, tokens, rows, updates=2, forwards=2)
+    assert full["prepare"] == 2 * (2 * P * tokens + attn)  # two forwards, 2P per token
+    assert full["update"] == 2 * (6 * P * tokens + 3 * attn)  # mu = 2 updates, 6P per token
+    lora = flops.step_flops(CFG, tokens, rows, adapter_params=1000)
+    assert lora["update"] == 4 * P * tokens + 6 * 1000 * tokens + 3 * attn and lora["prepare"] == 0

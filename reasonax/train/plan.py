@@ -45,6 +45,7 @@ class Plan:
                                        # LoRA: the adapters, reasonax.train.adapters)
     trainable_dtype: str = ""          # their dtype ('' : config.param_dtype)
     policy: Callable | None = None     # (state params, aux) -> the params the model runs (None: the state's)
+    prepare_forwards: int = 0          # forwards `prepare` runs per step (MFU: GRPO's old / reference log-probs)
 
 
 def lm_batch_spec(config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:

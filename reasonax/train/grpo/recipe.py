@@ -266,10 +266,12 @@ def build(config: ml_collections.ConfigDict | GRPOConfig) -> Plan:
 
     init = common.init_params_fn(c, cfg)
     hp = LossParams.of(g)
+    needs_old = g.mu > 1 or g.minibatches > 1 or bool(g.is_cap)
     return common.with_lora(Plan(
         config=c, model=cfg, loss=functools.partial(grpo_loss, cfg=cfg, hp=hp, chunk=chunk), init=init,
         source=source, batch_spec=batch_spec,
-        prepare=make_prepare(cfg, hp, chunk, old=g.mu > 1 or g.minibatches > 1 or bool(g.is_cap), ref=bool(g.beta)),
+        prepare=make_prepare(cfg, hp, chunk, old=needs_old, ref=bool(g.beta)),
+        prepare_forwards=int(needs_old) + int(bool(g.beta)),
         aux=init if g.beta else None,  # the frozen reference = the initial policy (with LoRA: the base)
         aux_spec=common.abstract_params_fn(cfg, jnp.dtype(c.param_dtype)) if g.beta else None,
         reference_is_init=bool(g.beta), evaluate=evaluate if (c.synthetic.task or g.eval_files) else None,

@@ -305,7 +305,8 @@ class RolloutSource:
         }
         if t_update:
             self._metrics["update/tokens_per_sec"] = self._prev_tokens / t_update
-        self._prev_tokens = int((rows["segment_ids"] > 0).sum()) * self.rc.mu
+        self.last_tokens = int((rows["segment_ids"] > 0).sum())  # real tokens of this batch (MFU)
+        self._prev_tokens = self.last_tokens * self.rc.mu
         self._last_end = time.perf_counter()
         if "format" in groups[0][5]:
             self._metrics["reward/format"] = float(np.concatenate([g[5]["format"] for g in groups]).mean())
