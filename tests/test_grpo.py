@@ -725,5 +725,6 @@ def test_step_flops_count_every_pass_on_real_tokens():
     full = flops.step_flops(CFG, tokens, rows, updates=2, forwards=2)
     assert full["prepare"] == 2 * (2 * P * tokens + attn)  # two forwards, 2P per token
     assert full["update"] == 2 * (6 * P * tokens + 3 * attn)  # mu = 2 updates, 6P per token
+    assert flops.step_flops(CFG, tokens, rows)["total"] == flops.train_flops(CFG, rows, 30)["total"]  # full rows
     lora = flops.step_flops(CFG, tokens, rows, adapter_params=1000)
     assert lora["update"] == 4 * P * tokens + 6 * 1000 * tokens + 3 * attn and lora["prepare"] == 0

@@ -15,11 +15,14 @@ e.g. few-shot's blank line): the engine checks them between decode blocks and fr
 nothing past the stop is graded or trained on, and the completion counts as finished, not
 truncated.
 
-Rows (N = prompts x G, prompt-major; T = the batch's longest prompt + completion rounded up to
-a multiple of row_bucket, at most max_prompt_len + max_new_tokens): inputs / targets the
-prompt + completion shifted by one, weights 1 on completion targets (0 for a truncated completion
-with mask_truncated; it still counts in its group's statistics), sampler_logp the sampler's
-log-prob of each completion target, advantages [N].
+Rows (N = prompts x G sequences, prompt-major; T = the batch's longest prompt + completion
+rounded up to a multiple of row_bucket, at most max_prompt_len + max_new_tokens): inputs /
+targets the prompt + completion shifted by one, weights 1 on completion targets (0 for a
+truncated completion with mask_truncated; it still counts in its group's statistics),
+sampler_logp the sampler's log-prob of each completion target, advantages [N] (grpo or rloo).
+With pack_len > 0 the sequences are packed instead (pack_rows): each micro-batch's sequences
+first fit into pack_rows rows of pack_len tokens, with segment_ids, positions and `sequence`
+(the index of each position's sequence, and advantage, in its micro-batch).
 
 Times in the metrics: time/rollout (sampling), time/reward (grading), time/update (wall time from
 the end of the previous rollout to the start of this one: the previous step's updates with its
@@ -170,8 +173,23 @@ def build_rows(prompt_tokens: Sequence[Sequence[int]], completions: Sequence[Seq
                logprobs: Sequence[Sequence[float]], truncated: Sequence[bool], seq_len: int,
                mask_truncated: bool) -> dict[str, np.ndarray]:
     """Training rows (see the module docstring) for prompt_tokens[i] + completions[i], one per row."""
-    examples = completion_examples(prompt_tokens, completions, logprobs, truncated, seq_len, mask_truncated)
+    return one_per_row(completion_examples(prompt_tokens, completions, logprobs, truncated, seq_len, mask_truncated),
+                       seq_len)
+
+
+def one_per_row(examples: Sequence[dict[str, np.ndarray]], seq_len: int) -> dict[str, np.ndarray]:
+    """The unpacked layout: example i in row i, padded to seq_len."""
     return data_lib.layout_rows(examples, [[i] for i in range(len(examples))], seq_len, ROW_FEATURES)
+
+
+def update_rows(examples: Sequence[dict[str, np.ndarray]], rc, parts: int, rows_per_part: int) -> tuple[dict, dict]:
+    """The step's rows and their metrics: packed (rc.pack_len > 0; pack_rows) or one per row cut to
+    the longest rounded up to rc.row_bucket (row_length)."""
+    if rc.pack_len:
+        rows, needed = pack_rows(examples, parts, rc.pack_len, rows_per_part)
+        return rows, {"update/pack_rows_needed": float(needed), "update/pack_overflow": float(needed > rows_per_part)}
+    full = rc.max_prompt_len + rc.max_new_tokens
+    return one_per_row(examples, row_length(max(len(ex["inputs"]) for ex in examples), full, rc.row_bucket)), {}
 
 
 def packed_rows_per_part(rc, parts: int) -> int:
@@ -283,12 +301,7 @@ class RolloutSource:
         heads = [self.prompts[g[0]].tokens for g in groups for _ in range(G)]
         examples = completion_examples(heads, comps, [lp for g in groups for lp in g[2]], trunc, self.seq_len,
                                        self.rc.mask_truncated)
-        if self.rc.pack_len:
-            rows, needed = pack_rows(examples, self.parts, self.rc.pack_len, self.pack_rows)
-            pack_metrics = {"update/pack_rows_needed": float(needed), "update/pack_overflow": float(needed > self.pack_rows)}
-        else:
-            T = row_length(max(len(ex["inputs"]) for ex in examples), self.seq_len, self.rc.row_bucket)
-            rows, pack_metrics = data_lib.layout_rows(examples, [[i] for i in range(len(examples))], T, ROW_FEATURES), {}
+        rows, pack_metrics = update_rows(examples, self.rc, self.parts, self.pack_rows)
         rows["advantages"] = adv
         lengths = np.asarray([len(c) for c in comps])
         zero_groups = float(np.mean([np.ptp(g[4]) == 0 for g in groups]))
