@@ -5,8 +5,9 @@
 
 Each recorded completion becomes one sequence of its prompt length + completion length (random
 token ids: only the shapes matter) for bench/grpo.py's small model (Qwen2-style, hidden 256, MLP
-768, 4 layers, 4 heads of 64, vocab 259, float32; the same flags). One GRPO train step (the ppo
-loss, token-mean, mu 1, one minibatch, --accum micro-batches, AdamW) runs on:
+768, 4 layers, 4 heads of 64, vocab 259, float32; the same flags; layers scanned and
+rematerialised, --remat). One GRPO train step (the ppo loss, token-mean, mu 1, one minibatch,
+--accum micro-batches, AdamW) runs on:
 
 - unpacked: one row per completion, rows cut to the batch's longest prompt + completion rounded up
   to a multiple of --row_bucket (rollout.RolloutSource's layout without grpo.pack_len);
@@ -41,6 +42,8 @@ def main():
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--intermediate", type=int, default=768)
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--remat", default="full", help="rematerialise each layer (none | full | dots): keeps the "
+                                                     "unpacked step's attention scores within this machine's memory")
     ap.add_argument("--json", default="")
     a = ap.parse_args()
 
@@ -72,7 +75,8 @@ def main():
 
     cfg = model.get_preset("qwen2.5-0.5b").replace(
         vocab_size=259, hidden_size=a.hidden, intermediate_size=a.intermediate, num_layers=a.layers, num_heads=4,
-        num_kv_heads=2, head_dim=64, tie_embeddings=True, bos_token_id=257, eos_token_ids=(258,), pad_token_id=256)
+        num_kv_heads=2, head_dim=64, tie_embeddings=True, bos_token_id=257, eos_token_ids=(258,), pad_token_id=256,
+        remat=a.remat)
     mesh = model.make_mesh(data=1, fsdp=1, tensor=1, devices=jax.devices()[:1])
     params = model.init_params(cfg, jax.random.key(0), "float32", mesh, std=0.02)
     opt = optax.adamw(1e-5, b1=0.9, b2=0.95, weight_decay=0.0)
@@ -83,8 +87,7 @@ def main():
               "machine": f"{os.uname().machine}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
     for name, rows in (("unpacked", unpacked), ("packed", packed)):
         state = S.create_state(jax.tree.map(jax.numpy.array, p0), cfg, opt, mesh)
-        step = ST.build_train_step(fn, opt, jax.tree.map(lambda x: x.sharding, state), mesh, accum_steps=a.accum,
-                                   unroll_layers=True)
+        step = ST.build_train_step(fn, opt, jax.tree.map(lambda x: x.sharding, state), mesh, accum_steps=a.accum)
         batch = jax.device_put({**rows, "advantages": adv}, ST.batch_sharding(mesh))
         times = []
         for _ in range(a.steps + 1):
@@ -92,6 +95,7 @@ def main():
             state, metrics = step(state, batch)
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - t0)
+            print(f"{name} step {len(times)}: {times[-1]:.1f} s", flush=True)
         positions = rows["inputs"].size
         real = int((rows["segment_ids"] > 0).sum())
         report[name] = {"rows": rows["inputs"].shape[0], "row_len": rows["inputs"].shape[1], "positions": positions,
