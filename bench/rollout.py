@@ -32,14 +32,18 @@ Also the bandwidth limit at each batch, from the read bandwidth measured in this
 a 1 GiB array): every decode step reads all parameters and the live KV cache.
 
 Part "rollout" (a GRPO-shaped workload with heavy-tailed lengths): --questions GSM8K test
-questions x --samples samples, the 5-shot few-shot prompt of the evaluate CLI, temperature 1.0,
+questions x --samples samples, the 5-shot few-shot prompt of the evaluate CLI (or, with
+--template gemma-chat, the question zero-shot in Gemma's chat turns with the boxed-answer
+instruction, stopping at <end_of_turn> / <eos>), temperature 1.0,
 max_new_tokens --max_new, a completion ends at EOS or at the blank line. The engine stops rows
 at the blank line (stop string, checked between blocks); static and Tunix stop only on the stop
 tokens (EOS and every token containing a blank line) and their completions are cut at the blank
 line afterwards. Useful tokens = tokens up to and including the one that completes the stop
 (or EOS / the length limit); slot use = slot-steps holding an unfinished row / all slot-steps
 (static and Tunix: a chunk of rows runs for its longest row's steps; Tunix in chunks of
---tunix_rows, since its prefill keeps the logits of every prompt position).
+--tunix_rows, since its prefill keeps the logits of every prompt position). --lengths writes each
+engine completion's prompt and completion length (the GRPO update's row lengths; input of
+bench/grpo_pack.py); --engine_runs 1 skips the compile-warming run when only lengths are wanted.
 """
 
 from __future__ import annotations
