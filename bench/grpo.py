@@ -102,21 +102,26 @@ flags.DEFINE_integer("seed", 0, "init, data and sampling seed")
 flags.DEFINE_enum("attn", "sdpa", ["sdpa", "eager"], "transformers attention implementation for TRL")
 flags.DEFINE_integer("threads", 0, "torch.set_num_threads (0: os.cpu_count())")
 flags.DEFINE_enum("order", "reasonax,trl", ["reasonax,trl", "trl,reasonax"], "which side runs first")
+flags.DEFINE_integer("pack_len", 0, "reasonax: the packed update's row length (grpo.pack_len; 0: unpacked rows)")
+flags.DEFINE_integer("pack_rows", 0, "reasonax: packed rows per micro-batch (grpo.pack_rows; 0: the default)")
 flags.DEFINE_string("json", "", "write all figures as JSON here")
 flags.DEFINE_string("markdown", "", "write the markdown report here too")
 flags.DEFINE_string("workdir", "", "scratch directory (default: a fresh one under /tmp, removed at the end)")
 
 CAVEATS = """\
-- Generation algorithms differ: reasonax prefills each distinct prompt once and copies its KV
-  cache to the G sample rows, then decodes in one jitted while-loop (fixed-size KV cache);
-  TRL repeats each prompt G times, prefills all P x G rows (left padded to the longest prompt)
-  and decodes with HF generate's Python loop and a growing DynamicCache. Both decode every row
-  until all rows are done or max_new_tokens is reached (finished rows keep computing padding).
-- reasonax trains on fixed-shape rows of max_prompt_len + max_new_tokens positions (prompt
-  right-padded into its slot), so it computes more padding than TRL, whose rows are the batch's
-  longest prompt + longest completion; update tok/s counts only real tokens on both sides.
-  reasonax also computes logits at every position, TRL only at completion positions
-  (logits_to_keep); with a 259-token vocabulary that is a small cost.
+- Generation algorithms differ: reasonax's rollout engine (reasonax.sample.engine) prefills each
+  distinct prompt once, copies its KV into the G sample slots and decodes in jitted blocks of
+  grpo.block_steps steps over a fixed set of slots, freeing a slot when its row ends (EOS or
+  max_new_tokens) and moving the last rows into fewer slots, with attention over the filled part
+  of the cache only; TRL repeats each prompt G times, prefills all P x G rows (left padded to the
+  longest prompt) and decodes with HF generate's Python loop and a growing DynamicCache, every
+  row until all rows are done or max_new_tokens is reached.
+- reasonax trains on rows cut to the batch's longest prompt + completion rounded up to a
+  multiple of grpo.row_bucket (64), or with --pack_len > 0 on packed rows (several prompt +
+  completion sequences per row, first fit, grpo.pack_rows from the batch's token budget); TRL's
+  rows are the batch's longest prompt + longest completion; update tok/s counts only real tokens
+  on both sides. reasonax also computes logits at every position, TRL only at completion
+  positions (logits_to_keep); with a 259-token vocabulary that is a small cost.
 - JAX runs XLA's CPU thread pool over all cores, torch uses --threads intra-op threads; the two
   runs do not overlap in time (JAX's pool is idle while TRL runs). Both are very sensitive to
   other processes on a 2-core machine, torch far more (TRL's step went from 0.9 s to 3.7-6.7 s
@@ -184,6 +189,7 @@ def reasonax_config(workdir: Path, hf_dir: Path, num_steps: int):
     g.eps_low, g.eps_high = 0.2, 0.28
     g.scale_rewards, g.adv_eps, g.aggregation = "group", 1e-4, "token-mean"
     g.reward_fns = [REWARD_FN]
+    g.pack_len, g.pack_rows = F.pack_len, F.pack_rows
     c.num_steps, c.accum_steps = num_steps, F.accum
     c.optim.lr, c.optim.warmup_steps, c.optim.total_steps, c.optim.end_lr_ratio = F.lr, 0, num_steps, 1.0
     c.optim.b1, c.optim.b2, c.optim.eps, c.optim.weight_decay, c.optim.clip_norm = 0.9, 0.95, 1e-8, 0.0, 1.0
@@ -203,7 +209,7 @@ def run_reasonax(workdir: Path, hf_dir: Path) -> dict:
     total = F.warmup + F.steps + 1  # the extra step's start closes the last timed one
     c = reasonax_config(workdir, hf_dir, total)
     marks, real_tokens, step_metrics = [], [], []
-    orig_next, orig_rows = rollout.RolloutSource.next, rollout.build_rows
+    orig_next, orig_rows = rollout.RolloutSource.next, rollout.completion_examples
 
     def timed_next(self, state):
         jax.block_until_ready(state.params)  # the previous update has finished: a step boundary
@@ -217,12 +223,12 @@ def run_reasonax(workdir: Path, hf_dir: Path) -> dict:
         real_tokens.append(sum(len(p) + len(c) for p, c in zip(prompt_tokens, completions)))
         return rows
 
-    rollout.RolloutSource.next, rollout.build_rows = timed_next, counted_rows
+    rollout.RolloutSource.next, rollout.completion_examples = timed_next, counted_rows
     t0 = time.perf_counter()
     try:
         grpo.run(c)
     finally:
-        rollout.RolloutSource.next, rollout.build_rows = orig_next, orig_rows
+        rollout.RolloutSource.next, rollout.completion_examples = orig_next, orig_rows
     wall = time.perf_counter() - t0
     steps = []
     for k in range(total - 1):  # step k+1 runs from marks[k] to marks[k+1]

@@ -32,14 +32,18 @@ Also the bandwidth limit at each batch, from the read bandwidth measured in this
 a 1 GiB array): every decode step reads all parameters and the live KV cache.
 
 Part "rollout" (a GRPO-shaped workload with heavy-tailed lengths): --questions GSM8K test
-questions x --samples samples, the 5-shot few-shot prompt of the evaluate CLI, temperature 1.0,
+questions x --samples samples, the 5-shot few-shot prompt of the evaluate CLI (or, with
+--template gemma-chat, the question zero-shot in Gemma's chat turns with the boxed-answer
+instruction, stopping at <end_of_turn> / <eos>), temperature 1.0,
 max_new_tokens --max_new, a completion ends at EOS or at the blank line. The engine stops rows
 at the blank line (stop string, checked between blocks); static and Tunix stop only on the stop
 tokens (EOS and every token containing a blank line) and their completions are cut at the blank
 line afterwards. Useful tokens = tokens up to and including the one that completes the stop
 (or EOS / the length limit); slot use = slot-steps holding an unfinished row / all slot-steps
 (static and Tunix: a chunk of rows runs for its longest row's steps; Tunix in chunks of
---tunix_rows, since its prefill keeps the logits of every prompt position).
+--tunix_rows, since its prefill keeps the logits of every prompt position). --lengths writes each
+engine completion's prompt and completion length (the GRPO update's row lengths; input of
+bench/grpo_pack.py); --engine_runs 1 skips the compile-warming run when only lengths are wanted.
 """
 
 from __future__ import annotations
@@ -305,12 +309,14 @@ def part_decode(args, path, tok, cfg, params, bw, tunix_py, static_root, vllm_py
     return rows
 
 
-def _few_shot_prompts(tok, questions: int):
+def _few_shot_prompts(tok, questions: int, template: str = "few-shot"):
+    """GSM8K test questions rendered 5-shot (few-shot) or zero-shot in the model's chat turns
+    (gemma-chat, with the boxed-answer instruction), token ids as the tokenizer gives them."""
     from reasonax.eval import datasets
     from reasonax.model import prompts as prompts_lib
 
-    fmt = prompts_lib.get_format("few-shot")
-    shots = [prompts_lib.Example(q, a) for q, a in datasets.gsm8k_few_shot(5)]
+    fmt = prompts_lib.get_format(template)
+    shots = [prompts_lib.Example(q, a) for q, a in datasets.gsm8k_few_shot(5)] if template == "few-shot" else []
     problems = datasets.load("gsm8k", limit=questions)
     texts = [fmt.render(p.question, shots) for p in problems]
     return texts, [tok(t)["input_ids"] for t in texts]
@@ -332,9 +338,11 @@ def part_rollout(args, path, tok, cfg, params, tunix_py, static_root, vllm_py) -
     from reasonax.sample.stops import stop_token_ids
     from reasonax.sample import engine
 
-    texts, ids = _few_shot_prompts(tok, args.questions + 4)
+    from reasonax.model import prompts as prompts_lib
+
+    texts, ids = _few_shot_prompts(tok, args.questions + 4, args.template)
     texts, ids, spare = texts[:args.questions], ids[:args.questions], ids[args.questions:]
-    stops = ("\n\n",)
+    stops = prompts_lib.get_format(args.template).stop_strings
     eos = stop_token_ids(tok, stops, cfg)
     stop = sample.StopStrings(tok, stops, eos)
     sp = sample.SamplingParams(max_new_tokens=args.max_new, temperature=1.0, n=args.samples)
@@ -347,18 +355,23 @@ def part_rollout(args, path, tok, cfg, params, tunix_py, static_root, vllm_py) -
         return sum(map(len, kept))
 
     walls = []
-    for _ in range(2):  # the first run compiles (prefill / insert / decode per attention length)
+    for _ in range(args.engine_runs):  # the first run compiles (prefill / insert / decode per attention length)
         t0 = time.perf_counter()
         res = sample.generate(params, cfg, ids, sp, eos_ids=eos, seed=args.seed, stop=stop,
                               kv_budget_bytes=int(args.kv_budget_gb * 2**30))
         walls.append(time.perf_counter() - t0)
     wall = walls[-1]
     st = res.stats
+    if args.lengths:  # each completion's prompt and completion length (the update's row lengths)
+        Path(args.lengths).write_text(json.dumps({
+            "template": args.template, "max_new_tokens": args.max_new, "questions": len(ids), "samples": args.samples,
+            "prompt": [len(p) for p in ids for _ in range(args.samples)],
+            "completion": [len(t) for t in res.tokens]}))
     out["engine"] = {"wall_s": wall, "useful_tokens": res.generated_tokens, "useful_tok_s": res.generated_tokens / wall,
                      "slot_use": st["slot_use"], "num_slots": st["num_slots"], "drawn": st["drawn"],
                      "blocks": st["blocks"], "shrinks": st["shrinks"], "prefills": st["prefills"], "attn_lengths": st["attn_lengths"],
                      "stopped": sum(r == "stop" for r in res.finish_reasons),
-                     "first_run_wall_s": walls[0], "note": "second of two identical runs"}
+                     "first_run_wall_s": walls[0], "note": f"last of {len(walls)} identical runs"}
     print(json.dumps({"engine": out["engine"]}), flush=True)
     # the static sampler's chunks: as many rows as its memory budget (2 GiB) held
     columns = sample.sampler.bucket(max(map(len, ids))) + args.max_new
@@ -413,6 +426,11 @@ def main():
     ap.add_argument("--questions", type=int, default=32, help="rollout part: GSM8K test questions")
     ap.add_argument("--samples", type=int, default=8, help="rollout part: samples per question")
     ap.add_argument("--max_new", type=int, default=384, help="rollout part: max_new_tokens")
+    ap.add_argument("--template", default="few-shot", choices=("few-shot", "gemma-chat"),
+                    help="rollout part: the 5-shot prompt, or zero-shot in Gemma's chat turns")
+    ap.add_argument("--lengths", default="", help="rollout part: write each completion's prompt and completion "
+                                                   "length (the engine's) to this JSON file")
+    ap.add_argument("--engine_runs", type=int, default=2, help="rollout part: engine runs (the last is timed)")
     ap.add_argument("--kv_budget_gb", type=float, default=2.0, help="rollout part: the engine's KV budget")
     ap.add_argument("--tunix_rows", type=int, default=8,
                     help="rollout part: rows per Tunix call. Its prefill materialises float32 logits [rows, "

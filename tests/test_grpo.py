@@ -268,6 +268,21 @@ def test_grpo_learns_a_reward_on_cpu(tmp_path):
     assert last > first + 0.2, (first, last)
 
 
+@pytest.mark.parametrize("loss", ["gspo", "cispo"])
+def test_each_policy_loss_learns_with_minibatches(tmp_path, loss):
+    """12 steps with 2 minibatches (ratios differ from 1) and the packed update: the reward climbs.
+    (ppo: test_grpo_learns_a_reward_on_cpu; 30 steps of each loss: bench/grpo_objectives.py.)"""
+    from reasonax.train import grpo as G
+
+    agg = "seq-mean-token-mean" if loss == "gspo" else "token-mean"
+    G.run(_tiny(tmp_path / "run", **{"num_steps": 12, "optim.total_steps": 12, "checkpoint.every": 12,
+                                      "grpo.minibatches": 2, "grpo.pack_len": 160, "grpo.policy_loss": loss,
+                                      "grpo.aggregation": agg}))
+    r = _rewards(tmp_path / "run")
+    first, last = np.mean(r[:3]), np.mean(r[-3:])
+    assert last > first + 0.2, (loss, first, last)
+
+
 def test_resume_matches_an_uninterrupted_run(tmp_path):
     """Stop at step 6 (a checkpoint), resume to 12: same rewards, losses and params as 12 in one go
     (params, optimizer state, prompt-stream position and the per-step sampling seed restored)."""
@@ -312,6 +327,7 @@ def test_sampling_differs_between_steps_for_the_same_prompt(tmp_path):
 
 def test_every_variant_runs_together_and_reports_its_metrics(tmp_path):
     """beta > 0 (frozen reference), mu = 2 and 2 minibatches (off-policy updates: the prepare pass),
+    the packed update with RLOO advantages,
     IS correction, dual clip, dynamic sampling, overlong penalty, truncation mask, format reward,
     seq-mean-token-mean: a few steps run and every metric is there and sane."""
     import json
@@ -323,14 +339,16 @@ def test_every_variant_runs_together_and_reports_its_metrics(tmp_path):
                            "grpo.dynamic_sampling": True, "grpo.max_sampling_rounds": 2,
                            "grpo.overlong_buffer": 4, "grpo.mask_truncated": True, "grpo.format_weight": 0.1,
                            "grpo.aggregation": "seq-mean-token-mean", "grpo.eval_limit": 4, "eval_every": 3,
-                           "optim.lr": 1e-3})
+                           "optim.lr": 1e-3, "grpo.pack_len": 160, "grpo.advantage": "rloo",
+                           "grpo.scale_rewards": "none"})
     state = G.run(c)
     assert int(state.step) == 3 and int(state.updates) == 3 * 2 * 2
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
     for r in steps:
         for k in ("kl", "is_weight", "is_capped", "clip_frac", "entropy", "logp_gap", "reward/format",
-                  "reward/zero_adv_groups", "rollout/truncated", "rollout/rounds", "time/rollout", "time/reward"):
+                  "reward/zero_adv_groups", "rollout/truncated", "rollout/rounds", "time/rollout", "time/reward",
+                  "update/padding", "update/pack_overflow"):
             assert k in r and np.isfinite(r[k]), k
         assert r["kl"] >= 0.0
         assert r["logp_gap"] < 1e-3 and abs(r["is_weight"] - 1.0) < 1e-3  # same params, same float32 math
@@ -459,3 +477,254 @@ def test_format_reward_pays_for_a_box_only():
     np.testing.assert_array_equal(parts["accuracy"], [1, 1, 0, 0])
     np.testing.assert_allclose(total, [1, 1.5, 0.5, 0])
     assert grader.boxed_answer("\\boxed{1} and \\boxed{2}") == grader.extract_answer("\\boxed{1} and \\boxed{2}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The objective table (issue 25): hand cases per estimator and loss
+
+
+def test_rloo_hand_cases():
+    np.testing.assert_allclose(grpo.rloo_advantages([1.0, 0.0, 0.3, 0.7], 2), [1.0, -1.0, -0.4, 0.4], rtol=1e-6)
+    r = np.array([1.0, 0.0, 0.0, 0.0, 2.0, 0.0, 1.0, 1.0])
+    # A_i = R_i - mean of the other three: [1, -1/3, -1/3, -1/3], [2 - 2/3, 0 - 4/3, 1 - 1, 1 - 1]
+    np.testing.assert_allclose(grpo.rloo_advantages(r, 4), [1, -1 / 3, -1 / 3, -1 / 3, 4 / 3, -4 / 3, 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(grpo.rloo_advantages(r, 4), 4 / 3 * np.asarray(grpo.group_advantages(r, 4, "none")),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="groups"):
+        grpo.rloo_advantages(r, 3)
+
+
+def test_gspo_hand_cases():
+    """GSPO (Zheng et al. 2025): s_i = exp(mean_t (logp - old)); L = mean_i -min(s A, clip(s) A)."""
+    old = jnp.zeros((2, 3))
+    logp = jnp.array([[0.1, -0.1, 0.3], [0.02, -0.04, 0.0]])
+    mask = jnp.array([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # row 2: two tokens, mean -0.01
+    adv = jnp.array([1.0, -2.0])
+    s = np.exp([0.1, -0.01])
+    wide = grpo.policy_objective("gspo", logp, old, adv, mask, 10.0, 10.0, "seq-mean-token-mean")
+    np.testing.assert_allclose(wide, -np.mean(np.asarray(adv) * s), rtol=1e-6)  # every ratio inside the clip
+    # the paper's range 3e-4 / 4e-4: s_1 = 1.105 -> 1.0004 (A > 0), s_2 = 0.990 -> 0.9997 (A < 0: min keeps it)
+    tight = grpo.policy_objective("gspo", logp, old, adv, mask, 3e-4, 4e-4, "seq-mean-token-mean")
+    np.testing.assert_allclose(tight, -(1.0004 * 1.0 + -2.0 * 0.9997) / 2, rtol=1e-6)
+    # gradient inside the clip: d/dlogp_t of -s_i A_i / N = -A_i s_i / (N n_i) on the row's tokens
+    g = jax.grad(lambda lp: grpo.policy_objective("gspo", lp, old, adv, mask, 10.0, 10.0, "seq-mean-token-mean"))(logp)
+    want = -np.asarray(adv)[:, None] * s[:, None] / (2 * np.array([[3.0], [2.0]])) * np.asarray(mask)
+    np.testing.assert_allclose(g, want, rtol=1e-5)
+    with pytest.raises(ValueError, match="per sequence"):
+        grpo.policy_objective("gspo", logp, old, adv, mask, 3e-4, 4e-4, "token-mean")
+
+
+def test_cispo_hand_cases():
+    """CISPO (MiniMax-M1): L_t = -sg(clip(r_t, 1 - eps_low, 1 + eps_high)) A logp_t; no lower bound by default."""
+    old = jnp.log(jnp.array([[0.5, 0.4, 0.05]]))
+    p = jnp.array([[0.65, 0.2, 0.4]])  # r = 1.3, 0.5, 8.0 -> clipped at 1 + 5 = 6
+    lo, hi = grpo.clip_bounds("cispo")
+    assert (lo, hi) == (float("inf"), 5.0)
+    adv = jnp.array([2.0])
+    f = lambda lp: grpo.policy_objective("cispo", lp, old, adv, jnp.ones((1, 3)), lo, hi)  # noqa: E731
+    w = np.array([1.3, 0.5, 6.0])
+    np.testing.assert_allclose(f(jnp.log(p)), -(w * 2.0 * np.log([0.65, 0.2, 0.4])).sum() / 3, rtol=1e-5)
+    np.testing.assert_allclose(jax.grad(f)(jnp.log(p)), [-w * 2.0 / 3], rtol=1e-5)  # clipped weight x A x grad logp
+    # the PPO loss at r = 1.3 with the same A has a zero gradient past 1.28; CISPO keeps it, weighted
+    assert grpo.clip_bounds("ppo") == (0.2, 0.28) and grpo.clip_bounds("gspo") == (3e-4, 4e-4)
+    assert grpo.clip_bounds("ppo", 0.1, -1.0) == (0.1, 0.28)
+
+
+def test_kl_estimators_values_and_gradients():
+    """pi = 0.5, pi_ref = 0.25, d = ln 2: k1 = d, k2 = d^2 / 2, k3 = exp(-d) + d - 1; each gradient
+    against the derivative of its formula (1, d, 1 - exp(-d)) at many points."""
+    logp, ref = jnp.log(jnp.float32(0.5)), jnp.log(jnp.float32(0.25))
+    d = np.log(2.0)
+    for est, value in (("k1", d), ("k2", d * d / 2), ("k3", 0.5 + d - 1)):
+        np.testing.assert_allclose(grpo.kl_penalty(logp, ref, est), value, rtol=1e-6)
+    x, r = jnp.linspace(-3, 1, 41), jnp.linspace(1, -3, 41)
+    dx = np.asarray(x - r)
+    for est, deriv in (("k1", np.ones_like(dx)), ("k2", dx), ("k3", 1 - np.exp(-dx))):
+        g = jax.vmap(jax.grad(lambda a, b: grpo.kl_penalty(a, b, est)))(x, r)
+        np.testing.assert_allclose(g, deriv, rtol=1e-5, atol=1e-6, err_msg=est)
+    with pytest.raises(ValueError, match="kl_estimator"):
+        grpo.kl_penalty(x, r, "k4")
+
+
+def test_importance_weights_levels_and_modes():
+    learner = jnp.log(jnp.array([[0.5, 0.9, 0.2], [0.3, 0.3, 0.3]]))
+    sampler = jnp.log(jnp.array([[0.5, 0.3, 0.4], [0.3, 0.1, 0.3]]))  # token ratios [1, 3, 0.5], [1, 3, 1]
+    mask = jnp.array([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    np.testing.assert_allclose(grpo.importance_weights(learner, sampler, 2.0, mode="mask"), [[1, 0, 0.5], [1, 0, 1]],
+                               rtol=1e-6)
+    # sequence: products over the mask, 1.5 and 3, at every token of the row
+    seq_t = grpo.importance_weights(learner, sampler, 2.0, level="sequence", mask=mask)
+    np.testing.assert_allclose(seq_t, [[1.5] * 3, [2.0] * 3], rtol=1e-6)
+    seq_m = grpo.importance_weights(learner, sampler, 2.0, level="sequence", mode="mask", mask=mask)
+    np.testing.assert_allclose(seq_m, [[1.5] * 3, [0.0] * 3], rtol=1e-6)
+    with pytest.raises(ValueError, match="is_cap"):
+        grpo.importance_weights(learner, sampler, 0.0)
+
+
+def test_objective_config_errors_name_the_fields():
+    from reasonax.train.grpo import GRPOSettings
+
+    ok = GRPOSettings(advantage="rloo", scale_rewards="none", policy_loss="gspo", aggregation="seq-mean-token-mean",
+                      is_cap=3.0, is_level="sequence", is_mode="mask", beta=0.01, kl_estimator="k2", pack_len=256)
+    assert ok.problems() == []
+    for bad, field in ((dict(advantage="rloo"), "scale_rewards"), (dict(kl_estimator="k1"), "beta=0"),
+                       (dict(policy_loss="gspo"), "aggregation='token-mean'"),
+                       (dict(policy_loss="cispo", dual_clip=3.0), "dual_clip"),
+                       (dict(is_mode="mask"), "is_cap=0"), (dict(is_level="sequence"), "is_cap=0"),
+                       (dict(policy_loss="grpo"), "policy_loss"), (dict(advantage="ppo"), "advantage"),
+                       (dict(pack_len=100), "pack_len=100"), (dict(pack_rows=4), "pack_rows=4")):
+        probs = GRPOSettings(**bad).problems()
+        assert any(field in p for p in probs), (bad, probs)
+
+
+def test_first_fit_packs_in_order():
+    from reasonax.train import data
+
+    assert data.first_fit([5, 4, 3, 2, 6], 8) == [[0, 2], [1, 3], [4]]
+    with pytest.raises(ValueError, match="item 1"):
+        data.first_fit([3, 9], 8)
+
+
+# ----------------------------------------------------------------------------------------------
+# The packed update equals the unpacked one
+
+
+def _packed_and_unpacked(parts: int, pack_len: int = 40):
+    """Ten sequences of varied lengths with distinct token ids (the id finds a position's values in
+    either layout): their unpacked rows and their packed rows (rollout.pack_rows)."""
+    from reasonax.train.grpo import rollout
+
+    rng = np.random.default_rng(0)
+    plen, clen = rng.integers(2, 9, 10), rng.integers(1, 12, 10)
+    ids = iter(range(1, 1000))
+    prompts = [[next(ids) for _ in range(n)] for n in plen]
+    comps = [[next(ids) for _ in range(n)] for n in clen]
+    lps = [list(-rng.random(n)) for n in clen]
+    trunc = [bool(t) for t in rng.integers(0, 2, 10)]
+    examples = rollout.completion_examples(prompts, comps, lps, trunc, 20, mask_truncated=True)
+    unpacked = rollout.build_rows(prompts, comps, lps, trunc, 20, mask_truncated=True)
+    packed, needed = rollout.pack_rows(examples, parts, pack_len, rows_per_part=2)
+    rows = 2 if needed <= 2 else -(-needed // 2) * 2  # a step that needs more rows grows by whole budgets
+    assert packed["inputs"].shape == (rows * parts, pack_len)
+    assert (packed["segment_ids"] > 0).sum() == (unpacked["segment_ids"] > 0).sum()
+    return unpacked, packed
+
+
+def _parts(batch: dict, n: int) -> list[dict]:
+    """The step's micro-batches: rows (and advantages) j, j + n, ... (step._split)."""
+    return [{k: v[j::n] for k, v in batch.items()} for j in range(n)]
+
+
+IS_SETTINGS = [dict(is_cap=1.5), dict(is_cap=1.5, is_mode="mask"), dict(is_cap=1.2, is_level="sequence"),
+               dict(is_cap=2.0, is_level="sequence", is_mode="mask")]
+# every policy loss with each of its aggregations (IS off), and with each IS setting
+OBJECTIVE_SETTINGS = ([dict(policy_loss=pl, aggregation=agg) for pl in ("ppo", "cispo") for agg in grpo.AGGREGATIONS]
+                      + [dict(policy_loss="gspo", aggregation="seq-mean-token-mean")]
+                      + [dict(policy_loss=pl, aggregation=agg, **is_) for pl, agg in (
+                          ("ppo", "token-mean"), ("cispo", "seq-mean-token-sum"), ("gspo", "seq-mean-token-mean"))
+                         for is_ in IS_SETTINGS])
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+def test_packed_objective_equals_unpacked(parts):
+    """Every policy loss x aggregation x IS setting (with KL, entropy and dual clip on the way):
+    per micro-batch, the packed rows give the unpacked (numerator, denominator), metrics and
+    gradients w.r.t. every position's log-prob; sequence-level IS compared in log-weights."""
+    unpacked, packed = _packed_and_unpacked(parts)
+    rng = np.random.default_rng(1)
+    n_ids = int(unpacked["inputs"].max()) + 1
+    vals = {k: jnp.asarray(-rng.random(n_ids) * s, jnp.float32) for k, s in
+            (("logp", 2.0), ("old", 2.0), ("ref", 2.0), ("ent", -3.0))}
+    adv = jnp.asarray(rng.normal(size=10), jnp.float32)
+
+    def terms_and_grad(hp, batch, v):
+        def f(logp_flat):
+            ids = batch["inputs"]
+            b = {**{k: jnp.asarray(x) for k, x in batch.items()}, "old_logp": v["old"][ids], "ref_logp": v["ref"][ids]}
+            num, den, metrics = grpo.objective_terms(logp_flat[ids], v["ent"][ids], b, hp)
+            return num, (den, metrics)
+
+        return jax.value_and_grad(f, has_aux=True)(v["logp"])
+
+    for setting in OBJECTIVE_SETTINGS:
+        extra = dict(beta=0.1, kl_estimator="k2", entropy_coef=0.01) if setting["policy_loss"] == "cispo" else {}
+        if setting["policy_loss"] == "ppo" and setting["aggregation"] == "dr-grpo":
+            extra = dict(dual_clip=2.0, beta=0.05)
+        hp = grpo.LossParams(temperature=1.0, max_new_tokens=16, eps_low=0.2, eps_high=0.3, **setting, **extra)
+        for u, p in zip(_parts({**unpacked, "advantages": adv}, parts), _parts({**packed, "advantages": adv}, parts)):
+            (nu, (du, mu_)), gu = terms_and_grad(hp, u, vals)
+            (np_, (dp, mp)), gp = terms_and_grad(hp, p, vals)
+            msg = str(setting)
+            np.testing.assert_allclose(float(du), float(dp), rtol=1e-6, err_msg=msg)
+            np.testing.assert_allclose(float(nu), float(np_), rtol=1e-5, atol=1e-6, err_msg=msg)
+            np.testing.assert_allclose(gu, gp, rtol=1e-5, atol=1e-6, err_msg=msg)
+            assert mu_.keys() == mp.keys()
+            for k in mu_:
+                np.testing.assert_allclose([float(x) for x in mu_[k]], [float(x) for x in mp[k]], rtol=1e-5,
+                                           atol=1e-6, err_msg=f"{msg} {k}")
+        if setting.get("is_level") == "sequence":  # the log-weights, position by position
+            for u, p in zip(_parts({**unpacked, "advantages": adv}, parts), _parts({**packed, "advantages": adv}, parts)):
+                lw = [np.asarray(grpo.objective.is_log_ratio(vals["old"][b["inputs"]], b["sampler_logp"], b["weights"],
+                                                             "sequence", b.get("sequence"), 10 // parts))
+                      for b in (u, p)]
+                at_u = {int(i): x for i, x, m in zip(u["inputs"].ravel(), lw[0].ravel(), u["weights"].ravel()) if m}
+                at_p = {int(i): x for i, x, m in zip(p["inputs"].ravel(), lw[1].ravel(), p["weights"].ravel()) if m}
+                assert at_u.keys() == at_p.keys() and at_u
+                np.testing.assert_allclose([at_u[i] for i in at_u], [at_p[i] for i in at_u], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("minibatches,setting", [
+    (1, dict(policy_loss="ppo", aggregation="seq-mean-token-mean", is_cap=1.5, beta=0.1, kl_estimator="k2",
+             entropy_coef=0.01)),
+    (2, dict(policy_loss="gspo", aggregation="seq-mean-token-mean", is_cap=2.0, is_level="sequence", is_mode="mask",
+             eps_low=0.2, eps_high=0.3)),
+])
+def test_packed_update_equals_unpacked(minibatches, setting):
+    """The whole train step on the tiny model (prepare pass for old / reference log-probs on the
+    packed rows, minibatch updates): packed rows give the unpacked loss, metrics and updates (SGD,
+    so the params' change is the gradient)."""
+    import functools
+
+    import optax
+
+    from reasonax.model import init_params, make_mesh
+    from reasonax.train import state as S
+    from reasonax.train import step as ST
+    from tests.test_train_step import CFG
+
+    unpacked, packed = _packed_and_unpacked(minibatches)
+    adv = np.random.default_rng(2).normal(size=10).astype(np.float32)
+    mesh = make_mesh(data=1, fsdp=1, tensor=1, devices=jax.devices()[:1])
+    opt = optax.sgd(0.5)
+    params = init_params(CFG, jax.random.key(0), std=0.3, mesh=mesh)
+    ref = init_params(CFG, jax.random.key(1), std=0.3, mesh=mesh)
+    hp = grpo.LossParams(temperature=0.9, max_new_tokens=12, **{"eps_low": 0.2, "eps_high": 0.28, **setting})
+    fn = functools.partial(grpo.grpo_loss, cfg=CFG, hp=hp, chunk=None)
+    p0, out = jax.device_get(params), []
+    for rows in (unpacked, packed):
+        batch = {**rows, "advantages": adv, "inputs": rows["inputs"] % 95, "targets": rows["targets"] % 95}
+        state = S.create_state(jax.tree.map(jnp.array, p0), CFG, opt, mesh)  # the step donates it
+        step = ST.build_train_step(fn, opt, jax.tree.map(lambda x: x.sharding, state), mesh, minibatches=minibatches,
+                                   prepare=grpo.make_prepare(CFG, hp, None, old=True, ref=True),
+                                   aux_shardings=jax.tree.map(lambda x: x.sharding, ref))
+        new, metrics = step(state, jax.device_put(batch, ST.batch_sharding(mesh)), ref)
+        out.append((jax.tree.map(lambda a, b: np.asarray(a) - b, new.params, p0), metrics))
+    (du, mu_), (dp, mp) = out
+    assert mu_.keys() == mp.keys() and "is_weight" in mu_
+    for k in mu_:
+        np.testing.assert_allclose(float(mu_[k]), float(mp[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), du, dp)
+
+
+def test_step_flops_count_every_pass_on_real_tokens():
+    from reasonax.model import flops
+    from tests.test_train_step import CFG
+
+    P, tokens, rows = flops.matmul_params(CFG), 300, 10
+    attn = flops.forward_flops(CFG, rows, 30)["attention"]
+    full = flops.step_flops(CFG, tokens, rows, updates=2, forwards=2)
+    assert full["prepare"] == 2 * (2 * P * tokens + attn)  # two forwards, 2P per token
+    assert full["update"] == 2 * (6 * P * tokens + 3 * attn)  # mu = 2 updates, 6P per token
+    assert flops.step_flops(CFG, tokens, rows)["total"] == flops.train_flops(CFG, rows, 30)["total"]  # full rows
+    lora = flops.step_flops(CFG, tokens, rows, adapter_params=1000)
+    assert lora["update"] == 4 * P * tokens + 6 * 1000 * tokens + 3 * attn and lora["prepare"] == 0

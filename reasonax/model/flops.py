@@ -59,3 +59,24 @@ def train_flops(cfg: ModelConfig, batch: int, seq: int, causal: bool = True) -> 
     """
     fwd = forward_flops(cfg, batch, seq, causal=causal)
     return {k: 3 * v for k, v in fwd.items()}
+
+
+def step_flops(cfg: ModelConfig, tokens: int, rows: int, *, updates: int = 1, forwards: int = 0,
+               adapter_params: int | None = None) -> dict:
+    """Model FLOPs of a train step over `tokens` real (non-padding) tokens in `rows` rows, counting
+    every pass it runs: `forwards` extra forwards (GRPO's prepare: old and reference log-probs),
+    2·P per token each, and `updates` forward + backward passes over the batch (GRPO's mu), 6·P
+    per token, or with LoRA (adapter_params set) 4·P for the frozen base (forward and activation
+    gradients, no weight gradients) + 6·P_adapters. Attention: causal over rows of the mean real
+    length (packed rows are counted as one sequence, an upper bound), 1x per forward, 3x per update.
+    Returns {'prepare', 'update', 'total'}."""
+    seq = max(1, round(tokens / max(rows, 1)))
+    attn = 4 * cfg.num_heads * cfg.head_dim * rows * attended_pairs(cfg, seq)
+    dense = 2 * matmul_params(cfg) * tokens
+    if adapter_params is None:
+        update = 3 * dense + 3 * attn
+    else:
+        update = 2 * dense + 6 * adapter_params * tokens + 3 * attn
+    out = {"prepare": forwards * (dense + attn), "update": updates * update}
+    out["total"] = out["prepare"] + out["update"]
+    return out

@@ -381,6 +381,24 @@ def layout_rows(examples: Sequence[dict[str, np.ndarray]], rows: Sequence[Sequen
     return out
 
 
+def first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """First-fit packing, in order: each item goes into the first row with room for it, else a new
+    row; returns each row's item indices (the layout grain's FirstFitPackIterDataset makes, for
+    layout_rows). ValueError naming the item when one is longer than capacity."""
+    rows, free = [], []
+    for i, n in enumerate(lengths):
+        if n > capacity:
+            raise ValueError(f"item {i}: {n} positions > the row's {capacity}")
+        r = next((r for r, f in enumerate(free) if f >= n), None)
+        if r is None:
+            rows.append([])
+            free.append(capacity)
+            r = len(rows) - 1
+        rows[r].append(i)
+        free[r] -= n
+    return rows
+
+
 def pad_example(ex: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
     """One example as a padded row: segment_ids 1 on its tokens, positions 0..n-1, zeros after."""
     n = len(ex["inputs"])

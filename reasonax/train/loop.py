@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import sys
 import time
 from pathlib import Path
@@ -192,8 +193,12 @@ class DataSource:
     mesh: jax.sharding.Mesh
     stats: Any = None
 
+    last_tokens: int | None = None  # real tokens of the last batch (all processes), for MFU
+
     def next(self, state) -> dict:
-        return data_lib.to_global(next(self.iterator), self.mesh)
+        batch = next(self.iterator)
+        self.last_tokens = int((batch["segment_ids"] > 0).sum()) * jax.process_count()
+        return data_lib.to_global(batch, self.mesh)
 
 
 def run(plan, *, mesh: jax.sharding.Mesh | None = None):
@@ -268,16 +273,22 @@ def _run(plan, mesh, dog: watchdog.Watchdog, stopper: preempt.Preemption):
     eval_every = config.eval_every if evaluate is not None else 0
     saved_config = {"run": typed.to_dict(config), "model": config_to_dict(model_cfg)}
     epochs = (step_options or {}).get("epochs", 1)  # passes over each batch (GRPO's mu)
+    adapters = None if plan.trainable is None else sum(
+        math.prod(s.shape) for s in jax.tree.leaves(plan.trainable, is_leaf=lambda x: hasattr(x, "shape")))
 
     @functools.lru_cache
-    def flops_of(rows: int, seq: int) -> float:
-        return flops_lib.train_flops(model_cfg, rows, seq)["total"] * epochs
+    def flops_of(tokens: int, rows: int) -> float:
+        return flops_lib.step_flops(model_cfg, tokens, rows, updates=epochs, forwards=plan.prepare_forwards,
+                                    adapter_params=adapters)["total"]
 
-    step_flops = flops_of(config.batch_size, config.seq_len)
+    step_flops = flops_of(config.batch_size * config.seq_len, config.batch_size)
     peak, peak_desc = monitor.resolve_peak(config.peak_flops)
     if start is None:
-        logger.log_event(0, f"MFU peak: {peak:.3g} FLOP/s per device ({peak_desc}); model FLOPs per step "
-                            f"{step_flops:.3g} = 6*P*tokens + causal attention over full rows")
+        logger.log_event(0, f"MFU peak: {peak:.3g} FLOP/s per device ({peak_desc}); model FLOPs per step on real "
+                            f"tokens: {plan.prepare_forwards} prepare forward(s) at 2*P per token, {epochs} update "
+                            f"pass(es) at {'6' if adapters is None else '4'}*P per token"
+                            f"{'' if adapters is None else ' + 6*P_adapters'}, and causal attention "
+                            f"({step_flops:.3g} for full rows)")
 
     step = int(state.step)
     timer = _Timer()
@@ -288,8 +299,9 @@ def _run(plan, mesh, dog: watchdog.Watchdog, stopper: preempt.Preemption):
         while step < config.num_steps and not stop:
             with dog.phase("step", step + 1, slow=pending is None):  # the first step compiles
                 batch = source.next(state)
-                rows, seq = batch["inputs"].shape  # GRPO trims rows to its batch's longest sequence
-                step_flops = flops_of(rows, seq)
+                rows, seq = batch["inputs"].shape  # GRPO trims or packs its rows
+                tokens = getattr(source, "last_tokens", None) or rows * seq  # real (non-padding) tokens
+                step_flops = flops_of(tokens, rows)
                 state, metrics = step_fn(state, batch, *aux_args)
                 step += 1
                 if pending is not None:  # read the previous step's metrics while this one runs
@@ -305,7 +317,7 @@ def _run(plan, mesh, dog: watchdog.Watchdog, stopper: preempt.Preemption):
                     seconds = timer.lap()
                     if seconds:
                         out["step_seconds"] = seconds
-                        out["tokens_per_sec"] = rows * seq / seconds
+                        out["tokens_per_sec"] = tokens / seconds
                         out["mfu"] = monitor.mfu(step_flops, seconds, peak, jax.device_count())
                     if getattr(source, "stats", None) is not None:  # this process's data counters
                         out.update({f"data/{k}": v for k, v in source.stats.as_dict().items()})

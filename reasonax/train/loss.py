@@ -28,11 +28,13 @@ def chunk_len(batch: int, seq: int, vocab: int, budget_bytes: int = LOGITS_BUDGE
 
 
 def token_logprobs(params: dict, h: jax.Array, targets: jax.Array, cfg: ModelConfig,
-                   chunk: int | None = None, temperature: float = 1.0, entropy: bool = False):
+                   chunk: int | None = None, temperature: float = 1.0, entropy: bool = False,
+                   entropy_grad: bool = False):
     """log p(targets) float32 [B,T] from final hidden states h [B,T,D], `chunk` positions at a time.
 
     temperature divides the (soft-capped) logits, as the sampler does; with entropy=True the
-    result is (logp, entropy [B,T]) with the entropy of each position's distribution (no gradient).
+    result is (logp, entropy [B,T]) with the entropy of each position's distribution (no gradient,
+    unless entropy_grad: GRPO's entropy bonus differentiates it).
 
     Each chunk's logits are computed, reduced to (target logit - logsumexp) and dropped; under
     jax.checkpoint the backward pass recomputes them chunk by chunk, so the peak is one chunk's
@@ -57,6 +59,8 @@ def token_logprobs(params: dict, h: jax.Array, targets: jax.Array, cfg: ModelCon
         lse = jax.nn.logsumexp(logits, axis=-1)
         if not entropy:
             return target - lse
+        if entropy_grad:
+            return target - lse, lse - (jax.nn.softmax(logits, axis=-1) * logits).sum(-1)
         sg = jax.lax.stop_gradient(logits)
         return target - lse, jax.lax.stop_gradient(lse) - (jax.nn.softmax(sg, axis=-1) * sg).sum(-1)
 
@@ -69,12 +73,12 @@ def token_logprobs(params: dict, h: jax.Array, targets: jax.Array, cfg: ModelCon
 
 
 def batch_logprobs(params: dict, batch: dict, cfg: ModelConfig, chunk: int | None = None,
-                   temperature: float = 1.0, entropy: bool = False):
+                   temperature: float = 1.0, entropy: bool = False, entropy_grad: bool = False):
     """log p(batch['targets'] | batch['inputs']) [B,T] (packed rows: segment_ids/positions
-    honoured); temperature and entropy as in token_logprobs."""
+    honoured); temperature, entropy and entropy_grad as in token_logprobs."""
     h, _ = hidden_states(params, batch["inputs"], cfg, positions=batch.get("positions"),
                          segment_ids=batch.get("segment_ids"))
-    return token_logprobs(params, h, batch["targets"], cfg, chunk, temperature, entropy)
+    return token_logprobs(params, h, batch["targets"], cfg, chunk, temperature, entropy, entropy_grad)
 
 
 def sft_loss(params: dict, batch: dict, cfg: ModelConfig, chunk: int | None = None):

@@ -1,6 +1,7 @@
 """Training metrics: peak FLOP/s per chip, MFU, and a logger to JSONL, TensorBoard and the console.
 
-MFU = model FLOPs per step (reasonax.model.flops.train_flops) / (step seconds x peak x devices).
+MFU = model FLOPs per step (reasonax.model.flops.step_flops: every pass on real tokens) / (step seconds x
+peak x devices).
 The peak comes from a table of dense bf16 peaks, or is measured with a matmul where the chip is
 not in the table (CPU, unknown GPUs): then MFU is relative to what this host's matmul reaches.
 

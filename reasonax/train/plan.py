@@ -47,6 +47,7 @@ class Plan:
     policy: Callable | None = None     # (state params, aux) -> the params the model runs (None: the state's)
     reserved_devices: int = 0          # the first N devices do the plan's own work (GRPO's one-step-off rollout
                                        # group); the loop's mesh (config.mesh) takes the devices after them
+    prepare_forwards: int = 0          # forwards `prepare` runs per step (MFU: GRPO's old / reference log-probs)
 
 
 def lm_batch_spec(config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:

@@ -20,12 +20,14 @@ from absl import app
 from reasonax import jsonl, sample, typed
 from reasonax.eval import grader
 from reasonax.model import prompts as prompts_lib
+from reasonax.model.sharding import batch_sharding
 from reasonax.tasks import arithmetic
 from reasonax.sample.stops import stop_token_ids
 from reasonax.train import common, loop, rollout_layout
 from reasonax.train import state as state_lib
 from reasonax.train.grpo import rollout
-from reasonax.train.grpo.objective import AGGREGATIONS, SCALES, LossParams, grpo_loss, make_prepare
+from reasonax.train.grpo.objective import (ADVANTAGES, AGGREGATIONS, IS_LEVELS, IS_MODES, KL_ESTIMATORS, POLICY_LOSSES,
+                                           SCALES, LossParams, grpo_loss, make_prepare)
 from reasonax.train.plan import Plan, lm_batch_spec, with_fields
 
 MODULE = "reasonax.train.grpo"
@@ -57,10 +59,14 @@ class GRPOSettings:
     block_steps: int = 16     # decode steps per jitted block (stop strings checked, slots refilled between)
     mu: int = 1               # updates over each rollout batch (num_iterations)
     minibatches: int = 1      # optimizer updates per pass over the rollout batch
-    beta: float = 0.0         # k3 KL weight; > 0 builds a frozen reference (the initial params)
-    eps_low: float = 0.2      # clip range (eps_high > eps_low: DAPO clip-higher)
-    eps_high: float = 0.28
-    dual_clip: float = 0.0    # c > 1: dual clip of negative-advantage tokens (0: off)
+    beta: float = 0.0         # KL weight; > 0 builds a frozen reference (the initial params)
+    kl_estimator: str = ""    # k1 | k2 | k3 per-token KL in the loss (beta > 0; '' : k3)
+    advantage: str = "grpo"   # grpo (group-relative, scale_rewards) | rloo (leave-one-out, scale_rewards none)
+    policy_loss: str = "ppo"  # ppo (clipped token ratio) | gspo (sequence ratio) | cispo (clipped IS weight)
+    eps_low: float = -1.0     # clip bounds 1 - eps_low, 1 + eps_high; < 0: the policy loss's default
+    eps_high: float = -1.0    # (objective.CLIP_DEFAULTS: ppo 0.2 / 0.28, gspo 3e-4 / 4e-4, cispo none / 5.0)
+    dual_clip: float = 0.0    # c > 1: dual clip of negative-advantage tokens, ppo only (0: off)
+    entropy_coef: float = 0.0  # subtract coef x the learner's token entropy (aggregated like the loss)
     scale_rewards: str = "group"  # group | batch | none (Dr. GRPO)
     adv_eps: float = 1e-4
     aggregation: str = "token-mean"  # seq-mean-token-mean | token-mean | dr-grpo | seq-mean-token-sum
@@ -70,7 +76,13 @@ class GRPOSettings:
     overlong_buffer: int = 0  # DAPO overlong penalty over the last N tokens (0: off)
     format_weight: float = 0.0  # reward += weight if the completion has a \\boxed answer
     reward_fns: tuple[str, ...] = ()  # extra rewards: dotted paths of fn(prompts, completions, golds) -> floats
-    is_cap: float = 0.0       # > 0: truncated importance weights min(pi_learner / pi_sampler, cap)
+    is_cap: float = 0.0       # > 0: sampler/learner importance weights capped at this (0: off)
+    is_level: str = "token"   # token | sequence (the product of the completion's token ratios)
+    is_mode: str = "truncate"  # truncate (w = min(ratio, cap)) | mask (w = 0 where ratio > cap)
+    pack_len: int = 0         # > 0: the update packs several prompt + completion sequences per row of this
+                              # many tokens (>= max_prompt_len + max_new_tokens; replaces row_bucket); 0: one per row
+    pack_rows: int = 0        # packed rows per micro-batch (the update's token budget = pack_rows x pack_len);
+                              # 0: enough for every completion at full length; a step that needs more grows
     rollout_mesh: str = "auto"  # the rollout's layout of the weights: auto | train (the learner's own arrays,
                                 # no sync) | 'data=D,tensor=T' over the rollout devices (reasonax.train.rollout_layout)
     overlap: str = "none"     # none | one-step-off: rollouts of step t+1 (with theta_t) on their own devices
@@ -92,6 +104,7 @@ class GRPOSettings:
             out.append(f"aggregation={self.aggregation!r} (one of {AGGREGATIONS})")
         if self.mu < 1 or self.minibatches < 1:
             out.append(f"mu={self.mu} and minibatches={self.minibatches} must be >= 1")
+        out.extend(self.objective_problems())
         try:
             layout = rollout_layout.parse(self.rollout_mesh)
         except ValueError as e:
@@ -118,6 +131,37 @@ class GRPOSettings:
         if self.num_slots < 0 or self.block_steps < 1 or self.kv_budget_gb <= 0:
             out.append(f"num_slots={self.num_slots} (>= 0), block_steps={self.block_steps} (>= 1), "
                        f"kv_budget_gb={self.kv_budget_gb} (> 0)")
+        return out
+
+    def objective_problems(self) -> list[str]:
+        """Names outside the objective table and the combinations that make no sense."""
+        out = [f"{k}={getattr(self, k)!r} (one of {allowed})" for k, allowed in (
+            ("advantage", ADVANTAGES), ("policy_loss", POLICY_LOSSES), ("is_level", IS_LEVELS),
+            ("is_mode", IS_MODES), ("kl_estimator", ("",) + KL_ESTIMATORS)) if getattr(self, k) not in allowed]
+        if self.advantage == "rloo" and self.scale_rewards != "none":
+            out.append(f"advantage='rloo' with scale_rewards={self.scale_rewards!r}: RLOO is unscaled "
+                       "(set scale_rewards='none')")
+        if self.kl_estimator and not self.beta:
+            out.append(f"kl_estimator={self.kl_estimator!r} with beta=0: no KL term to estimate")
+        if self.policy_loss == "gspo" and self.aggregation != "seq-mean-token-mean":
+            out.append(f"policy_loss='gspo' with aggregation={self.aggregation!r}: GSPO is per sequence "
+                       "(aggregation='seq-mean-token-mean')")
+        if self.policy_loss != "ppo" and self.dual_clip:
+            out.append(f"policy_loss={self.policy_loss!r} with dual_clip={self.dual_clip}: dual clip is ppo's")
+        if self.dual_clip and self.dual_clip <= 1:
+            out.append(f"dual_clip={self.dual_clip} (> 1, or 0: off)")
+        if self.is_cap < 0:
+            out.append(f"is_cap={self.is_cap} (> 0, or 0: off)")
+        if not self.is_cap and (self.is_mode != "truncate" or self.is_level != "token"):
+            out.append(f"is_mode={self.is_mode!r}, is_level={self.is_level!r} with is_cap=0: the correction is off "
+                       "(set is_cap > 0)")
+        if self.pack_len < 0 or self.pack_rows < 0:
+            out.append(f"pack_len={self.pack_len} and pack_rows={self.pack_rows} must be >= 0")
+        if 0 < self.pack_len < self.max_prompt_len + self.max_new_tokens:
+            out.append(f"pack_len={self.pack_len} < max_prompt_len + max_new_tokens = "
+                       f"{self.max_prompt_len + self.max_new_tokens}: a full sequence must fit in a row")
+        if self.pack_rows and not self.pack_len:
+            out.append(f"pack_rows={self.pack_rows} with pack_len=0: packing is off")
         return out
 
 
@@ -206,9 +250,18 @@ def accuracy_evaluator(prompts, cfg, tokenizer, rc, eos_ids, stops: tuple[str, .
 
 
 def batch_spec(config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
-    """The GRPO rollout batch: the LM fields, sampler_logp [rows, seq_len] and advantages [rows]."""
-    return with_fields(lm_batch_spec, sampler_logp=lambda rows, seq: (rows, seq),
+    """The GRPO rollout batch: the LM fields, sampler_logp [rows, seq_len] and advantages [N].
+    Packed (grpo.pack_len > 0): rows = packed rows per micro-batch x micro-batches of pack_len
+    tokens, with `sequence` (rollout.pack_rows); else N rows of seq_len."""
+    g = config.grpo
+    spec = with_fields(lm_batch_spec, sampler_logp=lambda rows, seq: (rows, seq),
                        advantages=lambda rows, seq: (rows,))(config, mesh)
+    if not g.pack_len:
+        return spec
+    parts = g.minibatches * config.accum_steps
+    shape, s = (rollout.packed_rows_per_part(g, parts) * parts, g.pack_len), batch_sharding(mesh)
+    out = {k: jax.ShapeDtypeStruct(shape, v.dtype, sharding=s) for k, v in spec.items() if k != "advantages"}
+    return {**out, "sequence": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=s), "advantages": spec["advantages"]}
 
 
 def build(config: ml_collections.ConfigDict | GRPOConfig) -> Plan:
@@ -243,7 +296,8 @@ def build(config: ml_collections.ConfigDict | GRPOConfig) -> Plan:
         return rollout.RolloutSource(prompts, cfg, tok, g, mesh, c.seed, stop_ids(c, cfg, tok), stop_strings(c),
                                      devices=devices, num_steps=c.num_steps,
                                      chip=rollout_layout.chip_of(c.peak_flops, devices),
-                                     budget=rollout_layout.device_budget(c.device_memory_gib, devices))
+                                     budget=rollout_layout.device_budget(c.device_memory_gib, devices),
+                                     parts=g.minibatches * c.accum_steps)
 
     def evaluate(mesh):
         if not files()[1]:
@@ -254,11 +308,12 @@ def build(config: ml_collections.ConfigDict | GRPOConfig) -> Plan:
 
     init = common.init_params_fn(c, cfg)
     hp = LossParams.of(g)
+    needs_old = g.mu > 1 or g.minibatches > 1 or bool(g.is_cap)  # one-step-off needs is_cap: covered
     return common.with_lora(Plan(
         config=c, model=cfg, loss=functools.partial(grpo_loss, cfg=cfg, hp=hp, chunk=chunk), init=init,
         source=source, batch_spec=batch_spec,
-        prepare=make_prepare(cfg, hp, chunk, old=g.mu > 1 or g.minibatches > 1 or bool(g.is_cap) or reserved > 0,
-                             ref=bool(g.beta)),
+        prepare=make_prepare(cfg, hp, chunk, old=needs_old, ref=bool(g.beta)),
+        prepare_forwards=int(needs_old) + int(bool(g.beta)),
         aux=init if g.beta else None,  # the frozen reference = the initial policy (with LoRA: the base)
         aux_spec=common.abstract_params_fn(cfg, jnp.dtype(c.param_dtype)) if g.beta else None,
         reference_is_init=bool(g.beta), evaluate=evaluate if (c.synthetic.task or g.eval_files) else None,

@@ -16,11 +16,14 @@ e.g. few-shot's blank line): the engine checks them between decode blocks and fr
 nothing past the stop is graded or trained on, and the completion counts as finished, not
 truncated.
 
-Rows (N = prompts x G, prompt-major; T = the batch's longest prompt + completion rounded up to
-a multiple of row_bucket, at most max_prompt_len + max_new_tokens): inputs / targets the
-prompt + completion shifted by one, weights 1 on completion targets (0 for a truncated completion
-with mask_truncated; it still counts in its group's statistics), sampler_logp the sampler's
-log-prob of each completion target, advantages [N].
+Rows (N = prompts x G sequences, prompt-major; T = the batch's longest prompt + completion
+rounded up to a multiple of row_bucket, at most max_prompt_len + max_new_tokens): inputs /
+targets the prompt + completion shifted by one, weights 1 on completion targets (0 for a
+truncated completion with mask_truncated; it still counts in its group's statistics),
+sampler_logp the sampler's log-prob of each completion target, advantages [N] (grpo or rloo).
+With pack_len > 0 the sequences are packed instead (pack_rows): each micro-batch's sequences
+first fit into pack_rows rows of pack_len tokens, with segment_ids, positions and `sequence`
+(the index of each position's sequence, and advantage, in its micro-batch).
 
 Times in the metrics: time/rollout (sampling), time/reward (grading), time/update (wall time from
 the end of the previous next() to the start of this one: the previous step's updates with its
@@ -50,7 +53,7 @@ from reasonax.model.params import ADAPTERS
 from reasonax.sample.stops import cut_at_stop
 from reasonax.train import data as data_lib
 from reasonax.train import rollout_layout
-from reasonax.train.grpo.objective import group_advantages, overlong_penalty
+from reasonax.train.grpo.objective import group_advantages, overlong_penalty, rloo_advantages
 
 
 GRADE_LOCK = threading.Lock()  # the grader's worker pool serves one batch at a time (rollout thread, evaluation)
@@ -158,10 +161,11 @@ def row_length(longest: int, full: int, bucket: int) -> int:
     return min(full, max(bucket, -(-longest // bucket) * bucket))
 
 
-def build_rows(prompt_tokens: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
-               logprobs: Sequence[Sequence[float]], truncated: Sequence[bool], seq_len: int,
-               mask_truncated: bool) -> dict[str, np.ndarray]:
-    """Training rows (see the module docstring) for prompt_tokens[i] + completions[i], one per row."""
+def completion_examples(prompt_tokens: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
+                        logprobs: Sequence[Sequence[float]], truncated: Sequence[bool], seq_len: int,
+                        mask_truncated: bool) -> list[dict[str, np.ndarray]]:
+    """One shifted example per prompt_tokens[i] + completions[i] (inputs, targets, weights,
+    sampler_logp; see the module docstring); ValueError naming the row when one exceeds seq_len."""
     examples = []
     for i, (p, c, lp) in enumerate(zip(prompt_tokens, completions, logprobs)):
         seq = np.asarray([*p, *c], np.int32)
@@ -174,9 +178,75 @@ def build_rows(prompt_tokens: Sequence[Sequence[int]], completions: Sequence[Seq
         keep = not (mask_truncated and truncated[i])
         examples.append({"inputs": seq[:-1], "targets": seq[1:], "sampler_logp": sampler_logp,
                          "weights": (on_completion & keep).astype(np.float32)})
-    return data_lib.layout_rows(examples, [[i] for i in range(len(examples))], seq_len,
-                                {"inputs": np.int32, "targets": np.int32, "weights": np.float32,
-                                 "sampler_logp": np.float32})
+    return examples
+
+
+ROW_FEATURES = {"inputs": np.int32, "targets": np.int32, "weights": np.float32, "sampler_logp": np.float32}
+
+
+def build_rows(prompt_tokens: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
+               logprobs: Sequence[Sequence[float]], truncated: Sequence[bool], seq_len: int,
+               mask_truncated: bool) -> dict[str, np.ndarray]:
+    """Training rows (see the module docstring) for prompt_tokens[i] + completions[i], one per row."""
+    return one_per_row(completion_examples(prompt_tokens, completions, logprobs, truncated, seq_len, mask_truncated),
+                       seq_len)
+
+
+def one_per_row(examples: Sequence[dict[str, np.ndarray]], seq_len: int) -> dict[str, np.ndarray]:
+    """The unpacked layout: example i in row i, padded to seq_len."""
+    return data_lib.layout_rows(examples, [[i] for i in range(len(examples))], seq_len, ROW_FEATURES)
+
+
+def update_rows(examples: Sequence[dict[str, np.ndarray]], rc, parts: int, rows_per_part: int) -> tuple[dict, dict]:
+    """The step's rows and their metrics: packed (rc.pack_len > 0; pack_rows) or one per row cut to
+    the longest rounded up to rc.row_bucket (row_length)."""
+    if rc.pack_len:
+        rows, needed = pack_rows(examples, parts, rc.pack_len, rows_per_part)
+        return rows, {"update/pack_rows_needed": float(needed), "update/pack_overflow": float(needed > rows_per_part)}
+    full = rc.max_prompt_len + rc.max_new_tokens
+    return one_per_row(examples, row_length(max(len(ex["inputs"]) for ex in examples), full, rc.row_bucket)), {}
+
+
+def packed_rows_per_part(rc, parts: int) -> int:
+    """Packed rows per micro-batch: rc.pack_rows, or (0) enough for its prompts_per_step x
+    group_size / parts sequences at full length whatever their lengths: first fit opens a row only
+    when every open one holds more than pack_len - seq_len tokens, so at least pack_len // seq_len
+    sequences each (seq_len = max_prompt_len + max_new_tokens)."""
+    if rc.pack_rows:
+        return rc.pack_rows
+    per_part = rc.prompts_per_step * rc.group_size // parts
+    return -(-per_part // (rc.pack_len // (rc.max_prompt_len + rc.max_new_tokens)))
+
+
+def pack_rows(examples: Sequence[dict[str, np.ndarray]], parts: int, pack_len: int,
+              rows_per_part: int) -> tuple[dict[str, np.ndarray], int]:
+    """The packed update batch of `examples` (completion_examples) and how many rows a part needed.
+
+    Example i goes to part (micro-batch) i % parts, as its unpacked row would (step._split takes
+    rows j, j + parts, ... for micro-batch j), so minibatches hold the same sequences packed or
+    not. Each part is packed first fit (data.first_fit) into rows of pack_len tokens; the global
+    row r * parts + j is part j's row r, and `sequence` gives each position's example index in its
+    part (i // parts; padding 0, weight 0), the index of its advantage in that micro-batch.
+    Every part gets rows_per_part rows; when one needs more, every part gets that many rounded up
+    to a multiple of rows_per_part (a new batch shape: one more compiled step)."""
+    examples = [{**ex, "sequence": np.full(len(ex["inputs"]), i // parts, np.int32)} for i, ex in enumerate(examples)]
+    bins = []
+    for j in range(parts):
+        idx = list(range(j, len(examples), parts))
+        bins.append([[idx[k] for k in b] for b in data_lib.first_fit([len(examples[i]["inputs"]) for i in idx],
+                                                                     pack_len)])
+    needed = max(len(b) for b in bins)
+    R = rows_per_part if needed <= rows_per_part else -(-needed // rows_per_part) * rows_per_part
+    rows = [bins[j][r] if r < len(bins[j]) else [] for r in range(R) for j in range(parts)]
+    return data_lib.layout_rows(examples, rows, pack_len, {**ROW_FEATURES, "sequence": np.int32}), needed
+
+
+def sequence_advantages(rewards: np.ndarray, rc) -> np.ndarray:
+    """Advantages [N] of the step's rewards by rc.advantage: grpo (group_advantages with
+    rc.scale_rewards) or rloo (rloo_advantages)."""
+    if rc.advantage == "rloo":
+        return np.asarray(rloo_advantages(rewards, rc.group_size), np.float32)
+    return np.asarray(group_advantages(rewards, rc.group_size, rc.scale_rewards, rc.adv_eps), np.float32)
 
 
 OVERLAPS = ("none", "one-step-off")
@@ -195,7 +265,7 @@ class RolloutSource:
 
     def __init__(self, prompts: list[Prompt], cfg: ModelConfig, tokenizer, rc, mesh, seed: int,
                  eos_ids: Sequence[int], stop_strings: Sequence[str] = (), *, devices: Sequence | None = None,
-                 num_steps: int | None = None, chip=None, budget: int | None = None):
+                 num_steps: int | None = None, chip=None, budget: int | None = None, parts: int = 1):
         self.prompts, self.cfg, self.tokenizer, self.rc, self.mesh = prompts, cfg, tokenizer, rc, mesh
         self.seed, self.eos_ids, self.stop_strings = seed, tuple(eos_ids), tuple(stop_strings)
         self.stop = sample.StopStrings(tokenizer, self.stop_strings, self.eos_ids)
@@ -218,6 +288,8 @@ class RolloutSource:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rollout") if self.overlap else None
         # what loop.run saves beside the state (one-step-off only: the batch in flight)
         self.checkpoint_extra = self._checkpoint_extra if self.overlap else None
+        self.parts = parts  # micro-batches per step (minibatches x accum_steps): the packed layout's parts
+        self.pack_rows = packed_rows_per_part(rc, parts) if rc.pack_len else 0
         self._metrics: dict = {}
         self._last_end: float | None = None  # end of the previous next()
         self._prev_tokens = 0  # real tokens of the previous batch x update epochs
@@ -285,13 +357,14 @@ class RolloutSource:
         filled = max(0, P - len(keep))
         groups = (keep + spare)[:P]  # short after max rounds: all-equal groups fill (zero advantage)
         rew = np.concatenate([g[4] for g in groups])
-        adv = np.asarray(group_advantages(rew, G, self.rc.scale_rewards, self.rc.adv_eps))
+        adv = sequence_advantages(rew, self.rc)
         comps = [c for g in groups for c in g[1]]
         trunc = [t for g in groups for t in g[3]]
         heads = [self.prompts[g[0]].tokens for g in groups for _ in range(G)]
-        T = row_length(max(len(p) + len(c) - 1 for p, c in zip(heads, comps)), self.seq_len, self.rc.row_bucket)
-        rows = build_rows(heads, comps, [lp for g in groups for lp in g[2]], trunc, T, self.rc.mask_truncated)
-        rows["advantages"] = adv.astype(np.float32)
+        examples = completion_examples(heads, comps, [lp for g in groups for lp in g[2]], trunc, self.seq_len,
+                                       self.rc.mask_truncated)
+        rows, pack_metrics = update_rows(examples, self.rc, self.parts, self.pack_rows)
+        rows["advantages"] = adv
         lengths = np.asarray([len(c) for c in comps])
         metrics = {
             "reward/mean": float(rew.mean()), "reward/std": float(rew.std()),
@@ -303,6 +376,7 @@ class RolloutSource:
             "rollout/rounds": float(rounds), "rollout/filled_groups": float(filled),
             "time/rollout": t_gen, "time/reward": t_rew, "rollout/tokens_per_sec": generated / max(t_gen, 1e-9),
             "grader/worker_crashes": float(grader.stats()["worker_crashes"] - crashes),
+            "update/padding": float(np.mean(rows["segment_ids"] == 0)), **pack_metrics,
         }
         if "format" in groups[0][5]:
             metrics["reward/format"] = float(np.concatenate([g[5]["format"] for g in groups]).mean())
@@ -312,7 +386,6 @@ class RolloutSource:
         """This step's weight syncs: bytes moved per device and seconds, summed; the params version."""
         return {"rollout/params_version": float(self.sync.version), "time/weight_sync": sum(s for _, s in syncs),
                 "rollout/sync_bytes_per_device": float(sum(b for b, _ in syncs))}
-
 
     def next(self, state) -> dict:
         jax.block_until_ready(state.params)  # the previous update's device time, not the rollout's
@@ -338,14 +411,15 @@ class RolloutSource:
         self._metrics = {**metrics, **self._sync_metrics(syncs), "time/update": t_update}
         if t_update:
             self._metrics["update/tokens_per_sec"] = self._prev_tokens / t_update
-        self._prev_tokens = int((rows["segment_ids"] > 0).sum()) * self.rc.mu
+        self.last_tokens = int((rows["segment_ids"] > 0).sum())  # real tokens of this batch (MFU)
+        self._prev_tokens = self.last_tokens * self.rc.mu
         self._last_end = time.perf_counter()
         return self._to_global(rows)
 
     def _to_global(self, rows: dict) -> dict:
         pc, pi = jax.process_count(), jax.process_index()
-        local = len(rows["advantages"]) // pc
-        return data_lib.to_global({k: v[pi * local:(pi + 1) * local] for k, v in rows.items()}, self.mesh)
+        local = {k: len(v) // pc for k, v in rows.items()}  # rows; advantages: one per sequence
+        return data_lib.to_global({k: v[pi * local[k]:(pi + 1) * local[k]] for k, v in rows.items()}, self.mesh)
 
     def _checkpoint_extra(self) -> dict | None:
         """What a checkpoint must hold beside the state and the prompt stream: one-step-off's batch
