@@ -139,6 +139,35 @@ for job in req["jobs"]:
 json.dump(out, open(sys.argv[2], "w"))
 '''
 
+ENGINE_WORKER = r'''
+import json, os, sys, time
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, sys.argv[3])
+import transformers
+from reasonax import model, sample
+from reasonax.sample import engine
+req = json.load(open(sys.argv[1]))
+cfg, params = model.load_hf(req["model"], dtype="float32")
+tok = transformers.AutoTokenizer.from_pretrained(req["model"])
+stop = sample.StopStrings(tok, tuple(req["stop"]), tuple(req["eos"]))
+sp = sample.SamplingParams(max_new_tokens=req["max_new"], temperature=1.0, n=req["n"])
+
+
+def call():  # a fresh prefix cache each call: cold
+    return sample.generate(params, cfg, req["prompts"], sp, eos_ids=tuple(req["eos"]), seed=req["seed"], stop=stop,
+                           kv_budget_bytes=int(req["kv_budget_gb"] * 2**30),
+                           **engine.prefix_cache_options(req["prefix_cache_gb"]))
+
+
+walls = []
+for _ in range(req["calls"]):  # the first compiles (prefill / insert / decode per attention length)
+    t0 = time.perf_counter()
+    res = call()
+    walls.append(time.perf_counter() - t0)
+json.dump({"tokens": res.tokens, "finish_reasons": res.finish_reasons, "walls": walls, "stats": res.stats},
+          open(sys.argv[2], "w"))
+'''
+
 
 VLLM_WORKER = r"""
 import json, os, sys, time
@@ -337,7 +366,6 @@ def part_rollout(args, path, tok, cfg, params, tunix_py, static_root, vllm_py) -
     stops = ("\n\n",)
     eos = stop_token_ids(tok, stops, cfg)
     stop = sample.StopStrings(tok, stops, eos)
-    sp = sample.SamplingParams(max_new_tokens=args.max_new, temperature=1.0, n=args.samples)
     rows = len(ids) * args.samples
     out = {"questions": len(ids), "samples": args.samples, "max_new_tokens": args.max_new,
            "prompt_tokens": [min(map(len, ids)), max(map(len, ids))]}
@@ -346,20 +374,27 @@ def part_rollout(args, path, tok, cfg, params, tunix_py, static_root, vllm_py) -
         kept = [t if (k := stop.cut(t)) is None else t[:k] for t in token_rows]
         return sum(map(len, kept))
 
-    walls = []
-    for _ in range(2):  # the first run compiles (prefill / insert / decode per attention length)
-        t0 = time.perf_counter()
-        res = sample.generate(params, cfg, ids, sp, eos_ids=eos, seed=args.seed, stop=stop,
-                              kv_budget_bytes=int(args.kv_budget_gb * 2**30))
-        walls.append(time.perf_counter() - t0)
-    wall = walls[-1]
-    st = res.stats
-    out["engine"] = {"wall_s": wall, "useful_tokens": res.generated_tokens, "useful_tok_s": res.generated_tokens / wall,
-                     "slot_use": st["slot_use"], "num_slots": st["num_slots"], "drawn": st["drawn"],
-                     "blocks": st["blocks"], "shrinks": st["shrinks"], "prefills": st["prefills"], "attn_lengths": st["attn_lengths"],
-                     "stopped": sum(r == "stop" for r in res.finish_reasons),
-                     "first_run_wall_s": walls[0], "note": "second of two identical runs"}
-    print(json.dumps({"engine": out["engine"]}), flush=True)
+    # the engine without and with the prefix cache, each in its own process, the cache cold (empty at
+    # the start of every call); the last of --engine_calls identical calls is timed
+    repo = str(Path(__file__).resolve().parent.parent)
+    tokens = None
+    for name, gb in (("engine", 0.0), ("engine_cache", args.prefix_cache_gb)):
+        got = _run_worker(sys.executable, ENGINE_WORKER, {
+            "model": str(path), "prompts": ids, "max_new": args.max_new, "n": args.samples, "seed": args.seed,
+            "eos": list(eos), "stop": list(stops), "kv_budget_gb": args.kv_budget_gb, "prefix_cache_gb": gb,
+            "calls": args.engine_calls}, (repo,))
+        st, wall = got["stats"], got["walls"][-1]
+        u = sum(map(len, got["tokens"]))
+        out[name] = {"wall_s": wall, "useful_tokens": u, "useful_tok_s": u / wall, "prefix_cache_gb": gb,
+                     "prefill_tokens": st["prefill_tokens"], "cached_tokens": st["cached_tokens"],
+                     "prefix_hit_rate": st["prefix_hit_rate"], "slot_use": st["slot_use"],
+                     "num_slots": st["num_slots"], "drawn": st["drawn"], "blocks": st["blocks"],
+                     "shrinks": st["shrinks"], "prefills": st["prefills"], "attn_lengths": st["attn_lengths"],
+                     "stopped": sum(r == "stop" for r in got["finish_reasons"]), "first_call_wall_s": got["walls"][0],
+                     "same_tokens_as_engine": tokens is None or got["tokens"] == tokens,
+                     "note": f"call {len(got['walls'])} of {len(got['walls'])} identical calls, a fresh prefix cache each"}
+        tokens = tokens or got["tokens"]
+        print(json.dumps({name: out[name]}), flush=True)
     # the static sampler's chunks: as many rows as its memory budget (2 GiB) held
     columns = sample.sampler.bucket(max(map(len, ids))) + args.max_new
     chunk = engine.plan_slots(cfg, columns, "float32", 2 << 30, rows=rows)
@@ -414,6 +449,10 @@ def main():
     ap.add_argument("--samples", type=int, default=8, help="rollout part: samples per question")
     ap.add_argument("--max_new", type=int, default=384, help="rollout part: max_new_tokens")
     ap.add_argument("--kv_budget_gb", type=float, default=2.0, help="rollout part: the engine's KV budget")
+    ap.add_argument("--prefix_cache_gb", type=float, default=0.5,
+                    help="rollout part: the engine_cache run's prefix cache (out of --kv_budget_gb)")
+    ap.add_argument("--engine_calls", type=int, default=2,
+                    help="rollout part: identical engine calls per process, the last timed (1: compile included)")
     ap.add_argument("--tunix_rows", type=int, default=8,
                     help="rollout part: rows per Tunix call. Its prefill materialises float32 logits [rows, "
                          "prompt bucket, vocab]: 34 GB for 32 rows of 1,024 tokens, more than this machine's 24 GiB")
@@ -466,16 +505,19 @@ def main():
         ro = report["rollout"]
         print(f"\nrollout: {ro['questions']} questions x {ro['samples']}, max_new_tokens {ro['max_new_tokens']}, "
               f"prompts {ro['prompt_tokens'][0]}-{ro['prompt_tokens'][1]} tokens")
-        print("| sampler | wall s | useful tokens | useful tok/s | slot use | vs static | engine / this |")
-        print("|---|---|---|---|---|---|---|")
+        print("| sampler | wall s | useful tokens | useful tok/s | slot use | vs static | engine / this | "
+              "prefilled prompt tokens | prefix hit rate |")
+        print("|---|---|---|---|---|---|---|---|---|")
         base = ro.get("static", {}).get("useful_tok_s")
-        for name in ("engine", "static", "tunix", "vllm"):
+        for name in ("engine", "engine_cache", "static", "tunix", "vllm"):
             if name in ro:
                 r = ro[name]
                 use = f"{r['slot_use']:.0%}" if "slot_use" in r else "n/a"
+                hit = f"{r['prefix_hit_rate']:.1%}" if "prefix_hit_rate" in r else "n/a"
                 print(f"| {name} | {r['wall_s']:.1f} | {r['useful_tokens']} | {r['useful_tok_s']:.1f} | "
                       f"{use} | {r['useful_tok_s'] / base if base else float('nan'):.2f}x | "
-                      f"{ro['engine']['useful_tok_s'] / r['useful_tok_s']:.2f}x |")
+                      f"{ro['engine']['useful_tok_s'] / r['useful_tok_s']:.2f}x | {r.get('prefill_tokens', 'n/a')} | "
+                      f"{hit} |")
 
 
 if __name__ == "__main__":

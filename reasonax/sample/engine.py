@@ -10,7 +10,11 @@ scheduler loop over the request's rows (prompt, sample), in request order:
 1. admit: free slots take the next pending rows. Each distinct prompt is prefilled once, in a
    batch of prompts right-padded to a length bucket, where the first token of each of its
    samples is drawn; its KV stays on the device (the store) until every sample of it that goes
-   on has a slot, and is copied into each sample's slot.
+   on has a slot, and is copied into each sample's slot. With a prefix cache (PrefixCache), a
+   prompt's longest cached prefix of whole blocks is copied into its store row first and only
+   the rest is prefilled, attending to it; the batch's new whole blocks then go to the cache. A
+   prompt whose next uncached block another prompt of the batch is computing waits for the next
+   batch (the first few-shot prompt computes the shared blocks once, the others read them).
 2. decode: a jitted block of up to `block_steps` steps over all slots (a lax.while_loop). It
    leaves early when a slot finishes while rows are waiting, so that slot is refilled at once.
 3. collect: tokens go to their rows; a row ends at EOS, at max_new_tokens, or after the token
@@ -30,8 +34,14 @@ On CPU (layers unstacked) each layer's cache is a tuple of 128-column blocks, so
 first A columns reads whole arrays in place: XLA:CPU copies a slice of a larger cache on every
 step, and its dot on the copy runs 2-4x slower than on whole arrays (bench/decode_ops.py).
 
-Compiled programs: prefill per (prompt batch bucket, length bucket), insert (a copy) per
-(row bucket, store shape), decode block per (slot count, attention length A); nothing recompiles per request.
+Compiled programs: prefill per (prompt batch bucket, length bucket) and, continuing cached
+prefixes, per (prompt batch bucket, continuation length bucket, length bucket); insert (a copy)
+per (row bucket, store shape); the prefix cache's block write per block-count bucket; decode
+block per (slot count, attention length A); nothing recompiles per request.
+
+On a mesh the prefix cache's blocks are whole on every data shard (kv heads split over the
+tensor axis like the slots'): a prefill batch, sharded over the data axes, reads its rows'
+blocks locally, and the rows' new blocks are gathered to every data shard once, when written.
 
 Rows keep their (seed, prompt key id, sample index) keys, and a row's t-th token is drawn with
 fold_in(key, t) (reasonax.sample.sampler.draw_tokens), so the tokens of a row do not depend on
@@ -402,7 +412,7 @@ class PrefixCache:
 
     Blocks of `block` prompt tokens, each keyed by the digest of the whole prefix up to its end
     (prefix_digests), live in one device array per k / v [L, NB, block, K, H] of at most `gb`
-    GiB per device (taken out of generate's kv_budget_bytes), allocated at the first call. On a
+    GiB per device (taken out of generate's kv_budget_bytes), allocated when the first block is. On a
     mesh the blocks are whole on every data shard (kv heads split like the slots'), so a prefill
     batch sharded over the data axes reads its rows' blocks locally; new blocks are gathered from
     the store's shards once, when written.
@@ -448,9 +458,6 @@ class PrefixCache:
         if self.model is None:
             self.model = model
             self.num_blocks = self.bytes_per_device(cfg, dtype) // self.block_bytes(cfg, dtype)
-            if self.num_blocks:
-                with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-                    self.pool = _init_pool(cfg, self.num_blocks, self.block, jnp.dtype(dtype))
             self.clear()
         elif model != self.model:
             raise ValueError("this prefix cache holds another model's KV (cfg, dtype or mesh differ); "
@@ -458,6 +465,13 @@ class PrefixCache:
         if self.version != int(params_version):
             self.clear()
             self.version = int(params_version)
+
+    def ensure_pool(self) -> None:
+        """Allocate the blocks (at the first block written: short prompts never need them)."""
+        if self.pool is None:
+            cfg, dtype, mesh = self.model
+            with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+                self.pool = _init_pool(cfg, self.num_blocks, self.block, jnp.dtype(dtype))
 
     def hits(self, digests: Sequence[bytes]) -> int:
         """How many leading blocks of digests are cached."""
@@ -480,6 +494,12 @@ class PrefixCache:
                 out.append(self.index.pop(d))
                 self.evictions += 1
         return out
+
+
+def prefix_cache_options(gb: float, block: int = PREFIX_BLOCK) -> dict:
+    """generate's keywords for a fresh prefix cache of gb GiB per device (0: none), for one call
+    (params version 0) -- what a CLI that calls generate once passes."""
+    return dict(prefix_cache=PrefixCache(gb, block), params_version=0) if gb > 0 else {}
 
 
 @dataclasses.dataclass
@@ -655,6 +675,7 @@ class _Run:
         dst = pc.allocate(len(todo), pinned) if todo else []
         if not dst:
             return
+        pc.ensure_pool()
         todo = todo[:len(dst)]  # a prompt's blocks in order: a short pool keeps the roots
         F = _pow2_at_least(len(todo))
         rows, blocks = np.zeros((F,), np.int32), np.zeros((F,), np.int32)

@@ -180,6 +180,10 @@ class RolloutSource:
         self._metrics: dict = {}
         self._last_end: float | None = None  # end of the previous rollout
         self._prev_tokens = 0  # real tokens of the previous batch x update epochs
+        # prompt KV shared across prompts, kept while the weights are unchanged (params version: the step)
+        self.prefix_cache = (sample.engine.PrefixCache(rc.prefix_cache_gb, rc.prefix_block)
+                             if rc.prefix_cache_gb > 0 else None)
+        self._prompt_tokens = np.zeros(2, np.int64)  # this step's prompt tokens: prefilled, from the prefix cache
 
     def metrics(self) -> dict:
         return dict(self._metrics)
@@ -189,8 +193,11 @@ class RolloutSource:
         t0 = time.perf_counter()
         res = sample.generate(state.params, self.cfg, [self.prompts[i].tokens for i in idx], self.sp,
                               eos_ids=self.eos_ids, seed=(self.seed * 1_000_003 + step * 97 + round_) % (2**31 - 1),
-                              key_ids=idx, stop=self.stop, **engine_options(self.rc))
+                              key_ids=idx, stop=self.stop, **engine_options(self.rc),
+                              **({} if self.prefix_cache is None else
+                                 dict(prefix_cache=self.prefix_cache, params_version=int(state.step))))
         t_gen = time.perf_counter() - t0
+        self._prompt_tokens += (res.stats["prefill_tokens"], res.stats["cached_tokens"])
         t0 = time.perf_counter()
         out = _Completions(tokens=res.tokens, logprobs=res.logprobs,
                            truncated=[reason == "length" for reason in res.finish_reasons],
@@ -241,7 +248,11 @@ class RolloutSource:
             "rollout/rounds": float(rounds), "rollout/filled_groups": float(filled),
             "time/rollout": t_gen, "time/reward": t_rew, "time/update": t_update,
             "rollout/tokens_per_sec": generated / max(t_gen, 1e-9),
+            "rollout/prefill_tokens": float(self._prompt_tokens[0]),
+            "rollout/cached_tokens": float(self._prompt_tokens[1]),
+            "rollout/prefix_hit_rate": float(self._prompt_tokens[1] / max(1, self._prompt_tokens.sum())),
         }
+        self._prompt_tokens[:] = 0
         if t_update:
             self._metrics["update/tokens_per_sec"] = self._prev_tokens / t_update
         self._prev_tokens = int((rows["segment_ids"] > 0).sum()) * self.rc.mu
