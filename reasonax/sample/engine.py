@@ -11,8 +11,8 @@ scheduler loop over the request's rows (prompt, sample), in request order:
    batch of prompts right-padded to a length bucket, where the first token of each of its
    samples is drawn; its KV stays on the device (the store) until every sample of it that goes
    on has a slot, and is copied into each sample's slot. With a prefix cache (PrefixCache), a
-   prompt's longest cached prefix of whole blocks is copied into its store row first and only
-   the rest is prefilled, attending to it; the batch's new whole blocks then go to the cache. A
+   prompt's longest cached prefix (whole blocks, then the matching head of a cached next block)
+   is copied into its store row first and only the rest is prefilled, attending to it; the batch's new whole blocks then go to the cache. A
    prompt whose next uncached block another prompt of the batch is computing waits for the next
    batch (the first few-shot prompt computes the shared blocks once, the others read them).
 2. decode: a jitted block of up to `block_steps` steps over all slots (a lax.while_loop). It
@@ -123,8 +123,8 @@ def _prefill(params, tokens, segments, key_data, prefix, cfg: ModelConfig, sp: S
     with the row keys key_data [P * n]: tokens, log-probs, model log-probs [P * n]).
 
     prefix: None (nothing cached: tokens are the whole prompts), or (pool k, pool v [L, NB, B, K, H],
-    block ids [P, columns // B], cached [P]): row p's first cached[p] columns (a whole number of
-    blocks) are copied from those pool blocks and its tokens continue at column / position
+    block ids [P, ceil(columns / B)], cached [P]): row p's first cached[p] columns (any number) are
+    copied from those pool blocks laid side by side and its tokens continue at column / position
     cached[p], attending to the cached columns and causally to each other (transformer.hidden_states
     with a cache). The same program is chunked prefill: a long prompt is a cached prefix plus the
     rest."""
@@ -135,9 +135,10 @@ def _prefill(params, tokens, segments, key_data, prefix, cfg: ModelConfig, sp: S
         pool_k, pool_v, ids, cached = prefix
         M, B = ids.shape[1], pool_k.shape[2]
 
-        def fill(buf, pool):  # blocks ids[p, :] laid side by side in row p's first M * B columns
+        def fill(buf, pool):  # blocks ids[p, :] laid side by side in row p's first columns
             blocks = jnp.take(pool, ids, axis=1)  # [L, P, M, B, K, H]
-            return buf.at[:, :, :M * B].set(blocks.reshape(buf.shape[0], P, M * B, *buf.shape[3:]))
+            flat = blocks.reshape(buf.shape[0], P, M * B, *buf.shape[3:])[:, :, :columns]
+            return buf.at[:, :, :flat.shape[2]].set(flat)
 
         seg = (jnp.arange(columns, dtype=jnp.int32)[None, :] < cached[:, None]).astype(jnp.int32)
         cache = KVCache(k=fill(cache.k, pool_k), v=fill(cache.v, pool_v), segment_ids=seg, lengths=cached,
@@ -436,6 +437,9 @@ class PrefixCache:
         self.pool = None  # (k, v) on the device(s)
         self.num_blocks = 0
         self.index: collections.OrderedDict[bytes, int] = collections.OrderedDict()  # LRU first
+        self.tokens: dict[bytes, np.ndarray] = {}  # a cached block's tokens
+        self.children: dict[bytes, set[bytes]] = {}  # a prefix's digest (b"": empty) -> its cached next blocks
+        self.parent: dict[bytes, bytes] = {}
         self.free: list[int] = []
         self.evictions = 0
 
@@ -448,6 +452,9 @@ class PrefixCache:
 
     def clear(self) -> None:
         self.index.clear()
+        self.tokens.clear()
+        self.children.clear()
+        self.parent.clear()
         self.free = list(range(self.num_blocks))
 
     def bind(self, cfg: ModelConfig, dtype, mesh, params_version: int) -> None:
@@ -473,12 +480,25 @@ class PrefixCache:
             with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
                 self.pool = _init_pool(cfg, self.num_blocks, self.block, jnp.dtype(dtype))
 
-    def hits(self, digests: Sequence[bytes]) -> int:
-        """How many leading blocks of digests are cached."""
-        n = 0
-        while n < len(digests) and digests[n] in self.index:
-            n += 1
-        return n
+    def match(self, digests: Sequence[bytes], tokens: Sequence[int], limit: int) -> tuple[list[bytes], int]:
+        """The cached blocks that hold the longest cached prefix of a prompt (tokens, its whole
+        blocks' digests) of at most `limit` tokens, and its length: the leading whole blocks that
+        are cached, then the cached next block (one that follows the same prefix) sharing the most
+        leading tokens with the prompt's next block, of which those tokens are used (the KV of a
+        position depends only on the tokens up to it). So prompts that share a prefix ending
+        inside a block share it to the token, and a prefix shorter than a block is shared too."""
+        B = self.block
+        h = 0
+        while h < min(len(digests), limit // B) and digests[h] in self.index:
+            h += 1
+        want = np.asarray(tokens[h * B:min((h + 1) * B, limit)], np.int64)
+        best, m = None, 0
+        for child in self.children.get(digests[h - 1] if h else b"", ()):
+            same = want == self.tokens[child][:len(want)]
+            k = len(want) if same.all() else int(np.argmin(same))
+            if k > m:
+                best, m = child, k
+        return list(digests[:h]) + ([best] if best is not None else []), h * B + m
 
     def take(self, digests: Sequence[bytes]) -> list[int]:
         """The pool blocks of cached digests, touched deepest first (most recent: the root)."""
@@ -486,12 +506,21 @@ class PrefixCache:
             self.index.move_to_end(d)
         return [self.index[d] for d in digests]
 
+    def add(self, digest: bytes, parent: bytes, tokens: np.ndarray, block: int) -> None:
+        """Register pool block `block` as holding the block `tokens` after the prefix `parent`."""
+        self.index[digest] = block
+        self.tokens[digest], self.parent[digest] = tokens, parent
+        self.children.setdefault(parent, set()).add(digest)
+
     def allocate(self, n: int, pinned: set[int]) -> list[int]:
         """Up to n free blocks, evicting the least recently used ones outside pinned."""
         out = [self.free.pop() for _ in range(min(n, len(self.free)))]
         if len(out) < n:
             for d in [d for d, b in self.index.items() if b not in pinned][:n - len(out)]:
                 out.append(self.index.pop(d))
+                del self.tokens[d]
+                self.children[self.parent[d]].discard(d)
+                del self.parent[d]
                 self.evictions += 1
         return out
 
@@ -595,17 +624,17 @@ class _Run:
             self._finish(r, reason)
         return reason is not None, used
 
-    def _cached(self, i: int) -> tuple[list[bytes], int, int]:
-        """Prompt i's block digests, how many of its blocks a prefill may take from the cache (all
-        but what holds its last token, whose logits draw the first tokens) and how many of those are
-        cached."""
+    def _cached(self, i: int) -> tuple[list[bytes], int, int, list[bytes], int]:
+        """Prompt i's whole blocks' digests, how many of them a prefill may take from the cache (all
+        but what holds its last token, whose logits draw the first tokens), how many leading ones
+        are cached, and the cached blocks and tokens of its longest cached prefix (PrefixCache.match)."""
         if self.prefix is None:
-            return [], 0, 0
+            return [], 0, 0, [], 0
         if i not in self.digests:
             self.digests[i] = prefix_digests(self.prompts[i], self.prefix.block)
-        d = self.digests[i]
-        usable = (len(self.prompts[i]) - 1) // self.prefix.block
-        return d, usable, self.prefix.hits(d[:usable])
+        d, p = self.digests[i], self.prompts[i]
+        used, cached = self.prefix.match(d, p, len(p) - 1)
+        return d, (len(p) - 1) // self.prefix.block, cached // self.prefix.block, used, cached
 
     def _prefill_next(self, free: int) -> None:
         """Prefill the next prompts (enough for `free` slots, one length bucket's token budget), each
@@ -613,14 +642,14 @@ class _Run:
         batch writes waits for the next batch, where it reads that block."""
         want = max(1, math.ceil(free / self.sp.n))
         batch = [self.queue.popleft()]
-        d, _, h = self._cached(batch[0])
+        d, _, h, _, _ = self._cached(batch[0])
         writing = set(d[h:])
         T = bucket(len(self.prompts[batch[0]]))
         while self.queue and len(batch) < want:
             T2 = bucket(max(T, len(self.prompts[self.queue[0]])))
             if _pow2_at_least(len(batch) + 1) * T2 > max(PREFILL_TOKENS, T2):
                 break
-            d, usable, h = self._cached(self.queue[0])
+            d, usable, h, _, _ = self._cached(self.queue[0])
             if h < usable and d[h] in writing:
                 break
             writing.update(d[h:])
@@ -631,12 +660,12 @@ class _Run:
         hits = [self._cached(i) for i in batch]
         cached = np.zeros((P,), np.int32)
         prefix, pinned = None, set()
-        if any(h for _, _, h in hits):
-            ids = np.zeros((P, T // pc.block), np.int32)
-            for b, (d, _, h) in enumerate(hits):
-                ids[b, :h] = pc.take(d[:h])
-                cached[b] = h * pc.block
-                pinned.update(ids[b, :h].tolist())
+        if any(c for *_, c in hits):
+            ids = np.zeros((P, -(-T // pc.block)), np.int32)
+            for b, (_, _, _, used, c) in enumerate(hits):
+                ids[b, :len(used)] = pc.take(used)
+                cached[b] = c
+                pinned.update(ids[b, :len(used)].tolist())
             prefix = (*pc.pool, ids, cached)
         Tc = bucket(max(len(self.prompts[i]) - c for i, c in zip(batch, cached)))
         tokens = np.zeros((P, Tc), np.int32)
@@ -653,7 +682,7 @@ class _Run:
         self.store, *first = self._call(_prefill, self.params, tokens, segments, keys, prefix, cfg=self.cfg,
                                         sp=self.sp, columns=T)
         if pc is not None and pc.num_blocks:
-            self._write_blocks(hits, pinned)
+            self._write_blocks(batch, hits, pinned)
         tok, lp, mlp = jax.device_get(first)
         self.stats.prefills += 1
         self.store_rows = collections.deque()
@@ -664,10 +693,10 @@ class _Run:
                 if not self._add(i * n + j, tok[f:f + 1], lp[f:f + 1], mlp[f:f + 1])[0]:
                     self.store_rows.append((i * n + j, b, int(tok[f])))  # needs a slot to go on
 
-    def _write_blocks(self, hits, pinned: set[int]) -> None:
+    def _write_blocks(self, batch: list[int], hits, pinned: set[int]) -> None:
         """Copy the whole blocks the prefill computed, not yet cached, from the store to the cache."""
         pc, todo, seen = self.prefix, [], set()
-        for b, (d, _, h) in enumerate(hits):
+        for b, (d, _, h, _, _) in enumerate(hits):
             for j in range(h, len(d)):
                 if d[j] not in pc.index and d[j] not in seen:
                     seen.add(d[j])
@@ -683,8 +712,10 @@ class _Run:
         for f, ((b, j, _), blk) in enumerate(zip(todo, dst)):
             rows[f], blocks[f], to[f] = b, j, blk
         pc.pool = self._call(_put_blocks, pc.pool, self.store, rows, blocks, to)
-        for (_, _, dg), blk in reversed(list(zip(todo, dst))):  # deepest first: the root most recent
-            pc.index[dg] = blk
+        B = pc.block
+        for (b, j, dg), blk in reversed(list(zip(todo, dst))):  # deepest first: the root most recent
+            d = hits[b][0]
+            pc.add(dg, d[j - 1] if j else b"", np.asarray(self.prompts[batch[b]][j * B:(j + 1) * B], np.int64), blk)
         self.stats.prefix_blocks_written += len(todo)
 
     def _insert(self, pairs: list[tuple[int, tuple[int, int, int]]]) -> None:

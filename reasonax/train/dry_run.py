@@ -123,14 +123,17 @@ def sampler_memory(model_cfg: ModelConfig, abstract_params, mesh, rollout, rows:
     columns = sampler.bucket(int(rollout.max_prompt_len)) + int(rollout.max_new_tokens)
     shards = sharding_lib.batch_shards(mesh)
     dtype = abstract_params["embed"].dtype
+    prefix = float(getattr(rollout, "prefix_cache_gb", 0.0))  # the prefix cache comes out of the KV budget
+    prefix_bytes = engine.PrefixCache(prefix).bytes_per_device(model_cfg, dtype)
     slots = int(rollout.num_slots) or engine.plan_slots(model_cfg, columns, dtype,
-                                                        int(rollout.kv_budget_gb * GIB), shards, rows)
+                                                        int(rollout.kv_budget_gb * GIB) - prefix_bytes, shards, rows)
     sp = SamplingParams(max_new_tokens=int(rollout.max_new_tokens), temperature=float(rollout.temperature),
                         top_k=int(rollout.top_k), top_p=float(rollout.top_p), n=int(rollout.group_size))
     compiled = engine.compile_decode_block(abstract_params, model_cfg, mesh, slots, columns, sp,
                                            int(rollout.block_steps))
     return {"num_slots": slots, "cache_columns": columns,
             "kv_cache": kv_bytes_per_row(model_cfg, columns, dtype) * math.ceil(slots / shards),
+            "prefix_cache": prefix_bytes,
             "compiled": compiled_memory(compiled)}
 
 
@@ -197,7 +200,7 @@ def dry_run(plan, device_memory_gib: float | None = None) -> dict:
         # while rolling out the train state stays resident; the decode block's arguments are the
         # params (already counted) and the slots
         sampler["total"] = (per_device_bytes(abstract.params) + per_device_bytes(abstract.opt_state)
-                            + aux_bytes + sampler["kv_cache"] + c.get("temp", 0))
+                            + aux_bytes + sampler["kv_cache"] + sampler["prefix_cache"] + c.get("temp", 0))
         report["sampler"] = sampler
         peak = max(peak or 0, sampler["total"])
     report["peak"] = peak
@@ -247,6 +250,8 @@ def format_report(report: dict) -> str:
         sc = sm["compiled"] or {}
         rows += ["", f"rollout engine: {sm['num_slots']} decode slots x {sm['cache_columns']} columns",
                  f"  {'KV cache of the slots (exact)':<42}{_gib(sm['kv_cache'])}",
+                 *([f"  {'prefix cache (prefix_cache_gb)':<42}{_gib(sm['prefix_cache'])}"]
+                   if sm.get("prefix_cache") else []),
                  f"  {'compiled decode block: temporaries':<42}{_gib(sc.get('temp'))}",
                  f"  {'rollout total = state + slots + temp':<42}{_gib(sm['total'])}"]
     if report.get("sampler") and report.get("peak") is not None:
