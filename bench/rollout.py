@@ -184,6 +184,8 @@ def main():
         prompts = lambda ids: [TokensPrompt(prompt_token_ids=p) for p in ids]  # noqa: E731
         sps = lambda ids: [SamplingParams(seed=job["seed"] + i, **kw) for i in range(len(ids))]  # noqa: E731
         llm.generate(prompts(job["warmup"]), sps(job["warmup"]), use_tqdm=False)  # warm-up
+        if job.get("cold"):
+            llm.reset_prefix_cache()  # timed cold, as the engine's fresh prefix cache
         times = []
         for _ in range(job["repeats"]):
             t0 = time.perf_counter()
@@ -429,14 +431,13 @@ def part_rollout(args, path, tok, cfg, params, tunix_py, static_root, vllm_py) -
         got = _run_worker(vllm_py, VLLM_WORKER, {
             "model": str(path), "max_model_len": sample.sampler.bucket(max(map(len, ids))) + args.max_new, "jobs": [
                 {"prompts": ids, "max_new": args.max_new, "temperature": 1.0, "n": args.samples, "stop": list(stops),
-                 "eos": list(eos), "seed": args.seed, "warmup": spare, "repeats": 1}]})[0]
+                 "eos": list(eos), "seed": args.seed, "warmup": spare, "repeats": 1, "cold": True}]})[0]
         u = useful(got["tokens"])
         out["vllm"] = {"wall_s": got["times"][0], "useful_tokens": u, "useful_tok_s": u / got["times"][0],
                        "same_ids": got["ids"] == ids, "rows": len(got["tokens"]),
                        "note": "its own sampling RNG (other samples); prefix caching and scheduling its defaults, "
                                "VLLM_CPU_KVCACHE_SPACE as --kv_budget_gb; timed call after a warm-up on the next 4 "
-                               "GSM8K questions (so its prefix cache holds the shared 5-shot prefix, as after an "
-                               "earlier rollout step, but none of the timed prompts)"}
+                               "GSM8K questions and llm.reset_prefix_cache(): cold, as the engine's"}
         print(json.dumps({"vllm": out["vllm"]}), flush=True)
     return out
 
