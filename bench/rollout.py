@@ -8,7 +8,10 @@ Same weights everywhere: Gemma 3 270M base, float32, the HF directory of
 reasonax.model.gguf.gemma3_270m_dir(). Four samplers, each in its own process so none shares
 compiled code or threads with another, run one after the other:
 
-- engine: reasonax.sample.generate (this checkout), in this process;
+- engine: reasonax.sample.generate (this checkout); in the rollout part twice, each in its own
+  process: without a prefix cache (engine) and with a fresh one of --prefix_cache_gb per call
+  (engine_cache: cold, the cache empty at the start of the timed call), the last of
+  --engine_calls identical calls timed; the rows must be the same;
 - static: the sampler this engine replaced, reasonax at commit --static_commit (git archive into
   a temporary directory, run with this venv): prefill, then every row of a chunk decodes until
   the chunk's longest row ends; a multi-token stop string does not end a row;
@@ -39,7 +42,8 @@ tokens (EOS and every token containing a blank line) and their completions are c
 line afterwards. Useful tokens = tokens up to and including the one that completes the stop
 (or EOS / the length limit); slot use = slot-steps holding an unfinished row / all slot-steps
 (static and Tunix: a chunk of rows runs for its longest row's steps; Tunix in chunks of
---tunix_rows, since its prefill keeps the logits of every prompt position).
+--tunix_rows, since its prefill keeps the logits of every prompt position). The engine's rows
+also report the prompt tokens prefilled and read from the prefix cache (the hit rate).
 """
 
 from __future__ import annotations
