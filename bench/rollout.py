@@ -456,7 +456,7 @@ def main():
     ap.add_argument("--samples", type=int, default=8, help="rollout part: samples per question")
     ap.add_argument("--max_new", type=int, default=384, help="rollout part: max_new_tokens")
     ap.add_argument("--kv_budget_gb", type=float, default=2.0, help="rollout part: the engine's KV budget")
-    ap.add_argument("--prefix_cache_gb", type=float, default=0.5,
+    ap.add_argument("--prefix_cache_gb", type=float, default=0.125,
                     help="rollout part: the engine_cache run's prefix cache (out of --kv_budget_gb)")
     ap.add_argument("--engine_calls", type=int, default=2,
                     help="rollout part: identical engine calls per process, the last timed (1: compile included)")

@@ -74,7 +74,7 @@ class GenerateConfig:
     seed: int = 0             # sampling seed; each (prompt line, sample index) has its own key
     kv_budget_gb: float = 2.0  # per device: KV cache + decode temporaries of the slots (sets the slot count)
     num_slots: int = 0        # decode slots (0 = as many as kv_budget_gb holds, at most 256)
-    prefix_cache_gb: float = 0.5  # per device, out of kv_budget_gb: KV of prompt prefixes shared across prompts
+    prefix_cache_gb: float = 0.125  # per device, out of kv_budget_gb: KV of prompt prefixes shared across prompts
                               # (few-shot exemplars, a system prompt) is computed once; 0 = off. Same tokens either way
     prefix_block: int = 128   # tokens per prefix-cache block (a prefix is reused in whole blocks)
     block_steps: int = 16     # decode steps per jitted block (stop strings are checked between blocks)
