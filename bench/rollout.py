@@ -395,12 +395,12 @@ def part_rollout(args, path, tok, cfg, params, tunix_py, static_root, vllm_py) -
         u = sum(map(len, got["tokens"]))
         out[name] = {"wall_s": wall, "useful_tokens": u, "useful_tok_s": u / wall, "prefix_cache_gb": gb,
                      "prefill_tokens": st["prefill_tokens"], "cached_tokens": st["cached_tokens"],
-                     "prefix_hit_rate": st["prefix_hit_rate"], "slot_use": st["slot_use"],
+                     "prefix_hit_rate": st["prefix_hit_rate"], "prefill_s": st["prefill_s"], "slot_use": st["slot_use"],
                      "num_slots": st["num_slots"], "drawn": st["drawn"], "blocks": st["blocks"],
                      "shrinks": st["shrinks"], "prefills": st["prefills"], "attn_lengths": st["attn_lengths"],
                      "stopped": sum(r == "stop" for r in got["finish_reasons"]), "first_call_wall_s": got["walls"][0],
                      "same_tokens_as_engine": None if tokens is None else got["tokens"] == tokens,
-                     "note": f"call {len(got['walls'])} of {len(got['walls'])} identical calls, a fresh prefix cache each"}
+                     "note": f"call {args.engine_calls} of {args.engine_calls} identical calls, a fresh prefix cache each"}
         tokens = tokens or got["tokens"]
         print(json.dumps({name: out[name]}), flush=True)
     # the static sampler's chunks: as many rows as its memory budget (2 GiB) held

@@ -12,9 +12,10 @@ scheduler loop over the request's rows (prompt, sample), in request order:
    samples is drawn; its KV stays on the device (the store) until every sample of it that goes
    on has a slot, and is copied into each sample's slot. With a prefix cache (PrefixCache), a
    prompt's longest cached prefix (whole blocks, then the matching head of a cached next block)
-   is copied into its store row first and only the rest is prefilled, attending to it; the batch's new whole blocks then go to the cache. A
-   prompt whose next uncached block another prompt of the batch is computing waits for the next
-   batch (the first few-shot prompt computes the shared blocks once, the others read them).
+   is copied into its store row first and only the rest is prefilled, attending to it; the
+   batch's new whole blocks then go to the cache. A prompt whose next uncached block another
+   prompt of the batch is computing waits for the next batch (the first few-shot prompt
+   computes the shared blocks once, the others read them).
 2. decode: a jitted block of up to `block_steps` steps over all slots (a lax.while_loop). It
    leaves early when a slot finishes while rows are waiting, so that slot is refilled at once.
 3. collect: tokens go to their rows; a row ends at EOS, at max_new_tokens, or after the token
@@ -280,6 +281,7 @@ class EngineStats:
     cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
     prefix_blocks_written: int = 0  # blocks this call added to the prefix cache
     prefix_cache_bytes_per_device: int = 0
+    prefill_s: float = 0.0  # wall time of the prefill calls (to their first tokens; compilation included)
     attn_lengths: dict = dataclasses.field(default_factory=dict)  # decode blocks per attention length
     elapsed_s: float = 0.0
 
@@ -679,11 +681,13 @@ class _Run:
             keys[b * n:(b + 1) * n] = [self.rows[i * n + j].key for j in range(n)]
             self.stats.prefill_tokens += len(p)
             self.stats.cached_tokens += int(cached[b])
+        t0 = time.perf_counter()
         self.store, *first = self._call(_prefill, self.params, tokens, segments, keys, prefix, cfg=self.cfg,
                                         sp=self.sp, columns=T)
         if pc is not None and pc.num_blocks:
             self._write_blocks(batch, hits, pinned)
         tok, lp, mlp = jax.device_get(first)
+        self.stats.prefill_s += time.perf_counter() - t0
         self.stats.prefills += 1
         self.store_rows = collections.deque()
         for b, i in enumerate(batch):
