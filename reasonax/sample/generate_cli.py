@@ -192,7 +192,7 @@ def run(cfg: ml_collections.ConfigDict | GenerateConfig) -> dict:
         run_stats = {k: res.stats[k] for k in ("num_slots", "cache_columns", "kv_bytes_per_device",
                                                "step_bytes_per_device", "slot_use", "blocks", "prefills",
                                                "prefill_tokens", "cached_tokens", "prefix_hit_rate",
-                                               "prefix_cache_bytes_per_device")}
+                                               "prefix_cache_bytes_per_device", "prefill_s")}
     flops = {"dense": 0, "attention": 0, "total": 0}
     if res is not None:
         flops = budget.realised_flops(model_cfg, res.prompt_lengths, res.prompt_index, res.lengths)
