@@ -127,8 +127,8 @@ def _prefill(params, tokens, segments, key_data, prefix, cfg: ModelConfig, sp: S
     block ids [P, ceil(columns / B)], cached [P]): row p's first cached[p] columns (any number) are
     copied from those pool blocks laid side by side and its tokens continue at column / position
     cached[p], attending to the cached columns and causally to each other (transformer.hidden_states
-    with a cache). The same program is chunked prefill: a long prompt is a cached prefix plus the
-    rest."""
+    with a cache). It is also the program a chunked prefill of a very long prompt would run, chunk
+    after chunk (the scheduler does not chunk prompts yet)."""
     P, T = tokens.shape
     cache = init_cache(cfg, P, columns, params["embed"].dtype)
     cached = jnp.zeros((P,), jnp.int32)
@@ -277,7 +277,7 @@ class EngineStats:
     blocks: int = 0
     shrinks: int = 0  # times the draining rows moved into fewer slots
     prefills: int = 0
-    prefill_tokens: int = 0  # prompt tokens prefilled (each distinct prompt once, padding and cached prefixes excluded)
+    prefill_tokens: int = 0  # prompt tokens prefilled (each distinct prompt once; padding, cached prefixes excluded)
     cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
     prefix_blocks_written: int = 0  # blocks this call added to the prefix cache
     prefix_cache_bytes_per_device: int = 0
