@@ -1,6 +1,6 @@
 """The GRPO update packed against unpacked, on recorded rollout lengths (bench/rollout.py --lengths).
 
-    python bench/rollout.py --part rollout --skip static,tunix,vllm --engine_runs 1 --lengths /tmp/len_fewshot.json
+    python bench/rollout.py --part rollout --skip static,tunix,vllm,engine_cache --engine_calls 1 --lengths /tmp/len_fewshot.json
     python bench/grpo_pack.py --lengths /tmp/len_fewshot.json [--questions 8] [--pack_len 2048] [--accum 4]
 
 Each recorded completion becomes one sequence of its prompt length + completion length (random

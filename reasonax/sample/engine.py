@@ -10,7 +10,12 @@ scheduler loop over the request's rows (prompt, sample), in request order:
 1. admit: free slots take the next pending rows. Each distinct prompt is prefilled once, in a
    batch of prompts right-padded to a length bucket, where the first token of each of its
    samples is drawn; its KV stays on the device (the store) until every sample of it that goes
-   on has a slot, and is copied into each sample's slot.
+   on has a slot, and is copied into each sample's slot. With a prefix cache (PrefixCache), a
+   prompt's longest cached prefix (whole blocks, then the matching head of a cached next block)
+   is copied into its store row first and only the rest is prefilled, attending to it; the
+   batch's new whole blocks then go to the cache. A prompt whose next uncached block another
+   prompt of the batch is computing waits for the next batch (the first few-shot prompt
+   computes the shared blocks once, the others read them).
 2. decode: a jitted block of up to `block_steps` steps over all slots (a lax.while_loop). It
    leaves early when a slot finishes while rows are waiting, so that slot is refilled at once.
 3. collect: tokens go to their rows; a row ends at EOS, at max_new_tokens, or after the token
@@ -30,8 +35,14 @@ On CPU (layers unstacked) each layer's cache is a tuple of 128-column blocks, so
 first A columns reads whole arrays in place: XLA:CPU copies a slice of a larger cache on every
 step, and its dot on the copy runs 2-4x slower than on whole arrays (bench/decode_ops.py).
 
-Compiled programs: prefill per (prompt batch bucket, length bucket), insert (a copy) per
-(row bucket, store shape), decode block per (slot count, attention length A); nothing recompiles per request.
+Compiled programs: prefill per (prompt batch bucket, length bucket) and, continuing cached
+prefixes, per (prompt batch bucket, continuation length bucket, length bucket); insert (a copy)
+per (row bucket, store shape); the prefix cache's block write per block-count bucket; decode
+block per (slot count, attention length A); nothing recompiles per request.
+
+On a mesh the prefix cache's blocks are whole on every data shard (kv heads split over the
+tensor axis like the slots'): a prefill batch, sharded over the data axes, reads its rows'
+blocks locally, and the rows' new blocks are gathered to every data shard once, when written.
 
 Rows keep their (seed, prompt key id, sample index) keys, and a row's t-th token is drawn with
 fold_in(key, t) (reasonax.sample.sampler.draw_tokens), so the tokens of a row do not depend on
@@ -41,8 +52,10 @@ the slot count, the arrival order or what shares its block.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
+import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -103,19 +116,40 @@ def _init_slots(cfg: ModelConfig, slots: int, columns: int, dtype, layered: bool
                                    steps=jnp.zeros((slots,), jnp.int32)))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "sp"))
-def _prefill(params, tokens, segments, key_data, cfg: ModelConfig, sp: SamplingParams):
-    """Right-padded prompts [P, T] (segments 1 on real tokens) -> (the store: their KV [L, P, T, K, H]
-    with lengths = next_pos = prompt length, and the first token of each of their sp.n samples,
-    drawn from the prompt's last logits with the row keys key_data [P * n]: tokens, log-probs,
-    model log-probs [P * n])."""
+@functools.partial(jax.jit, static_argnames=("cfg", "sp", "columns"))
+def _prefill(params, tokens, segments, key_data, prefix, cfg: ModelConfig, sp: SamplingParams, columns: int):
+    """Right-padded prompt tokens [P, T] (segments 1 on real tokens), each row continuing its cached
+    prefix -> (the store: the prompts' KV [L, P, columns, K, H] with lengths = next_pos = prompt
+    length, and the first token of each of their sp.n samples, drawn from the prompt's last logits
+    with the row keys key_data [P * n]: tokens, log-probs, model log-probs [P * n]).
+
+    prefix: None (nothing cached: tokens are the whole prompts), or (pool k, pool v [L, NB, B, K, H],
+    block ids [P, ceil(columns / B)], cached [P]): row p's first cached[p] columns (any number) are
+    copied from those pool blocks laid side by side and its tokens continue at column / position
+    cached[p], attending to the cached columns and causally to each other (transformer.hidden_states
+    with a cache). It is also the program a chunked prefill of a very long prompt would run, chunk
+    after chunk (the scheduler does not chunk prompts yet)."""
     P, T = tokens.shape
-    cache = init_cache(cfg, P, T, params["embed"].dtype)
+    cache = init_cache(cfg, P, columns, params["embed"].dtype)
+    cached = jnp.zeros((P,), jnp.int32)
+    if prefix is not None:
+        pool_k, pool_v, ids, cached = prefix
+        M, B = ids.shape[1], pool_k.shape[2]
+
+        def fill(buf, pool):  # blocks ids[p, :] laid side by side in row p's first columns
+            blocks = jnp.take(pool, ids, axis=1)  # [L, P, M, B, K, H]
+            flat = blocks.reshape(buf.shape[0], P, M * B, *buf.shape[3:])[:, :, :columns]
+            return buf.at[:, :, :flat.shape[2]].set(flat)
+
+        seg = (jnp.arange(columns, dtype=jnp.int32)[None, :] < cached[:, None]).astype(jnp.int32)
+        cache = KVCache(k=fill(cache.k, pool_k), v=fill(cache.v, pool_v), segment_ids=seg, lengths=cached,
+                        next_pos=cached)
     h, cache = transformer.hidden_states(params, tokens, cfg, segment_ids=segments, cache=cache)
-    n = jnp.sum(segments != 0, axis=1).astype(jnp.int32)
-    last = jnp.take_along_axis(h, (n - 1)[:, None, None], axis=1)
+    new = jnp.sum(segments != 0, axis=1).astype(jnp.int32)
+    last = jnp.take_along_axis(h, (new - 1)[:, None, None], axis=1)
     logits = jnp.repeat(transformer.unembed(params, last, cfg)[:, 0], sp.n, axis=0)
     first = draw_tokens(logits, jax.random.wrap_key_data(key_data), jnp.zeros((P * sp.n,), jnp.int32), sp)
+    n = cached + new
     store = dataclasses.replace(cache, k=constrain(cache.k, KV_AXES), v=constrain(cache.v, KV_AXES),
                                 lengths=n, next_pos=n)
     return store, *first
@@ -149,6 +183,32 @@ def _insert(slots: _Slots, store: KVCache, src, dst, key_data, first):
                    keys=slots.keys.at[dst].set(key_data, mode="drop"),
                    steps=slots.steps.at[dst].set(1, mode="drop"))
     return _constrain_slots(slots)
+
+
+POOL_AXES = ("layers", None, None, "kv_heads", "head_dim")  # prefix blocks: whole on every data shard
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "blocks", "block", "dtype"))
+def _init_pool(cfg: ModelConfig, blocks: int, block: int, dtype):
+    """The prefix cache's blocks: keys and values [L, NB, block, K, H], zeros."""
+    shape = (cfg.num_layers, blocks, block, cfg.num_kv_heads, cfg.head_dim)
+    return constrain(jnp.zeros(shape, dtype), POOL_AXES), constrain(jnp.zeros(shape, dtype), POOL_AXES)
+
+
+@functools.partial(jax.jit, donate_argnames=("pool",))
+def _put_blocks(pool, store: KVCache, rows, blocks, dst):
+    """Copy column block blocks[f] of store row rows[f] into pool block dst[f] [F] (an index past
+    the pool is skipped). The store's rows are sharded over the data axes, the pool is whole on
+    each data shard: XLA gathers the F blocks to every shard."""
+    pool_k, pool_v = pool
+    B = pool_k.shape[2]
+    cols = blocks[:, None] * B + jnp.arange(B, dtype=jnp.int32)[None, :]  # [F, B]
+
+    def put(buf, kv):
+        new = kv[:, rows[:, None], cols]  # [L, F, B, K, H]
+        return constrain(buf.at[:, dst].set(new, mode="drop"), POOL_AXES)
+
+    return put(pool_k, store.k), put(pool_v, store.v)
 
 
 @jax.jit
@@ -217,7 +277,11 @@ class EngineStats:
     blocks: int = 0
     shrinks: int = 0  # times the draining rows moved into fewer slots
     prefills: int = 0
-    prefill_tokens: int = 0  # prompt tokens prefilled (each distinct prompt once, padding excluded)
+    prefill_tokens: int = 0  # prompt tokens prefilled (each distinct prompt once; padding, cached prefixes excluded)
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+    prefix_blocks_written: int = 0  # blocks this call added to the prefix cache
+    prefix_cache_bytes_per_device: int = 0
+    prefill_s: float = 0.0  # wall time of the prefill calls (to their first tokens; compilation included)
     attn_lengths: dict = dataclasses.field(default_factory=dict)  # decode blocks per attention length
     elapsed_s: float = 0.0
 
@@ -227,11 +291,18 @@ class EngineStats:
         return self.live_slot_steps / self.slot_steps if self.slot_steps else 0.0
 
     @property
+    def prefix_hit_rate(self) -> float:
+        """Prompt tokens read from the prefix cache over all prompt tokens."""
+        total = self.cached_tokens + self.prefill_tokens
+        return self.cached_tokens / total if total else 0.0
+
+    @property
     def tokens_per_s(self) -> float:
         return self.drawn / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def as_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "slot_use": self.slot_use, "tokens_per_s": self.tokens_per_s}
+        return {**dataclasses.asdict(self), "slot_use": self.slot_use, "tokens_per_s": self.tokens_per_s,
+                "prefix_hit_rate": self.prefix_hit_rate}
 
 
 def _pow2_at_least(x: int) -> int:
@@ -321,6 +392,147 @@ def _mesh_of(params):
     return mesh if mesh is not None and mesh.size > 1 else None
 
 
+PREFIX_BLOCK = 128  # tokens per prefix-cache block (every backend)
+
+
+def prefix_digests(tokens: Sequence[int], block: int) -> list[bytes]:
+    """The keys of a prompt's whole blocks: digest i hashes the prompt's first (i + 1) * block
+    tokens (chained: blake2b(digest i-1 + block i's tokens)), so equal keys mean equal prefixes,
+    as the path to a node of a radix tree. Deterministic across processes (unlike hash())."""
+    arr = np.asarray(tokens, np.int64)
+    out, d = [], b""
+    for i in range(len(arr) // block):
+        d = hashlib.blake2b(d + arr[i * block:(i + 1) * block].tobytes(), digest_size=16).digest()
+        out.append(d)
+    return out
+
+
+class PrefixCache:
+    """KV of prompt prefixes, kept from one generate call to the next at fixed weights.
+
+        cache = PrefixCache(gb=1.0)
+        generate(params, cfg, prompts, sp, prefix_cache=cache, params_version=step)
+
+    Blocks of `block` prompt tokens, each keyed by the digest of the whole prefix up to its end
+    (prefix_digests), live in one device array per k / v [L, NB, block, K, H] of at most `gb`
+    GiB per device (taken out of generate's kv_budget_bytes), allocated when the first block is. On a
+    mesh the blocks are whole on every data shard (kv heads split like the slots'), so a prefill
+    batch sharded over the data axes reads its rows' blocks locally; new blocks are gathered from
+    the store's shards once, when written.
+
+    Every call passes params_version, an int that changes whenever the weights do (the optimizer
+    step or the weight sync bumps it): a call with another version than the cache's empties the
+    index first, so KV computed under other weights is never read. A cache serves one model
+    (cfg, dtype, mesh); another raises. Eviction: least recently used first, never a block the
+    prefill batch in flight reads; a hit touches its blocks deepest first, so a prefix's root
+    outlives its leaves.
+    """
+
+    def __init__(self, gb: float, block: int = PREFIX_BLOCK):
+        if not gb >= 0:
+            raise ValueError(f"prefix cache gb must be >= 0, got {gb}")
+        if block < 1:
+            raise ValueError(f"prefix cache block must be >= 1, got {block}")
+        self.gb, self.block = gb, block
+        self.version: int | None = None
+        self.model = None  # (cfg, dtype, mesh) the pool was made for
+        self.pool = None  # (k, v) on the device(s)
+        self.num_blocks = 0
+        self.index: collections.OrderedDict[bytes, int] = collections.OrderedDict()  # LRU first
+        self.tokens: dict[bytes, np.ndarray] = {}  # a cached block's tokens
+        self.children: dict[bytes, set[bytes]] = {}  # a prefix's digest (b"": empty) -> its cached next blocks
+        self.parent: dict[bytes, bytes] = {}
+        self.free: list[int] = []
+        self.evictions = 0
+
+    def block_bytes(self, cfg: ModelConfig, dtype) -> int:
+        return kv_bytes_per_row(cfg, self.block, dtype)
+
+    def bytes_per_device(self, cfg: ModelConfig, dtype) -> int:
+        """The pool's bytes on one device (at most: kv heads split over a tensor axis take less)."""
+        return int(self.gb * (1 << 30)) // self.block_bytes(cfg, dtype) * self.block_bytes(cfg, dtype)
+
+    def clear(self) -> None:
+        self.index.clear()
+        self.tokens.clear()
+        self.children.clear()
+        self.parent.clear()
+        self.free = list(range(self.num_blocks))
+
+    def bind(self, cfg: ModelConfig, dtype, mesh, params_version: int) -> None:
+        """Ready the cache for a call on these weights (see the class docstring)."""
+        if isinstance(params_version, bool) or not isinstance(params_version, (int, np.integer)):
+            raise ValueError(f"params_version must be an int that changes with the weights, got {params_version!r}")
+        model = (cfg, jnp.dtype(dtype).name, mesh)
+        if self.model is None:
+            self.model = model
+            self.num_blocks = self.bytes_per_device(cfg, dtype) // self.block_bytes(cfg, dtype)
+            self.clear()
+        elif model != self.model:
+            raise ValueError("this prefix cache holds another model's KV (cfg, dtype or mesh differ); "
+                             "use one PrefixCache per model")
+        if self.version != int(params_version):
+            self.clear()
+            self.version = int(params_version)
+
+    def ensure_pool(self) -> None:
+        """Allocate the blocks (at the first block written: short prompts never need them)."""
+        if self.pool is None:
+            cfg, dtype, mesh = self.model
+            with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+                self.pool = _init_pool(cfg, self.num_blocks, self.block, jnp.dtype(dtype))
+
+    def match(self, digests: Sequence[bytes], tokens: Sequence[int], limit: int) -> tuple[list[bytes], int]:
+        """The cached blocks that hold the longest cached prefix of a prompt (tokens, its whole
+        blocks' digests) of at most `limit` tokens, and its length: the leading whole blocks that
+        are cached, then the cached next block (one that follows the same prefix) sharing the most
+        leading tokens with the prompt's next block, of which those tokens are used (the KV of a
+        position depends only on the tokens up to it). So prompts that share a prefix ending
+        inside a block share it to the token, and a prefix shorter than a block is shared too."""
+        B = self.block
+        h = 0
+        while h < min(len(digests), limit // B) and digests[h] in self.index:
+            h += 1
+        want = np.asarray(tokens[h * B:min((h + 1) * B, limit)], np.int64)
+        best, m = None, 0
+        for child in self.children.get(digests[h - 1] if h else b"", ()):
+            same = want == self.tokens[child][:len(want)]
+            k = len(want) if same.all() else int(np.argmin(same))
+            if k > m:
+                best, m = child, k
+        return list(digests[:h]) + ([best] if best is not None else []), h * B + m
+
+    def take(self, digests: Sequence[bytes]) -> list[int]:
+        """The pool blocks of cached digests, touched deepest first (most recent: the root)."""
+        for d in reversed(digests):
+            self.index.move_to_end(d)
+        return [self.index[d] for d in digests]
+
+    def add(self, digest: bytes, parent: bytes, tokens: np.ndarray, block: int) -> None:
+        """Register pool block `block` as holding the block `tokens` after the prefix `parent`."""
+        self.index[digest] = block
+        self.tokens[digest], self.parent[digest] = tokens, parent
+        self.children.setdefault(parent, set()).add(digest)
+
+    def allocate(self, n: int, pinned: set[int]) -> list[int]:
+        """Up to n free blocks, evicting the least recently used ones outside pinned."""
+        out = [self.free.pop() for _ in range(min(n, len(self.free)))]
+        if len(out) < n:
+            for d in [d for d, b in self.index.items() if b not in pinned][:n - len(out)]:
+                out.append(self.index.pop(d))
+                del self.tokens[d]
+                self.children[self.parent[d]].discard(d)
+                del self.parent[d]
+                self.evictions += 1
+        return out
+
+
+def prefix_cache_options(gb: float, block: int = PREFIX_BLOCK) -> dict:
+    """generate's keywords for a fresh prefix cache of gb GiB per device (0: none), for one call
+    (params version 0) -- what a CLI that calls generate once passes."""
+    return dict(prefix_cache=PrefixCache(gb, block), params_version=0) if gb > 0 else {}
+
+
 @dataclasses.dataclass
 class Completion:
     """A finished row, as `on_complete` receives it."""
@@ -349,7 +561,9 @@ class _Run:
     """One generate call's scheduler state (see the module docstring)."""
 
     def __init__(self, params, cfg, prompts, sp, eos, key_data, stop, num_slots, block_steps, mesh, progress,
-                 on_complete, columns: int, block: int):
+                 on_complete, columns: int, block: int, prefix: PrefixCache | None = None):
+        self.prefix = prefix if prefix is not None and prefix.num_blocks else None
+        self.digests: dict[int, list[bytes]] = {}  # prompt -> prefix_digests
         self.params, self.cfg, self.prompts, self.sp, self.eos = params, cfg, prompts, sp, eos
         self.stop, self.block_steps, self.mesh, self.progress = stop, block_steps, mesh, progress
         self.on_complete = on_complete
@@ -412,30 +626,68 @@ class _Run:
             self._finish(r, reason)
         return reason is not None, used
 
+    def _cached(self, i: int) -> tuple[list[bytes], int, int, list[bytes], int]:
+        """Prompt i's whole blocks' digests, how many of them a prefill may take from the cache (all
+        but what holds its last token, whose logits draw the first tokens), how many leading ones
+        are cached, and the cached blocks and tokens of its longest cached prefix (PrefixCache.match)."""
+        if self.prefix is None:
+            return [], 0, 0, [], 0
+        if i not in self.digests:
+            self.digests[i] = prefix_digests(self.prompts[i], self.prefix.block)
+        d, p = self.digests[i], self.prompts[i]
+        used, cached = self.prefix.match(d, p, len(p) - 1)
+        return d, (len(p) - 1) // self.prefix.block, cached // self.prefix.block, used, cached
+
     def _prefill_next(self, free: int) -> None:
-        """Prefill the next prompts (enough for `free` slots, one length bucket's token budget)."""
+        """Prefill the next prompts (enough for `free` slots, one length bucket's token budget), each
+        from its longest cached prefix on. A prompt whose next uncached block another prompt of the
+        batch writes waits for the next batch, where it reads that block."""
         want = max(1, math.ceil(free / self.sp.n))
         batch = [self.queue.popleft()]
+        d, _, h, _, _ = self._cached(batch[0])
+        writing = set(d[h:])
         T = bucket(len(self.prompts[batch[0]]))
         while self.queue and len(batch) < want:
             T2 = bucket(max(T, len(self.prompts[self.queue[0]])))
             if _pow2_at_least(len(batch) + 1) * T2 > max(PREFILL_TOKENS, T2):
                 break
+            d, usable, h, _, _ = self._cached(self.queue[0])
+            if h < usable and d[h] in writing:
+                break
+            writing.update(d[h:])
             batch.append(self.queue.popleft())
             T = T2
         P, n = _pow2_at_least(len(batch)), self.sp.n
-        tokens = np.zeros((P, T), np.int32)
-        segments = np.zeros((P, T), np.int32)
+        pc = self.prefix
+        hits = [self._cached(i) for i in batch]
+        cached = np.zeros((P,), np.int32)
+        prefix, pinned = None, set()
+        if any(c for *_, c in hits):
+            ids = np.zeros((P, -(-T // pc.block)), np.int32)
+            for b, (_, _, _, used, c) in enumerate(hits):
+                ids[b, :len(used)] = pc.take(used)
+                cached[b] = c
+                pinned.update(ids[b, :len(used)].tolist())
+            prefix = (*pc.pool, ids, cached)
+        Tc = bucket(max(len(self.prompts[i]) - c for i, c in zip(batch, cached)))
+        tokens = np.zeros((P, Tc), np.int32)
+        segments = np.zeros((P, Tc), np.int32)
         segments[:, 0] = 1  # dummy rows: one valid token so their attention is well defined
         keys = np.zeros((P * n, *self.rows[0].key.shape), self.rows[0].key.dtype)
         for b, i in enumerate(batch):
-            p = np.asarray(self.prompts[i], np.int32)
+            p = np.asarray(self.prompts[i][cached[b]:], np.int32)
             tokens[b, :len(p)] = p
             segments[b, :len(p)] = 1
             keys[b * n:(b + 1) * n] = [self.rows[i * n + j].key for j in range(n)]
             self.stats.prefill_tokens += len(p)
-        self.store, *first = self._call(_prefill, self.params, tokens, segments, keys, cfg=self.cfg, sp=self.sp)
+            self.stats.cached_tokens += int(cached[b])
+        t0 = time.perf_counter()
+        self.store, *first = self._call(_prefill, self.params, tokens, segments, keys, prefix, cfg=self.cfg,
+                                        sp=self.sp, columns=T)
+        if pc is not None and pc.num_blocks:
+            self._write_blocks(batch, hits, pinned)
         tok, lp, mlp = jax.device_get(first)
+        self.stats.prefill_s += time.perf_counter() - t0
         self.stats.prefills += 1
         self.store_rows = collections.deque()
         for b, i in enumerate(batch):
@@ -444,6 +696,31 @@ class _Run:
                 self.stats.drawn += 1
                 if not self._add(i * n + j, tok[f:f + 1], lp[f:f + 1], mlp[f:f + 1])[0]:
                     self.store_rows.append((i * n + j, b, int(tok[f])))  # needs a slot to go on
+
+    def _write_blocks(self, batch: list[int], hits, pinned: set[int]) -> None:
+        """Copy the whole blocks the prefill computed, not yet cached, from the store to the cache."""
+        pc, todo, seen = self.prefix, [], set()
+        for b, (d, _, h, _, _) in enumerate(hits):
+            for j in range(h, len(d)):
+                if d[j] not in pc.index and d[j] not in seen:
+                    seen.add(d[j])
+                    todo.append((b, j, d[j]))
+        dst = pc.allocate(len(todo), pinned) if todo else []
+        if not dst:
+            return
+        pc.ensure_pool()
+        todo = todo[:len(dst)]  # a prompt's blocks in order: a short pool keeps the roots
+        F = _pow2_at_least(len(todo))
+        rows, blocks = np.zeros((F,), np.int32), np.zeros((F,), np.int32)
+        to = np.full((F,), pc.num_blocks, np.int32)  # past the pool: skipped
+        for f, ((b, j, _), blk) in enumerate(zip(todo, dst)):
+            rows[f], blocks[f], to[f] = b, j, blk
+        pc.pool = self._call(_put_blocks, pc.pool, self.store, rows, blocks, to)
+        B = pc.block
+        for (b, j, dg), blk in reversed(list(zip(todo, dst))):  # deepest first: the root most recent
+            d = hits[b][0]
+            pc.add(dg, d[j - 1] if j else b"", np.asarray(self.prompts[batch[b]][j * B:(j + 1) * B], np.int64), blk)
+        self.stats.prefix_blocks_written += len(todo)
 
     def _insert(self, pairs: list[tuple[int, tuple[int, int, int]]]) -> None:
         """Give each (slot, (row, store row, first token)) its slot."""
@@ -518,7 +795,8 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], s
              stop: StopStrings | None = None, num_slots: int | None = None,
              kv_budget_bytes: int = DEFAULT_KV_BUDGET, block_steps: int = 16, unstack_layers: bool | None = None,
              progress: Callable[[EngineStats], None] | None = None,
-             on_complete: Callable[[Completion], None] | None = None) -> GenerateResult:
+             on_complete: Callable[[Completion], None] | None = None, prefix_cache: PrefixCache | None = None,
+             params_version: int | None = None) -> GenerateResult:
     """Generate `sampling.n` completions for each prompt (token id lists). See the module docstring.
 
     eos_ids: token ids that end a row (default: cfg.eos_token_ids). key_ids: a stable id per prompt
@@ -530,7 +808,10 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], s
     mesh's data axes. unstack_layers: decode over per-layer copies of the weights
     (transformer.unstack_layers), which XLA's CPU backend runs 1.5-2x faster than the scanned
     stack (bench/decode_ops.py); default: on CPU only (one copy of the layer weights while
-    generating).
+    generating). prefix_cache: KV of prompt prefixes shared across prompts and kept across calls
+    (PrefixCache; its memory comes out of kv_budget_bytes), with params_version an int that
+    changes whenever the weights do (required with a cache: a new version empties it). The
+    tokens are the same with or without a cache.
     """
     sp = sampling
     _validate(prompts, cfg, sp)
@@ -546,8 +827,17 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], s
     block = BLOCK if unstack else 1
     columns = cache_columns(max(map(len, prompts)), sp.max_new_tokens, block)
     rows = len(prompts) * sp.n
+    pool_bytes = 0
+    if prefix_cache is not None:
+        if params_version is None:
+            raise ValueError("prefix_cache needs params_version: an int that changes whenever the weights do")
+        pool_bytes = prefix_cache.bytes_per_device(cfg, dtype)
+        if pool_bytes >= kv_budget_bytes:
+            raise ValueError(f"the prefix cache's {pool_bytes} bytes per device (gb={prefix_cache.gb}) leave nothing "
+                             f"of kv_budget_bytes={kv_budget_bytes} for the decode slots")
+        prefix_cache.bind(cfg, dtype, mesh, params_version)
     if num_slots is None:
-        num_slots = plan_slots(cfg, columns, dtype, kv_budget_bytes, batch_shards(mesh), rows)
+        num_slots = plan_slots(cfg, columns, dtype, kv_budget_bytes - pool_bytes, batch_shards(mesh), rows)
     elif num_slots < 1:
         raise ValueError(f"num_slots must be >= 1, got {num_slots}")
     keys = np.asarray(jax.random.key_data(row_keys(seed, np.repeat(np.asarray(key_ids), sp.n),
@@ -555,7 +845,8 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], s
     t0 = time.perf_counter()
     decode_params = _unstack(params) if unstack else params
     run = _Run(params, cfg, prompts, sp, eos, keys, stop, num_slots, block_steps, mesh, progress, on_complete,
-               columns, block)
+               columns, block, prefix_cache)
+    run.stats.prefix_cache_bytes_per_device = pool_bytes
     shards = batch_shards(mesh)
     run.stats.kv_bytes_per_device = kv_bytes_per_row(cfg, columns, dtype) * math.ceil(num_slots / shards)
     run.stats.step_bytes_per_device = step_bytes_per_slot(cfg) * math.ceil(num_slots / shards)
@@ -568,12 +859,15 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], s
 
 
 def tqdm_progress(bar) -> Callable[[EngineStats], None]:
-    """A progress callback that advances a tqdm bar by finished rows and shows tokens/s and slot use."""
+    """A progress callback that advances a tqdm bar by finished rows and shows tokens/s, slot use and
+    the prefix cache's hit rate."""
     seen = [0]
 
     def update(st: EngineStats) -> None:
         bar.update(st.rows_done - seen[0])
         seen[0] = st.rows_done
-        bar.set_postfix_str(f"{st.tokens_per_s:.1f} tok/s, slots {st.slot_use:.0%} of {st.num_slots}", refresh=False)
+        cache = f", prefix cache {st.prefix_hit_rate:.0%}" if st.cached_tokens else ""
+        bar.set_postfix_str(f"{st.tokens_per_s:.1f} tok/s, slots {st.slot_use:.0%} of {st.num_slots}{cache}",
+                            refresh=False)
 
     return update

@@ -8,8 +8,12 @@ All prompts go to one run of the rollout engine (reasonax.sample.engine: continu
 stop strings end a row in the loop); a prompt's records are appended (and fsynced) as soon as
 all its samples are done. A rerun with the same output skips prompt ids already complete and
 regenerates unfinished ones with the same keys, so an interrupted run ends with the records an
-uninterrupted one writes. The summary (<output>.summary.json) has tokens, FLOPs, wall time,
-tokens/s, the decode slots and their KV memory, and slot use.
+uninterrupted one writes. Prompt prefixes shared across prompts (few-shot exemplars) are
+prefilled once, through a prefix cache of prefix_cache_gb per device. The summary
+(<output>.summary.json) has tokens, FLOPs, wall time, tokens/s, the decode slots and their KV
+memory, slot use, and the prompt tokens prefilled and read from the prefix cache (engine
+prefill_tokens, cached_tokens, prefix_hit_rate; the top-level prefill_tokens counts every
+distinct prompt's tokens).
 """
 
 from __future__ import annotations
@@ -70,6 +74,9 @@ class GenerateConfig:
     seed: int = 0             # sampling seed; each (prompt line, sample index) has its own key
     kv_budget_gb: float = 2.0  # per device: KV cache + decode temporaries of the slots (sets the slot count)
     num_slots: int = 0        # decode slots (0 = as many as kv_budget_gb holds, at most 256)
+    prefix_cache_gb: float = 0.125  # per device, out of kv_budget_gb: KV of prompt prefixes shared across prompts
+                              # (few-shot exemplars, a system prompt) is computed once; 0 = off. Same tokens either way
+    prefix_block: int = 128   # tokens per prefix-cache block (a prefix is reused in whole blocks)
     block_steps: int = 16     # decode steps per jitted block (stop strings are checked between blocks)
     save_logprobs: bool = False  # add per-token log-probs (sampling distribution) to each record
     progress: bool = True     # progress bar
@@ -83,6 +90,9 @@ class GenerateConfig:
         if self.num_slots < 0 or self.block_steps < 1 or self.kv_budget_gb <= 0:
             out.append(f"num_slots={self.num_slots} (>= 0), block_steps={self.block_steps} (>= 1), "
                        f"kv_budget_gb={self.kv_budget_gb} (> 0)")
+        if not 0 <= self.prefix_cache_gb < self.kv_budget_gb or self.prefix_block < 1:
+            out.append(f"prefix_cache_gb={self.prefix_cache_gb} (>= 0 and < kv_budget_gb={self.kv_budget_gb}), "
+                       f"prefix_block={self.prefix_block} (>= 1)")
         return out
 
 
@@ -175,11 +185,14 @@ def run(cfg: ml_collections.ConfigDict | GenerateConfig) -> dict:
             res = engine.generate(params, model_cfg, token_prompts, sp, eos_ids=eos_ids, seed=cfg.seed,
                                   key_ids=[it["key"] for it in todo], stop=StopStrings(tokenizer, stops, eos_ids),
                                   num_slots=cfg.num_slots or None, kv_budget_bytes=int(cfg.kv_budget_gb * 2**30),
-                                  block_steps=cfg.block_steps, progress=engine.tqdm_progress(bar), on_complete=write)
+                                  block_steps=cfg.block_steps, progress=engine.tqdm_progress(bar), on_complete=write,
+                                  **engine.prefix_cache_options(cfg.prefix_cache_gb, cfg.prefix_block))
         stats.update(prompts=len(todo), samples=len(res.tokens), generated_tokens=res.generated_tokens,
                      prefill_tokens=res.prefill_tokens)
         run_stats = {k: res.stats[k] for k in ("num_slots", "cache_columns", "kv_bytes_per_device",
-                                               "step_bytes_per_device", "slot_use", "blocks", "prefills")}
+                                               "step_bytes_per_device", "slot_use", "blocks", "prefills",
+                                               "prefill_tokens", "cached_tokens", "prefix_hit_rate",
+                                               "prefix_cache_bytes_per_device", "prefill_s")}
     flops = {"dense": 0, "attention": 0, "total": 0}
     if res is not None:
         flops = budget.realised_flops(model_cfg, res.prompt_lengths, res.prompt_index, res.lengths)
@@ -200,7 +213,8 @@ def main(argv):
     summary = run(cfg)
     print(json.dumps({**{k: summary[k] for k in ("samples", "generated_tokens", "wall_time_s",
                                                  "generated_tokens_per_s") if k in summary},
-                      **{k: summary["engine"][k] for k in ("num_slots", "kv_bytes_per_device", "slot_use")
+                      **{k: summary["engine"][k] for k in ("num_slots", "kv_bytes_per_device", "slot_use",
+                                                           "prefill_tokens", "cached_tokens", "prefix_hit_rate")
                          if k in summary["engine"]}}))
 
 

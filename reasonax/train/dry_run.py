@@ -191,9 +191,9 @@ def rollout_report(plan, train_mesh, resident: int) -> dict:
             ad = rollout_layout.ADAPTERS
             sync = rollout_layout.copy_bytes(train_policy["layers"][ad], policy["layers"][ad])
         if plan.reserved_devices and not layout.is_train:  # a separate rollout group: no train state there
-            mem = held + est["kv_bytes"] + temp
+            mem = held + est["kv_bytes"] + est["prefix_cache_bytes"] + temp
         else:  # the train state stays; today's weights are its own
-            mem = resident + copy + est["kv_bytes"] + temp
+            mem = resident + copy + est["kv_bytes"] + est["prefix_cache_bytes"] + temp
         entry = {**est, "layout": "train (" + " x ".join(f"{a}={k}" for a, k in mesh.shape.items()) + ")"
                  if layout.is_train else layout.spec,
                  "weights_held_bytes": held, "copy_bytes": copy, "sync_bytes": sync, "collectives": coll,
@@ -354,6 +354,8 @@ def format_rollout(r: dict) -> str:
     row("rollout copy beside the train state", _mib(t["copy_bytes"]), _mib(o["copy_bytes"]))
     row("one weight sync moves (per step)", _mib(t["sync_bytes"]), _mib(o["sync_bytes"]))
     row("KV cache of the slots (exact)", _mib(t["kv_bytes"]), _mib(o["kv_bytes"]))
+    if o["prefix_cache_bytes"]:
+        row("prefix cache (grpo.prefix_cache_gb)", _mib(t["prefix_cache_bytes"]), _mib(o["prefix_cache_bytes"]))
     for label, key in (("collectives per decode step (compiled)", "per_iteration"),
                        ("  per layer of a step", "per_inner_iteration"),
                        ("  largest one inside the loops", "largest_in_loop"),

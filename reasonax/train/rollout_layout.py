@@ -6,7 +6,7 @@ weights in a rollout layout, a (data, tensor) mesh over the rollout devices:
 
     layout = resolve(config, devices)          # grpo.rollout_mesh: 'auto', 'train' or 'data=D,tensor=T'
     sync = WeightSync(frozen)                  # once per optimizer step:
-    params_r = sync(state.params, targets)     #   reshard train layout -> rollout layout (version += 1)
+    params_r = sync(state.params, targets)     #   reshard train layout -> rollout layout (new arrays: version + 1)
     ... sample.generate(params_r, ...)         # the engine runs on whatever params it is given
     sync.free()                                # overlap none: drop the copy before the update
 
@@ -119,11 +119,18 @@ def name(data: int, tensor: int) -> str:
 # Cost model
 
 
+def prefix_cache_bytes(cfg: ModelConfig, rc, dtype) -> int:
+    """Bytes per device of grpo config rc's prefix cache (grpo.prefix_cache_gb; out of the KV budget)."""
+    return engine.PrefixCache(rc.prefix_cache_gb, rc.prefix_block).bytes_per_device(cfg, dtype)
+
+
 def slot_count(cfg: ModelConfig, rc, data: int, rows: int, dtype) -> tuple[int, int]:
     """(slots, cache columns) the engine takes for grpo config rc with the slots over `data` shards
-    (as sample.generate sizes them for the longest prompt bucket)."""
+    (as sample.generate sizes them for the longest prompt bucket, the prefix cache taken out of
+    the KV budget)."""
     columns = sampler.bucket(int(rc.max_prompt_len)) + int(rc.max_new_tokens)
-    slots = int(rc.num_slots) or engine.plan_slots(cfg, columns, dtype, int(rc.kv_budget_gb * GIB), data, rows)
+    budget = int(rc.kv_budget_gb * GIB) - prefix_cache_bytes(cfg, rc, dtype)
+    slots = int(rc.num_slots) or engine.plan_slots(cfg, columns, dtype, budget, data, rows)
     return slots, columns
 
 
@@ -146,6 +153,7 @@ def estimate(cfg: ModelConfig, rc, data: int, tensor: int, weight_bytes: int, ro
     temps = engine.step_bytes_per_slot(cfg) * per_shard
     out = {"layout": name(data, tensor), "data": data, "tensor": tensor, "num_slots": slots, "cache_columns": columns,
            "weight_bytes": int(weight_bytes), "kv_bytes": int(kv), "decode_temp_bytes": int(temps),
+           "prefix_cache_bytes": prefix_cache_bytes(cfg, rc, dtype),
            "hbm_bytes_per_step": int(hbm), "network_bytes_per_step": int(net), "collectives_per_step": n_coll,
            "waves": math.ceil(rows / slots), "step_s": None, "rollout_s": None}
     if chip is not None:
@@ -233,7 +241,7 @@ def resolve(cfg: ModelConfig, rc, train_mesh, devices: Sequence, *, rows: int, d
         mesh = make_mesh(data, tensor, devices)
         weights = per_device_bytes(policy_spec(cfg, dtype, mesh, adapters_dtype))
         est = estimate(cfg, rc, data, tensor, weights, rows, dtype, chip)
-        need = weights + est["kv_bytes"] + est["decode_temp_bytes"] + resident
+        need = weights + est["kv_bytes"] + est["prefix_cache_bytes"] + est["decode_temp_bytes"] + resident
         est["memory_bytes"] = int(need)
         considered.append((est, mesh, budget is None or need <= budget))
     fitting = [c for c in considered if c[2]]
@@ -258,7 +266,9 @@ def resolve(cfg: ModelConfig, rc, train_mesh, devices: Sequence, *, rows: int, d
 class WeightSync:
     """Reshards the learner's params into the rollout layout, once per optimizer step.
 
-    sync(params) returns params placed with the rollout layout's shardings and bumps `version`.
+    sync(params) returns params placed with the rollout layout's shardings. `version` (the params
+    version that caches on the weights key on: the engine's prefix cache) goes up whenever a leaf
+    is a different array from the last sync's (an update; a LoRA step's new adapters).
     A leaf whose source array is the one synced last time (LoRA's frozen base, or nothing changed
     since) keeps its rollout copy; a leaf already in the rollout sharding is used as it is (the
     'train' layout: no copies at all). `frozen(path)` marks leaves that are never freed (LoRA's
@@ -270,7 +280,8 @@ class WeightSync:
         self.version = 0
         self.bytes_moved = 0
         self.seconds = 0.0
-        self._src: dict = {}  # path -> the source array last synced (held, so `is` is safe)
+        self._src: dict = {}  # path -> the source array last copied (held, so `is` is safe)
+        self._seen: list = []  # every leaf of the last sync (held): the version changes when one differs
         self._dst: dict = {}  # path -> its copy in the rollout layout
 
     def __call__(self, params: dict, shardings: dict | None = None) -> dict:
@@ -300,7 +311,10 @@ class WeightSync:
             leaves.append(y)
         out = jax.tree_util.tree_unflatten(treedef, leaves)
         jax.block_until_ready(out)
-        self.version += 1
+        sources = [x for _, x in flat]
+        if len(sources) != len(self._seen) or any(a is not b for a, b in zip(sources, self._seen)):
+            self.version += 1
+        self._seen = sources
         self.bytes_moved, self.seconds = moved, time.perf_counter() - t0
         return out
 

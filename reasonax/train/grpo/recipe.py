@@ -57,6 +57,10 @@ class GRPOSettings:
     kv_budget_gb: float = 2.0  # rollout engine, per device: KV cache + decode temporaries (sets the slots)
     num_slots: int = 0        # rollout engine decode slots (0: as many as kv_budget_gb holds, at most 256)
     block_steps: int = 16     # decode steps per jitted block (stop strings checked, slots refilled between)
+    prefix_cache_gb: float = 0.0  # rollout engine, per device, out of kv_budget_gb: KV of prompt prefixes shared
+                              # across prompts (a system prompt, few-shot exemplars), kept while the weights
+                              # are unchanged (dynamic-sampling rounds of a step); 0 = off. Same tokens either way
+    prefix_block: int = 128   # tokens per prefix-cache block
     mu: int = 1               # updates over each rollout batch (num_iterations)
     minibatches: int = 1      # optimizer updates per pass over the rollout batch
     beta: float = 0.0         # KL weight; > 0 builds a frozen reference (the initial params)
@@ -131,6 +135,9 @@ class GRPOSettings:
         if self.num_slots < 0 or self.block_steps < 1 or self.kv_budget_gb <= 0:
             out.append(f"num_slots={self.num_slots} (>= 0), block_steps={self.block_steps} (>= 1), "
                        f"kv_budget_gb={self.kv_budget_gb} (> 0)")
+        if not 0 <= self.prefix_cache_gb < self.kv_budget_gb or self.prefix_block < 1:
+            out.append(f"prefix_cache_gb={self.prefix_cache_gb} (>= 0 and < kv_budget_gb={self.kv_budget_gb}), "
+                       f"prefix_block={self.prefix_block} (>= 1)")
         return out
 
     def objective_problems(self) -> list[str]:

@@ -293,6 +293,10 @@ class RolloutSource:
         self._metrics: dict = {}
         self._last_end: float | None = None  # end of the previous next()
         self._prev_tokens = 0  # real tokens of the previous batch x update epochs
+        # prompt KV shared across prompts, kept while the weights are unchanged (params version: the step)
+        self.prefix_cache = (sample.engine.PrefixCache(rc.prefix_cache_gb, rc.prefix_block)
+                             if rc.prefix_cache_gb > 0 else None)
+        self._prompt_tokens = np.zeros(2, np.int64)  # this step's prompt tokens: prefilled, from the prefix cache
 
     def metrics(self) -> dict:
         return dict(self._metrics)
@@ -316,14 +320,17 @@ class RolloutSource:
         syncs.append((self.sync.bytes_moved, self.sync.seconds))
         return params
 
-    def _round(self, params, index: int, round_: int):
+    def _round(self, params, index: int, version: int, round_: int):
         idx = [int(next(self.iterator)) for _ in range(self.rc.prompts_per_step)]
         t0 = time.perf_counter()
         with sharding.use_rules(self.layout.rules):
             res = sample.generate(params, self.cfg, [self.prompts[i].tokens for i in idx], self.sp,
                                   eos_ids=self.eos_ids, seed=(self.seed * 1_000_003 + index * 97 + round_) % (2**31 - 1),
-                                  key_ids=idx, stop=self.stop, **engine_options(self.rc))
+                                  key_ids=idx, stop=self.stop, **engine_options(self.rc),
+                                  **({} if self.prefix_cache is None else
+                                     dict(prefix_cache=self.prefix_cache, params_version=version)))
         t_gen = time.perf_counter() - t0
+        self._prompt_tokens += (res.stats["prefill_tokens"], res.stats["cached_tokens"])
         t0 = time.perf_counter()
         out = _Completions(tokens=res.tokens, logprobs=res.logprobs,
                            truncated=[reason == "length" for reason in res.finish_reasons],
@@ -337,14 +344,16 @@ class RolloutSource:
             r, parts = rewards(texts, golds, [len(t) for t in out.tokens], qs, self.rc, self.user_fns)
         return idx, out, r, parts, t_gen, time.perf_counter() - t0
 
-    def _sample(self, params, index: int) -> tuple[dict, dict]:
-        """Batch `index` (its prompts from the stream, its seeds from the index) sampled with params:
-        (global rows as numpy, their metrics)."""
+    def _sample(self, params, index: int, version: int) -> tuple[dict, dict]:
+        """Batch `index` (its prompts from the stream, its seeds from the index) sampled with params
+        of weight-sync version `version` (the prefix cache's key): (global rows as numpy, their
+        metrics). One batch at a time (the one-step-off thread's, or the first step's)."""
+        self._prompt_tokens[:] = 0
         G, P = self.rc.group_size, self.rc.prompts_per_step
         crashes = grader.stats()["worker_crashes"]  # grader workers lost (and replaced) in this batch
         keep, spare, t_gen, t_rew, rounds, generated = [], [], 0.0, 0.0, 0, 0
         while len(keep) < P and rounds < max(1, self.rc.max_sampling_rounds if self.rc.dynamic_sampling else 1):
-            idx, res, r, parts, tg, tr = self._round(params, index, rounds)
+            idx, res, r, parts, tg, tr = self._round(params, index, version, rounds)
             t_gen, t_rew, rounds, generated = t_gen + tg, t_rew + tr, rounds + 1, generated + res.generated
             for g, i in enumerate(idx):
                 rows = range(g * G, (g + 1) * G)
@@ -376,6 +385,9 @@ class RolloutSource:
             "rollout/rounds": float(rounds), "rollout/filled_groups": float(filled),
             "time/rollout": t_gen, "time/reward": t_rew, "rollout/tokens_per_sec": generated / max(t_gen, 1e-9),
             "grader/worker_crashes": float(grader.stats()["worker_crashes"] - crashes),
+            "rollout/prefill_tokens": float(self._prompt_tokens[0]),
+            "rollout/cached_tokens": float(self._prompt_tokens[1]),
+            "rollout/prefix_hit_rate": float(self._prompt_tokens[1] / max(1, self._prompt_tokens.sum())),
             "update/padding": float(np.mean(rows["segment_ids"] == 0)), **pack_metrics,
         }
         if "format" in groups[0][5]:
@@ -399,7 +411,7 @@ class RolloutSource:
             wait, self._pending = time.perf_counter() - t0, None
             metrics = {**metrics, "rollout/staleness": 1.0}
         else:  # on-policy: overlap none, or one-step-off's first step (and a resume without a batch in flight)
-            rows, metrics = self._sample(self._place(state, syncs), step)
+            rows, metrics = self._sample(self._place(state, syncs), step, self.sync.version)
             metrics = {**metrics, "rollout/staleness": 0.0}
             if not self.overlap:
                 self.sync.free()
@@ -407,7 +419,8 @@ class RolloutSource:
             metrics["time/rollout_wait"] = wait
             if self.num_steps is None or step + 1 < self.num_steps:
                 params = self._place(state, syncs)  # theta_t to the rollout group, before step t donates it
-                self._pending, self._pending_index = self._executor.submit(self._sample, params, step + 1), step + 1
+                self._pending = self._executor.submit(self._sample, params, step + 1, self.sync.version)
+                self._pending_index = step + 1
         self._metrics = {**metrics, **self._sync_metrics(syncs), "time/update": t_update}
         if t_update:
             self._metrics["update/tokens_per_sec"] = self._prev_tokens / t_update
