@@ -293,7 +293,7 @@ class RolloutSource:
         self._metrics: dict = {}
         self._last_end: float | None = None  # end of the previous next()
         self._prev_tokens = 0  # real tokens of the previous batch x update epochs
-        # prompt KV shared across prompts, kept while the weights are unchanged (params version: the step)
+        # prompt KV shared across prompts, kept while the weights are unchanged (the weight sync's params version)
         self.prefix_cache = (sample.engine.PrefixCache(rc.prefix_cache_gb, rc.prefix_block)
                              if rc.prefix_cache_gb > 0 else None)
         self._prompt_tokens = np.zeros(2, np.int64)  # this step's prompt tokens: prefilled, from the prefix cache
@@ -330,7 +330,7 @@ class RolloutSource:
                                   **({} if self.prefix_cache is None else
                                      dict(prefix_cache=self.prefix_cache, params_version=version)))
         t_gen = time.perf_counter() - t0
-        self._prompt_tokens += (res.stats["prefill_tokens"], res.stats["cached_tokens"])
+        self._prompt_tokens += (res.stats.get("prefill_tokens", 0), res.stats.get("cached_tokens", 0))
         t0 = time.perf_counter()
         out = _Completions(tokens=res.tokens, logprobs=res.logprobs,
                            truncated=[reason == "length" for reason in res.finish_reasons],
