@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN = """
 import sys, json
 sys.path.insert(0, {root!r})
-from tests.test_rollout_layout import _load_config
+from tests.test_dry_run import load_config
 from reasonax.train import grpo
-c = _load_config("grpo_tiny_cpu")
+c = load_config("grpo_tiny_cpu")
 c.workdir = sys.argv[1]
 c.synthetic.num_examples, c.synthetic.num_heldout = 256, 8
 g = c.grpo

@@ -5,7 +5,6 @@ with theta_{t-1}, resume after SIGKILL, LoRA syncs, the collectives of the compi
 and the errors of bad settings."""
 
 import dataclasses
-import importlib.util
 import json
 import os
 import random
@@ -26,6 +25,8 @@ from reasonax.model import init_params, lora, make_mesh, sharding
 from reasonax.train import checkpoint as ckpt_lib
 from reasonax.train import dry_run, grpo, loop
 from reasonax.train import rollout_layout as RL
+from tests.test_dry_run import load_config
+from tests.test_train_loop import set_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = model_config.qwen2(**model_config.TINY_MODEL)  # 4 query heads, 2 KV heads
@@ -135,19 +136,12 @@ ENTRY %main (p: f32[4]) -> f32[4] {
                    "largest_in_loop": 512, "count_per_iteration": 3 * 2 + 1}
 
 
-def _load_config(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
-
-
 def test_pod_config_decode_needs_no_weight_collectives_in_the_rollout_layout():
     """configs/grpo_qwen25_math_1p5b_v5e8.py (its 1.5B shapes, 2 layers, shorter rows): today's decode
     gathers each layer's weights per step; in the layout auto picks (replicated) the collectives per
     layer-step are under 1% of that; under a tensor layout no collective inside the loops is larger
     than the [slots, hidden] float32 activations it reduces; a sync moves at most one bf16 copy."""
-    c = _load_config("grpo_qwen25_math_1p5b_v5e8")
+    c = load_config("grpo_qwen25_math_1p5b_v5e8")
     c.model.overrides = {"num_layers": 2}
     c.grpo.max_prompt_len, c.grpo.max_new_tokens, c.grpo.kv_budget_gb = 64, 64, 0.25
     plan = grpo.build(c)
@@ -169,7 +163,7 @@ def test_pod_config_decode_needs_no_weight_collectives_in_the_rollout_layout():
 
 
 def _tiny(workdir, **changes):
-    c = _load_config("grpo_tiny_cpu")
+    c = load_config("grpo_tiny_cpu")
     c.workdir = str(workdir)
     c.synthetic.num_examples, c.synthetic.num_heldout = 64, 8
     g = c.grpo
@@ -181,13 +175,7 @@ def _tiny(workdir, **changes):
     c.optim.lr = 1e-2
     c.eval_every, c.log_every, c.peak_flops, c.tensorboard = 0, 1, "1e11", False
     c.checkpoint.every, c.checkpoint.async_save = 1, False
-    for k, v in changes.items():
-        target = c
-        *path, last = k.split(".")
-        for p in path:
-            target = target[p]
-        target[last] = v
-    return c
+    return set_fields(c, changes)
 
 
 def _steps(workdir) -> dict:
