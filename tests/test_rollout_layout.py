@@ -199,10 +199,26 @@ class _Lagged:
         return getattr(self.source, name)
 
 
+MODES = {"one-step-off": {}, "none": {"grpo.overlap": "none", "grpo.rollout_devices": 0, "mesh.fsdp": 8}}
+
+
 @pytest.fixture(scope="module")
-def one_step_off(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("one_step_off")
-    return workdir, grpo.run(_tiny(workdir))
+def straight_runs(tmp_path_factory):
+    """Uninterrupted 6-step runs by overlap mode, made once (workdir, final state)."""
+    runs = {}
+
+    def get(mode):
+        if mode not in runs:
+            workdir = tmp_path_factory.mktemp(mode)
+            runs[mode] = workdir, grpo.run(_tiny(workdir, **MODES[mode]))
+        return runs[mode]
+
+    return get
+
+
+@pytest.fixture
+def one_step_off(straight_runs):
+    return straight_runs("one-step-off")
 
 
 def test_one_step_off_equals_sampling_each_batch_with_the_previous_weights(one_step_off, tmp_path):
@@ -227,21 +243,24 @@ def test_one_step_off_equals_sampling_each_batch_with_the_previous_weights(one_s
 WORKER = """
 import sys
 sys.path.insert(0, {root!r})
-from tests.test_rollout_layout import _tiny
+from tests.test_rollout_layout import MODES, _tiny
 from reasonax.train import grpo
-grpo.run(_tiny(sys.argv[1]))
+grpo.run(_tiny(sys.argv[1], **MODES[sys.argv[2]]))
 """
 
 
-def test_one_step_off_resume_after_sigkill_equals_the_uninterrupted_run(one_step_off, tmp_path):
-    """The checkpoint after step t holds theta_{t+1} and the batch in flight (sampled with theta_t):
-    killed mid-run and rerun, the run ends with the uninterrupted run's params."""
-    straight = one_step_off[0]
+@pytest.mark.parametrize("mode", list(MODES))
+def test_resume_after_sigkill_equals_the_uninterrupted_run(straight_runs, tmp_path, mode):
+    """Killed mid-run and rerun, the run ends with the uninterrupted run's params, in both overlap
+    modes. With one-step-off the checkpoint after step t holds theta_{t+1} and the batch in flight
+    (sampled with theta_t); with overlap none, the rollouts through the rollout layout resume
+    from the prompt stream and the per-step seed."""
+    straight = straight_runs(mode)[0]
     killed = tmp_path / "killed"
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(root=str(ROOT)))
-    run = lambda: subprocess.Popen([sys.executable, str(script), str(killed)], stdout=subprocess.DEVNULL,  # noqa: E731
-                                   stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    run = lambda: subprocess.Popen([sys.executable, str(script), str(killed), mode],  # noqa: E731
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     proc = run()
     kill_at = random.Random(os.getpid()).randint(2, 4)
     deadline = time.time() + 300
@@ -254,7 +273,8 @@ def test_one_step_off_resume_after_sigkill_equals_the_uninterrupted_run(one_step
     proc.wait()
     done = ckpt_lib.Checkpointer(killed / "checkpoints").latest_step()
     assert done is not None and done < 6
-    assert ckpt_lib.Checkpointer(killed / "checkpoints").restore_extra(done)["index"] == done  # the next step's batch
+    extra = ckpt_lib.Checkpointer(killed / "checkpoints").restore_extra(done)
+    assert (extra is None) if mode == "none" else (extra["index"] == done)  # one-step-off: the next step's batch
     proc = run()
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
