@@ -9,33 +9,24 @@ packed update (pack_len) on. Prints the mean reward of the first and last 5 step
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # reasonax and tests (the config and the shared digit reward)
+
+from tests.test_grpo import _tiny  # noqa: E402
 
 
 def config(workdir: Path, loss: str, steps: int):
-    spec = importlib.util.spec_from_file_location("grpo_tiny_cpu", ROOT / "configs" / "grpo_tiny_cpu.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
-    c.workdir = str(workdir)
-    c.synthetic.num_examples, c.synthetic.num_heldout = 200, 8
-    c.grpo.prompts_per_step, c.grpo.group_size = 4, 8
-    c.grpo.max_prompt_len, c.grpo.max_new_tokens = 64, 16
-    c.grpo.reward_fns = ["tests.test_grpo.digit_reward"]
-    c.grpo.minibatches, c.grpo.pack_len = 2, 160
-    c.grpo.policy_loss = loss
+    """tests.test_grpo's tiny config with 2 minibatches, the packed update and `loss`."""
+    changes = {"grpo.minibatches": 2, "grpo.pack_len": 160, "grpo.policy_loss": loss, "num_steps": steps,
+               "optim.total_steps": steps, "checkpoint.every": steps}
     if loss == "gspo":
-        c.grpo.aggregation = "seq-mean-token-mean"
-    c.num_steps = c.optim.total_steps = steps
-    c.optim.lr = 1e-2
-    c.eval_every, c.log_every, c.peak_flops, c.tensorboard, c.export_hf = 0, 1, "1e11", False, "none"
-    c.checkpoint.every = steps
-    return c
+        changes["grpo.aggregation"] = "seq-mean-token-mean"
+    return _tiny(workdir, **changes)
 
 
 def main():

@@ -223,14 +223,10 @@ def digit_reward(prompts, completions, golds):
 
 
 def _tiny(workdir, **changes):
-    import importlib.util
-    from pathlib import Path
+    from tests.test_dry_run import load_config
+    from tests.test_train_loop import set_fields
 
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("grpo_tiny_cpu", root / "configs" / "grpo_tiny_cpu.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
+    c = load_config("grpo_tiny_cpu")
     c.workdir = str(workdir)
     c.synthetic.num_examples, c.synthetic.num_heldout = 200, 8
     c.grpo.prompts_per_step, c.grpo.group_size = 4, 8
@@ -240,13 +236,7 @@ def _tiny(workdir, **changes):
     c.optim.lr = 1e-2
     c.eval_every, c.log_every, c.peak_flops, c.tensorboard, c.export_hf = 0, 1, "1e11", False, "none"
     c.checkpoint.every = 10
-    for k, v in changes.items():
-        target = c
-        *path, last = k.split(".")
-        for p in path:
-            target = target[p]
-        target[last] = v
-    return c
+    return set_fields(c, changes)
 
 
 def _rewards(workdir):

@@ -95,6 +95,12 @@ def check(data: int, tensor: int, num_devices: int, cfg: ModelConfig) -> None:
     if data * tensor != num_devices:
         raise ValueError(f"{FIELD}: data={data} x tensor={tensor} = {data * tensor} devices, but the rollout "
                          f"runs on {num_devices} devices (grpo.rollout_devices, or all devices)")
+    check_heads(tensor, cfg)
+
+
+def check_heads(tensor: int, cfg: ModelConfig) -> None:
+    """ValueError naming grpo.rollout_mesh unless tensor divides the query and the KV heads (the build
+    checks this; the device count is known only where the rollout runs)."""
     if cfg.num_heads % tensor or cfg.num_kv_heads % tensor:
         raise ValueError(f"{FIELD}: tensor={tensor} does not divide the model's {cfg.num_heads} query heads and "
                          f"{cfg.num_kv_heads} KV heads")

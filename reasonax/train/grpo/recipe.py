@@ -281,9 +281,8 @@ def build(config: ml_collections.ConfigDict | GRPOConfig) -> Plan:
     c = check_config(config)
     g = c.grpo
     cfg = common.model_config(c)
-    if isinstance(layout := rollout_layout.parse(g.rollout_mesh), tuple) and cfg.num_heads % layout[1]:
-        raise ValueError(f"grpo.rollout_mesh={g.rollout_mesh!r}: tensor={layout[1]} does not divide the model's "
-                         f"{cfg.num_heads} query heads")
+    if isinstance(layout := rollout_layout.parse(g.rollout_mesh), tuple):
+        rollout_layout.check_heads(layout[1], cfg)
     chunk = c.loss_chunk or None
     tokenizer = functools.cache(lambda: common.load_tokenizer(c))
 
