@@ -40,12 +40,18 @@ def price_matched_samples(price_strong: float, price_weak: float, samples_strong
     return compute_matched_samples(price_strong, price_weak, samples_strong)
 
 
-def generation_flops(cfg: ModelConfig, prompt_tokens: int, generated_tokens: int, prefill: bool = True) -> dict:
+def generation_flops(cfg: ModelConfig, prompt_tokens: int, generated_tokens: int, prefill: bool = True,
+                     cached: int = 0) -> dict:
     """FLOPs of one sample: {'dense', 'attention', 'total'}; prefill=False leaves the prompt out
-    (it is shared by the question's samples and counted once elsewhere)."""
+    (it is shared by the question's samples and counted once elsewhere). `cached` prompt tokens
+    came from a prefix cache: only the other prompt_tokens - cached are prefilled, attending to
+    the cached ones."""
+    if not 0 <= cached <= prompt_tokens:
+        raise ValueError(f"cached tokens must be within the prompt: 0 <= {cached} <= {prompt_tokens}")
     out = forward_flops(cfg, 1, generated_tokens, context=prompt_tokens)
     if prefill:
-        out = {k: v + forward_flops(cfg, 1, prompt_tokens)[k] for k, v in out.items()}
+        pre = forward_flops(cfg, 1, prompt_tokens - cached, context=cached)
+        out = {k: v + pre[k] for k, v in out.items()}
     return out
 
 
