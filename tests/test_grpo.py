@@ -517,12 +517,12 @@ def test_gspo_hand_cases():
 def test_cispo_hand_cases():
     """CISPO (MiniMax-M1): L_t = -sg(clip(r_t, 1 - eps_low, 1 + eps_high)) A logp_t; no lower bound by default."""
     old = jnp.log(jnp.array([[0.5, 0.4, 0.05]]))
-    p = jnp.array([[0.65, 0.2, 0.4]])  # r = 1.3, 0.5, 8.0 -> clipped at 1 + 5 = 6
+    p = jnp.array([[0.65, 0.2, 0.4]])  # r = 1.3, 0.5, 8.0 -> clipped at 1 + 4 = 5 (TRL's cap)
     lo, hi = grpo.clip_bounds("cispo")
-    assert (lo, hi) == (float("inf"), 5.0)
+    assert (lo, hi) == (float("inf"), 4.0)
     adv = jnp.array([2.0])
     f = lambda lp: grpo.policy_objective("cispo", lp, old, adv, jnp.ones((1, 3)), lo, hi)  # noqa: E731
-    w = np.array([1.3, 0.5, 6.0])
+    w = np.array([1.3, 0.5, 5.0])
     np.testing.assert_allclose(f(jnp.log(p)), -(w * 2.0 * np.log([0.65, 0.2, 0.4])).sum() / 3, rtol=1e-5)
     np.testing.assert_allclose(jax.grad(f)(jnp.log(p)), [-w * 2.0 / 3], rtol=1e-5)  # clipped weight x A x grad logp
     # the PPO loss at r = 1.3 with the same A has a zero gradient past 1.28; CISPO keeps it, weighted

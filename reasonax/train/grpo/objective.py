@@ -42,10 +42,11 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 # (eps_low, eps_high) when grpo.eps_low / grpo.eps_high are left < 0:
 #   ppo    0.2 / 0.28: PPO's 0.2 (Schulman et al. 2017) with DAPO's clip-higher (Yu et al. 2025, arXiv 2503.14476)
 #   gspo   3e-4 / 4e-4: GSPO's sequence-ratio range (Zheng et al. 2025, arXiv 2507.18071, section 5.1)
-#   cispo  no lower bound / 5.0: MiniMax-M1 (arXiv 2506.13585) sets no lower bound and tunes only
-#          the upper; 5.0 is TRL's recommended epsilon_high for loss_type='cispo' (after ScaleRL,
-#          Khatri et al. 2025, arXiv 2510.13786)
-CLIP_DEFAULTS = {"ppo": (0.2, 0.28), "gspo": (3e-4, 4e-4), "cispo": (float("inf"), 5.0)}
+#   cispo  no lower bound / 4.0: MiniMax-M1 (arXiv 2506.13585) sets no lower bound and tunes only
+#          the upper; the weight cap 1 + 4.0 = 5.0 is TRL's: its loss_type='cispo' clamps the ratio
+#          at epsilon_high itself (clamp(r, max=epsilon_high), recommended 5.0, ScaleRL's eps_max,
+#          Khatri et al. 2025, arXiv 2510.13786), while here the cap is 1 + eps_high as for ppo
+CLIP_DEFAULTS = {"ppo": (0.2, 0.28), "gspo": (3e-4, 4e-4), "cispo": (float("inf"), 4.0)}
 
 
 def clip_bounds(kind: str, eps_low: float = -1.0, eps_high: float = -1.0) -> tuple[float, float]:

@@ -68,7 +68,7 @@ class GRPOSettings:
     advantage: str = "grpo"   # grpo (group-relative, scale_rewards) | rloo (leave-one-out, scale_rewards none)
     policy_loss: str = "ppo"  # ppo (clipped token ratio) | gspo (sequence ratio) | cispo (clipped IS weight)
     eps_low: float = -1.0     # clip bounds 1 - eps_low, 1 + eps_high; < 0: the policy loss's default
-    eps_high: float = -1.0    # (objective.CLIP_DEFAULTS: ppo 0.2 / 0.28, gspo 3e-4 / 4e-4, cispo none / 5.0)
+    eps_high: float = -1.0    # (objective.CLIP_DEFAULTS: ppo 0.2 / 0.28, gspo 3e-4 / 4e-4, cispo none / 4.0: a weight cap of 5)
     dual_clip: float = 0.0    # c > 1: dual clip of negative-advantage tokens, ppo only (0: off)
     entropy_coef: float = 0.0  # subtract coef x the learner's token entropy (aggregated like the loss)
     scale_rewards: str = "group"  # group | batch | none (Dr. GRPO)
