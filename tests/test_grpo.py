@@ -275,22 +275,24 @@ def test_each_policy_loss_learns_with_minibatches(tmp_path, loss):
 
 def test_resume_matches_an_uninterrupted_run(tmp_path):
     """Stop at step 6 (a checkpoint), resume to 12: same rewards, losses and params as 12 in one go
-    (params, optimizer state, prompt-stream position and the per-step sampling seed restored)."""
+    (params, optimizer state, prompt-stream position and the per-step sampling seed restored), with
+    the packed update and 2 minibatches (unpacked rows resume exactly in tests/test_rollout_layout.py)."""
     import json
     from pathlib import Path
 
     from reasonax.train import grpo as G
 
-    changes = {"num_steps": 12, "optim.total_steps": 12, "checkpoint.every": 6, "checkpoint.async_save": False}
+    changes = {"num_steps": 12, "optim.total_steps": 12, "checkpoint.every": 6, "checkpoint.async_save": False,
+               "grpo.pack_len": 160, "grpo.minibatches": 2}
     whole = G.run(_tiny(tmp_path / "whole", **changes))
     G.run(_tiny(tmp_path / "split", **{**changes, "num_steps": 6}))
     resumed = G.run(_tiny(tmp_path / "split", **changes))
 
     def metrics(w):
         rows = [json.loads(x) for x in (Path(w) / "metrics.jsonl").read_text().splitlines()]
-        return {r["step"]: (r["reward/mean"], r["loss"]) for r in rows if "loss" in r}
+        return {r["step"]: (r["reward/mean"], r["loss"], r["update/pack_rows_needed"]) for r in rows if "loss" in r}
 
-    assert metrics(tmp_path / "whole") == metrics(tmp_path / "split")
+    assert metrics(tmp_path / "whole") == metrics(tmp_path / "split")  # the packed path ran (pack_rows_needed)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), whole.params,
                  resumed.params)
 
