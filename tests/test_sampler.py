@@ -466,3 +466,26 @@ def test_a_new_params_version_empties_the_prefix_cache(root):
     with pytest.raises(ValueError, match="leave nothing of kv_budget_bytes"):
         sample.generate(params, cfg, prompts, sp, prefix_cache=engine.PrefixCache(1.0), params_version=0,
                         kv_budget_bytes=1 << 20)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma3"])
+def test_chunked_prefill_gives_the_tokens_of_one_prefill(family, root):
+    """Prompts longer than prefill_chunk prefill alone, chunk by chunk (each chunk attending to the
+    KV of the ones before; gemma3's sliding window of 5 crosses the chunk boundaries): the rows are
+    those of one prefill per prompt, with and without a prefix cache in front of the chunks."""
+    _, cfg, params = _checkpoint(family, root)
+    prompts = _shared_prefix_prompts(seed=12)  # 9 to 34 tokens
+    want = sample.generate(params, cfg, prompts, _PREFIX_SP, eos_ids=(), seed=4, num_slots=4)
+    got = sample.generate(params, cfg, prompts, _PREFIX_SP, eos_ids=(), seed=4, num_slots=4, prefill_chunk=7)
+    assert got.tokens == want.tokens
+    np.testing.assert_allclose(np.concatenate(got.model_logprobs), np.concatenate(want.model_logprobs), atol=1e-5)
+    assert got.stats["prefill_chunks"] >= sum((len(p) - 1) // 7 for p in prompts) // 2
+    assert got.stats["prefill_tokens"] == sum(map(len, prompts))
+    cache = _cache_blocks(cfg, 64)
+    chunks = []
+    for call in ("cold", "warm"):
+        hit = sample.generate(params, cfg, prompts, _PREFIX_SP, eos_ids=(), seed=4, num_slots=4, prefill_chunk=7,
+                              prefix_cache=cache, params_version=0)
+        assert hit.tokens == want.tokens, call
+        chunks.append(hit.stats["prefill_chunks"])
+    assert hit.stats["cached_tokens"] > 0 and chunks[0] > 0  # cold: chunks after cached prefixes; warm: fewer

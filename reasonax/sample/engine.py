@@ -15,7 +15,9 @@ scheduler loop over the request's rows (prompt, sample), in request order:
    is copied into its store row first and only the rest is prefilled, attending to it; the
    batch's new whole blocks then go to the cache. A prompt whose next uncached block another
    prompt of the batch is computing waits for the next batch (the first few-shot prompt
-   computes the shared blocks once, the others read them).
+   computes the shared blocks once, the others read them). A prompt with more than
+   prefill_chunk (default 4096) tokens left to prefill goes alone, chunk by chunk (chunked
+   prefill: each chunk attends to the KV of the ones before it, as a cached prefix is attended).
 2. decode: a jitted block of up to `block_steps` steps over all slots (a lax.while_loop). It
    leaves early when a slot finishes while rows are waiting, so that slot is refilled at once.
 3. collect: tokens go to their rows; a row ends at EOS, at max_new_tokens, or after the token
@@ -36,7 +38,8 @@ first A columns reads whole arrays in place: XLA:CPU copies a slice of a larger 
 step, and its dot on the copy runs 2-4x slower than on whole arrays (bench/decode_ops.py).
 
 Compiled programs: prefill per (prompt batch bucket, length bucket) and, continuing cached
-prefixes, per (prompt batch bucket, continuation length bucket, length bucket); insert (a copy)
+prefixes, per (prompt batch bucket, continuation length bucket, length bucket); a long prompt's
+full chunks per length bucket (and how the first chunk starts: empty or cached); insert (a copy)
 per (row bucket, store shape); the prefix cache's block write per block-count bucket; decode
 block per (slot count, attention length A); nothing recompiles per request.
 
@@ -75,6 +78,7 @@ DEFAULT_KV_BUDGET = 2 << 30  # bytes per device for the slots' KV cache and deco
 MAX_SLOTS = 256
 BLOCK = 128  # cache columns per block of a per-layer cache (the unstacked decode; see cache.per_layer)
 PREFILL_TOKENS = 16384  # prompt tokens per prefill call (P * T), at least one prompt
+PREFILL_CHUNK = 4096  # a prompt with more uncached tokens prefills alone, this many tokens per call
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,23 +120,18 @@ def _init_slots(cfg: ModelConfig, slots: int, columns: int, dtype, layered: bool
                                    steps=jnp.zeros((slots,), jnp.int32)))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "sp", "columns"))
-def _prefill(params, tokens, segments, key_data, prefix, cfg: ModelConfig, sp: SamplingParams, columns: int):
-    """Right-padded prompt tokens [P, T] (segments 1 on real tokens), each row continuing its cached
-    prefix -> (the store: the prompts' KV [L, P, columns, K, H] with lengths = next_pos = prompt
-    length, and the first token of each of their sp.n samples, drawn from the prompt's last logits
-    with the row keys key_data [P * n]: tokens, log-probs, model log-probs [P * n]).
-
-    prefix: None (nothing cached: tokens are the whole prompts), or (pool k, pool v [L, NB, B, K, H],
-    block ids [P, ceil(columns / B)], cached [P]): row p's first cached[p] columns (any number) are
-    copied from those pool blocks laid side by side and its tokens continue at column / position
-    cached[p], attending to the cached columns and causally to each other (transformer.hidden_states
-    with a cache). It is also the program a chunked prefill of a very long prompt would run, chunk
-    after chunk (the scheduler does not chunk prompts yet)."""
+def _prompt_kv(params, tokens, segments, prefix, cfg: ModelConfig, columns: int):
+    """Prompt tokens [P, T] through the model into a cache of `columns` columns -> (final hidden
+    states [P, T, D], the cache, the columns each row had before these tokens [P]). prefix: None
+    (an empty cache), the prefix cache's blocks (see _prefill), or a KVCache: the store of the
+    prompt's earlier chunks, which these tokens continue."""
     P, T = tokens.shape
-    cache = init_cache(cfg, P, columns, params["embed"].dtype)
-    cached = jnp.zeros((P,), jnp.int32)
-    if prefix is not None:
+    if isinstance(prefix, KVCache):
+        cache, cached = prefix, prefix.lengths
+    else:
+        cache = init_cache(cfg, P, columns, params["embed"].dtype)
+        cached = jnp.zeros((P,), jnp.int32)
+    if prefix is not None and not isinstance(prefix, KVCache):
         pool_k, pool_v, ids, cached = prefix
         M, B = ids.shape[1], pool_k.shape[2]
 
@@ -145,6 +144,33 @@ def _prefill(params, tokens, segments, key_data, prefix, cfg: ModelConfig, sp: S
         cache = KVCache(k=fill(cache.k, pool_k), v=fill(cache.v, pool_v), segment_ids=seg, lengths=cached,
                         next_pos=cached)
     h, cache = transformer.hidden_states(params, tokens, cfg, segment_ids=segments, cache=cache)
+    return h, cache, cached
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "columns"))
+def _prefill_chunk(params, tokens, prefix, cfg: ModelConfig, columns: int) -> KVCache:
+    """One full chunk [1, T] of a long prompt (no padding): its KV appended to the store of the
+    chunks before it (prefix: a KVCache), or to the cached prefix / an empty cache for the first
+    chunk (prefix: as in _prefill). No logits: only the last chunk's (in _prefill) draw tokens."""
+    _, cache, _ = _prompt_kv(params, tokens, jnp.ones(tokens.shape, jnp.int32), prefix, cfg, columns)
+    return dataclasses.replace(cache, k=constrain(cache.k, KV_AXES), v=constrain(cache.v, KV_AXES))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sp", "columns"))
+def _prefill(params, tokens, segments, key_data, prefix, cfg: ModelConfig, sp: SamplingParams, columns: int):
+    """Right-padded prompt tokens [P, T] (segments 1 on real tokens), each row continuing its cached
+    prefix -> (the store: the prompts' KV [L, P, columns, K, H] with lengths = next_pos = prompt
+    length, and the first token of each of their sp.n samples, drawn from the prompt's last logits
+    with the row keys key_data [P * n]: tokens, log-probs, model log-probs [P * n]).
+
+    prefix: None (nothing cached: tokens are the whole prompts), or (pool k, pool v [L, NB, B, K, H],
+    block ids [P, ceil(columns / B)], cached [P]): row p's first cached[p] columns (any number) are
+    copied from those pool blocks laid side by side and its tokens continue at column / position
+    cached[p], attending to the cached columns and causally to each other (transformer.hidden_states
+    with a cache), or a KVCache: the store of a long prompt's earlier chunks (_prefill_chunk), which
+    these tokens, its last chunk, continue."""
+    P, T = tokens.shape
+    h, cache, cached = _prompt_kv(params, tokens, segments, prefix, cfg, columns)
     new = jnp.sum(segments != 0, axis=1).astype(jnp.int32)
     last = jnp.take_along_axis(h, (new - 1)[:, None, None], axis=1)
     logits = jnp.repeat(transformer.unembed(params, last, cfg)[:, 0], sp.n, axis=0)
@@ -277,6 +303,7 @@ class EngineStats:
     blocks: int = 0
     shrinks: int = 0  # times the draining rows moved into fewer slots
     prefills: int = 0
+    prefill_chunks: int = 0  # full chunks of long prompts prefilled before their last part (_prefill_chunk)
     prefill_tokens: int = 0  # prompt tokens prefilled (each distinct prompt once; padding, cached prefixes excluded)
     cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
     prefix_blocks_written: int = 0  # blocks this call added to the prefix cache
@@ -561,7 +588,8 @@ class _Run:
     """One generate call's scheduler state (see the module docstring)."""
 
     def __init__(self, params, cfg, prompts, sp, eos, key_data, stop, num_slots, block_steps, mesh, progress,
-                 on_complete, columns: int, block: int, prefix: PrefixCache | None = None):
+                 on_complete, columns: int, block: int, prefix: PrefixCache | None = None,
+                 prefill_chunk: int = PREFILL_CHUNK):
         self.prefix = prefix if prefix is not None and prefix.num_blocks else None
         self.digests: dict[int, list[bytes]] = {}  # prompt -> prefix_digests
         self.params, self.cfg, self.prompts, self.sp, self.eos = params, cfg, prompts, sp, eos
@@ -570,6 +598,7 @@ class _Run:
         self.eos_set = frozenset(eos)
         self.rows = [_Row(i, j, key_data[i * sp.n + j]) for i in range(len(prompts)) for j in range(sp.n)]
         self.columns, self.block = columns, block  # block > 1: a per-layer cache of column blocks
+        self.chunk = prefill_chunk
         self.S = num_slots
         self.slot_row = [-1] * self.S  # row id per slot, -1 when free
         self.slot_len = [0] * self.S  # cache columns filled per slot
@@ -641,17 +670,22 @@ class _Run:
     def _prefill_next(self, free: int) -> None:
         """Prefill the next prompts (enough for `free` slots, one length bucket's token budget), each
         from its longest cached prefix on. A prompt whose next uncached block another prompt of the
-        batch writes waits for the next batch, where it reads that block."""
+        batch writes waits for the next batch, where it reads that block. A prompt with more than
+        `prefill_chunk` tokens to prefill goes alone, in chunks: full chunks through _prefill_chunk,
+        each continuing the store of the ones before, then the rest through _prefill."""
         want = max(1, math.ceil(free / self.sp.n))
         batch = [self.queue.popleft()]
-        d, _, h, _, _ = self._cached(batch[0])
+        d, _, h, _, c = self._cached(batch[0])
+        long = len(self.prompts[batch[0]]) - c > self.chunk
         writing = set(d[h:])
         T = bucket(len(self.prompts[batch[0]]))
-        while self.queue and len(batch) < want:
+        while self.queue and len(batch) < want and not long:
             T2 = bucket(max(T, len(self.prompts[self.queue[0]])))
             if _pow2_at_least(len(batch) + 1) * T2 > max(PREFILL_TOKENS, T2):
                 break
-            d, usable, h, _, _ = self._cached(self.queue[0])
+            d, usable, h, _, c = self._cached(self.queue[0])
+            if len(self.prompts[self.queue[0]]) - c > self.chunk:
+                break
             if h < usable and d[h] in writing:
                 break
             writing.update(d[h:])
@@ -669,19 +703,27 @@ class _Run:
                 cached[b] = c
                 pinned.update(ids[b, :len(used)].tolist())
             prefix = (*pc.pool, ids, cached)
-        Tc = bucket(max(len(self.prompts[i]) - c for i, c in zip(batch, cached)))
+        t0 = time.perf_counter()
+        start = cached.copy()  # where each row's tokens for _prefill begin
+        if long:
+            i, p = batch[0], self.prompts[batch[0]]
+            while len(p) - start[0] > self.chunk:
+                chunk = np.asarray(p[start[0]:start[0] + self.chunk], np.int32)[None]
+                prefix = self._call(_prefill_chunk, self.params, chunk, prefix, cfg=self.cfg, columns=T)
+                start[0] += self.chunk
+                self.stats.prefill_chunks += 1
+        Tc = bucket(max(len(self.prompts[i]) - c for i, c in zip(batch, start)))
         tokens = np.zeros((P, Tc), np.int32)
         segments = np.zeros((P, Tc), np.int32)
         segments[:, 0] = 1  # dummy rows: one valid token so their attention is well defined
         keys = np.zeros((P * n, *self.rows[0].key.shape), self.rows[0].key.dtype)
         for b, i in enumerate(batch):
-            p = np.asarray(self.prompts[i][cached[b]:], np.int32)
+            p = np.asarray(self.prompts[i][start[b]:], np.int32)
             tokens[b, :len(p)] = p
             segments[b, :len(p)] = 1
             keys[b * n:(b + 1) * n] = [self.rows[i * n + j].key for j in range(n)]
-            self.stats.prefill_tokens += len(p)
+            self.stats.prefill_tokens += len(self.prompts[i]) - int(cached[b])
             self.stats.cached_tokens += int(cached[b])
-        t0 = time.perf_counter()
         self.store, *first = self._call(_prefill, self.params, tokens, segments, keys, prefix, cfg=self.cfg,
                                         sp=self.sp, columns=T)
         if pc is not None and pc.num_blocks:
@@ -796,7 +838,7 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], s
              kv_budget_bytes: int = DEFAULT_KV_BUDGET, block_steps: int = 16, unstack_layers: bool | None = None,
              progress: Callable[[EngineStats], None] | None = None,
              on_complete: Callable[[Completion], None] | None = None, prefix_cache: PrefixCache | None = None,
-             params_version: int | None = None) -> GenerateResult:
+             params_version: int | None = None, prefill_chunk: int = PREFILL_CHUNK) -> GenerateResult:
     """Generate `sampling.n` completions for each prompt (token id lists). See the module docstring.
 
     eos_ids: token ids that end a row (default: cfg.eos_token_ids). key_ids: a stable id per prompt
@@ -811,12 +853,16 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], s
     generating). prefix_cache: KV of prompt prefixes shared across prompts and kept across calls
     (PrefixCache; its memory comes out of kv_budget_bytes), with params_version an int that
     changes whenever the weights do (required with a cache: a new version empties it). The
-    tokens are the same with or without a cache.
+    tokens are the same with or without a cache. prefill_chunk: a prompt with more tokens than this
+    to prefill (after its cached prefix) prefills alone, chunk by chunk, each chunk attending to
+    the KV of the ones before, so a 16k prompt is never one program; the tokens are the same.
     """
     sp = sampling
     _validate(prompts, cfg, sp)
     if block_steps < 1:
         raise ValueError(f"block_steps must be >= 1, got {block_steps}")
+    if prefill_chunk < 1:
+        raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
     key_ids = list(range(len(prompts))) if key_ids is None else [int(k) for k in key_ids]
     if len(key_ids) != len(prompts):
         raise ValueError(f"key_ids has {len(key_ids)} entries for {len(prompts)} prompts")
@@ -845,7 +891,7 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], s
     t0 = time.perf_counter()
     decode_params = _unstack(params) if unstack else params
     run = _Run(params, cfg, prompts, sp, eos, keys, stop, num_slots, block_steps, mesh, progress, on_complete,
-               columns, block, prefix_cache)
+               columns, block, prefix_cache, prefill_chunk)
     run.stats.prefix_cache_bytes_per_device = pool_bytes
     shards = batch_shards(mesh)
     run.stats.kv_bytes_per_device = kv_bytes_per_row(cfg, columns, dtype) * math.ceil(num_slots / shards)
