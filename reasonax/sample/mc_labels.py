@@ -167,6 +167,11 @@ def label_batch(params, cfg: ModelConfig, tokenizer, sols: list[stepwise.Solutio
     toks = [tokenize(s, tokenizer, sep, c.bos) for s in sols]
     prompts, owner, keys = [], [], []
     for j, (s, t) in enumerate(zip(sols, toks)):
+        longest = t.ends[-2] + 1 if len(s.steps) > 1 else 0
+        if longest + r.max_new_tokens > cfg.max_position_embeddings:
+            raise ValueError(f"{s.where}: the prefix of step {len(s.steps) - 1} is {longest} tokens; with "
+                             f"rollout.max_new_tokens={r.max_new_tokens} it exceeds the model's "
+                             f"{cfg.max_position_embeddings} positions")
         for i in range(len(s.steps) - 1):
             prompts.append(t.prefix(i))
             owner.append((j, i))
