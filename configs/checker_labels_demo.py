@@ -13,6 +13,6 @@ from reasonax.eval.stepwise import demo_fields
 
 def get_config():
     c = default_config()
-    c.solutions.update(demo_fields("runs/demo", "wc"))
+    c.solutions.update(demo_fields("runs/demo", ("wc",)))
     c.output = "runs/demo/step_labels/wc-checker.jsonl"
     return c

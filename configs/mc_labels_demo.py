@@ -12,7 +12,7 @@ def get_config():
     c = default_config()
     c.model = "runs/demo/models/wc/hf"
     c.tokenizer = "runs/demo/tokenizer"
-    c.solutions.update(demo_fields("runs/demo", "wc"))
+    c.solutions.update(demo_fields("runs/demo", ("wc",)))
     c.output = "runs/demo/step_labels/wc-mc.jsonl"
     c.rollout.k = 4
     c.rollout.max_new_tokens = 96   # the demo's sampling length

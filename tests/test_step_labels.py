@@ -1,6 +1,7 @@
 """Step labels for PRMs: the step checker's rules and Monte Carlo (Math-Shepherd) labels on hand
 cases, the rollout FLOPs against a recount, resume of both labelling CLIs, bad input."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 import tokenizers
 import transformers
 
-from reasonax import jsonl
+from reasonax import jsonl, typed
 from reasonax.eval import checker_labels, grader, step_labels, stepwise
 from reasonax.tasks import word_problems
 from tests import hf_reference as R
@@ -119,6 +120,13 @@ def test_checker_cli_reads_the_demos_samples(tmp_path):
     assert [r["prompt"] for r in got] == [q["prompt"] for q in qs for _ in range(2)]
     assert [r["labels"] for r in got] == [[True, True], [False, False]] * 2
     assert got[1]["correct"] is False and got[1]["sample_index"] == 1  # kept fields
+    # both models' samples in one file: ids carry the file name (the same prompt_id/sample_index repeat)
+    jsonl.rewrite(tmp_path / "samples" / "se.jsonl", rows)
+    c = _checker_config([], tmp_path / "both.jsonl")
+    c.solutions.update(stepwise.demo_fields(tmp_path, ("wc", "se")))
+    assert checker_labels.run(c)["solutions"] == 8
+    ids = [r["id"] for _, r in stepwise.read_stepwise(tmp_path / "both.jsonl")]
+    assert ids[0] == f"wc.jsonl:{qs[0]['id']}/0" and ids[4] == f"se.jsonl:{qs[0]['id']}/0"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -240,12 +248,12 @@ def labelled(policy):
     both modes, and the test's own rollouts of every prefix."""
     from reasonax.sample import engine, mc_labels
 
-    c = mc_labels.typed.from_config(mc_labels.MCLabelsConfig, _mc_config(policy["root"], "unused"))
+    c = typed.from_config(mc_labels.MCLabelsConfig, _mc_config(policy["root"], "unused"))
     sols = stepwise.read_solutions(c.solutions, need_gold=True)
     out = {}
     for mode in ("soft", "hard"):
         cache = engine.PrefixCache(0.01, 4)
-        cm = mc_labels.dataclasses.replace(c, mode=mode)
+        cm = dataclasses.replace(c, mode=mode)
         out[mode] = mc_labels.label_batch(policy["params"], policy["cfg"], policy["tok"], sols, cm, eos_ids=(1,),
                                           prefix_cache=cache, params_version=0)
     out["want"] = [_expected(policy, s, c.seed) for s in policy["sols"]]

@@ -49,6 +49,8 @@ class SolutionFields:
                                  # data/questions.jsonl: a solution's prompt (and gold when it has no
                                  # gold_field) come from the question it names in question_id_field
     question_id_field: str = "prompt_id"  # with questions: the solution's field holding its question's id
+    file_in_id: bool = False     # prefix each id with its file's name and ":" (several files whose ids repeat,
+                                 # e.g. a demo run's samples/wc.jsonl and samples/se.jsonl)
     keep_fields: tuple[str, ...] = ()  # input fields copied into each output record as they are
 
     def problems(self) -> list[str]:
@@ -70,13 +72,17 @@ class Solution:
     extra: dict  # keep_fields
 
 
-def demo_fields(run: str | os.PathLike, model: str = "wc") -> dict:
-    """SolutionFields (as a dict, for a config) reading a demo run's sampled solutions of `model`
-    (wc or se): runs/<run>/samples/<model>.jsonl with the prompts of data/questions.jsonl. The
-    word problems' solutions state one equation per sentence on one line ("7 + 3 = 10. 10 * 2 =
-    20. The answer is \\boxed{20}."), so the separator is ". "."""
+def demo_fields(run: str | os.PathLike, models: tuple[str, ...] = ("wc",)) -> dict:
+    """SolutionFields (as a dict, for a config) reading a demo run's sampled solutions of `models`
+    (wc, se): runs/<run>/samples/<model>.jsonl with the prompts of data/questions.jsonl; ids are
+    "<prompt_id>/<sample_index>", prefixed with the file name ("wc.jsonl:...") when there are
+    several files. The word problems' solutions state one equation per sentence on one line
+    ("7 + 3 = 10. 10 * 2 = 20. The answer is \\boxed{20}."), so the separator is ". "."""
     run = Path(run)
-    return dict(files=(str(run / "samples" / f"{model}.jsonl"),), separator=". ", completion_field="text",
+    if isinstance(models, str):
+        models = (models,)
+    return dict(files=tuple(str(run / "samples" / f"{m}.jsonl") for m in models), separator=". ",
+                completion_field="text", file_in_id=len(models) > 1,
                 id_fields=("prompt_id", "sample_index"), gold_field="gold", questions=str(run / "data" / "questions.jsonl"),
                 question_id_field="prompt_id", keep_fields=("prompt_id", "sample_index", "correct", "steps_ok"))
 
@@ -125,7 +131,9 @@ def read_solutions(f: SolutionFields, need_gold: bool = False) -> list[Solution]
             if f.id_fields:
                 sid = "/".join(str(jsonl.field(rec, k, file, lineno)) for k in f.id_fields)
             else:
-                sid = f"{Path(file).name}:{lineno}"
+                sid = str(lineno)
+            if f.file_in_id or not f.id_fields:
+                sid = f"{Path(file).name}:{sid}"
             if sid in seen:
                 raise jsonl.JsonlError(f"{where}: duplicate solution id {sid!r} (first at {seen[sid]})")
             seen[sid] = where
@@ -205,10 +213,11 @@ def pending(solutions: list[Solution], output: str | os.PathLike) -> tuple[list[
     written must be the first ones of the solutions, in order (as a run of these CLIs writes them);
     otherwise the output belongs to other inputs and a ValueError says so."""
     done = done_ids(output)
-    want = [s.id for s in solutions[:len(done)]]
-    if done != want:
-        bad = next(i for i, (a, b) in enumerate(zip(done, want + [None] * len(done))) if a != b)
-        raise ValueError(f"{output}: record {bad + 1} has id {done[bad]!r} but the solutions' "
-                         f"{'record ' + str(bad + 1) + ' is ' + repr(want[bad]) if bad < len(want) else 'list is shorter'}: "
-                         "the output was written from other solutions (remove it or pick another output)")
+    if len(done) > len(solutions):
+        raise ValueError(f"{output}: {len(done)} records for {len(solutions)} solutions: the output was written "
+                         "from other solutions (remove it or pick another output)")
+    for n, (got, sol) in enumerate(zip(done, solutions), 1):
+        if got != sol.id:
+            raise ValueError(f"{output}: record {n} has id {got!r} but solution {n} ({sol.where}) is {sol.id!r}: "
+                             "the output was written from other solutions (remove it or pick another output)")
     return solutions[len(done):], len(done)
