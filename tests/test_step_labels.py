@@ -294,7 +294,10 @@ def test_mc_rollout_flops_equal_a_recount(labelled, policy):
         dense += 2 * P * g
         attn += per_pair * sum(range(L + 1, L + g + 1))
     assert st["flops"] == {"dense": dense, "attention": attn, "total": dense + attn}
-    assert st["cached_tokens"] == sum(eng["cached_lengths"]) > 0  # the prefix cache served tokens
+    assert st["cached_tokens"] == sum(eng["cached_lengths"]) == eng["cached_tokens"] > 0  # the cache served tokens
+    # each prefix prefilled once for its K rows (the engine's own count), less its cached head
+    assert eng["prefill_tokens"] == sum(L - c for L, c in zip(eng["prompt_lengths"], eng["cached_lengths"]))
+    assert len(eng["lengths"]) == K * len(eng["prompt_lengths"])
     # the engine's lengths are the test's own rollouts' (no cache, one call per prefix)
     want = [x for _, _, lengths in labelled["want"] for x in lengths]
     assert eng["prompt_lengths"] == [L for L, _ in want]

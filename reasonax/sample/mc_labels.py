@@ -161,7 +161,8 @@ def label_batch(params, cfg: ModelConfig, tokenizer, sols: list[stepwise.Solutio
                 eos_ids, prefix_cache=None, params_version: int | None = None, progress=None) -> tuple[list[dict], dict]:
     """Monte Carlo labels of `sols` (one engine call for all their step prefixes): (stepwise
     records, {'flops', 'prompts', 'rows', 'prefill_tokens', 'cached_tokens', 'generated_tokens',
-    'engine': the call's token counts: prompt_lengths, cached_lengths, prompt_index, lengths})."""
+    'engine': the call's token counts: prompt_lengths, cached_lengths, prompt_index, lengths, and
+    the engine's own prefill_tokens, cached_tokens, prefix_hit_rate})."""
     r = c.rollout
     sep = c.solutions.separator
     toks = [tokenize(s, tokenizer, sep, c.bos) for s in sols]
@@ -201,7 +202,8 @@ def label_batch(params, cfg: ModelConfig, tokenizer, sols: list[stepwise.Solutio
                      rows=len(res.tokens), prefill_tokens=sum(res.prompt_lengths) - sum(res.cached_lengths),
                      cached_tokens=sum(res.cached_lengths), generated_tokens=res.generated_tokens,
                      engine={"prompt_lengths": res.prompt_lengths, "cached_lengths": res.cached_lengths,
-                             "prompt_index": res.prompt_index, "lengths": res.lengths})
+                             "prompt_index": res.prompt_index, "lengths": res.lengths,
+                             **{k: res.stats[k] for k in ("prefill_tokens", "cached_tokens", "prefix_hit_rate")}})
     # the rollouts' verdicts, then each solution's own answer, in one grading batch
     verdicts = grader.grade_batch(texts + [sep.join(s.steps) for s in sols], golds + [s.gold for s in sols],
                                   fallback=c.fallback, timeout=c.grade_timeout_s)
@@ -218,7 +220,7 @@ def label_batch(params, cfg: ModelConfig, tokenizer, sols: list[stepwise.Solutio
 
 
 def _add(a: dict, b: dict) -> dict:
-    return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
+    return {k: a.get(k, 0) + b.get(k, 0) for k in dict.fromkeys([*a, *b])}
 
 
 def run(config: ml_collections.ConfigDict | MCLabelsConfig) -> dict:
