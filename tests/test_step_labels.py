@@ -305,6 +305,10 @@ def test_mc_rollout_flops_equal_a_recount(labelled, policy):
 
 
 def test_mc_cli_resumes_to_the_uninterrupted_output(policy, tmp_path):
+    """Stopped after one record with half of the next line written (a crash), then finished from
+    configs/mc_labels_demo.py with the same fields (a fresh prefix cache): the uninterrupted bytes."""
+    import importlib.util
+
     from reasonax.sample import mc_labels
 
     full = tmp_path / "full.jsonl"
@@ -312,22 +316,19 @@ def test_mc_cli_resumes_to_the_uninterrupted_output(policy, tmp_path):
     assert summary["records"] == 4 and summary["rollout_flops"]["total"] > 0
     part = tmp_path / "part.jsonl"
     assert mc_labels.run(_mc_config(policy["root"], part, max_records=1))["written_now"] == 1
-    # the rest through the command line (a fresh process, one device, no warm prefix cache)
-    proc = subprocess.run([sys.executable, "-m", "reasonax.sample.mc_labels", "--config=configs/mc_labels_demo.py",
-                           f"--config.model={policy['root'] / 'model'}", "--config.tokenizer=",
-                           f"--config.solutions.files={policy['root'] / 'sols.jsonl'}",
-                           "--config.solutions.completion_field=completions", "--config.solutions.separator=;",
-                           "--config.solutions.id_fields=('id',)", "--config.solutions.gold_field=answer",
-                           "--config.solutions.questions=", "--config.solutions.keep_fields=()",
-                           f"--config.output={part}", "--config.seed=7", "--config.rollout.k=4",
-                           "--config.rollout.max_new_tokens=4", "--config.rollout.temperature=1.0",
-                           "--config.solutions_per_call=2", "--config.num_slots=8", "--config.block_steps=4",
-                           "--config.prefix_block=4", "--config.progress=False"],
-                          capture_output=True, text=True, env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin",
-                                                               "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    part.write_text(part.read_text() + full.read_text().splitlines()[1][:40])
+    spec = importlib.util.spec_from_file_location("mc_labels_demo", "configs/mc_labels_demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    c = demo.get_config()
+    c.tokenizer, c.solutions.id_fields, c.solutions.gold_field, c.solutions.questions = "", ("id",), "answer", ""
+    c.solutions.keep_fields, c.solutions.file_in_id = (), False
+    want = _mc_config(policy["root"], part)
+    for group in ("solutions", "rollout"):
+        c[group].update(want[group].to_dict())
+    c.update({k: v for k, v in want.items() if k not in ("solutions", "rollout")})
+    resumed = mc_labels.run(c)
     assert part.read_bytes() == full.read_bytes()
-    resumed = json.loads((tmp_path / "part.jsonl.summary.json").read_text())
     assert resumed["skipped_as_done"] == 1 and resumed["written_now"] == 3
     assert resumed["rollout_flops_cumulative"]["total"] > resumed["rollout_flops"]["total"] > 0
     np.testing.assert_equal(resumed["mean_label"], summary["mean_label"])

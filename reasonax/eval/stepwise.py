@@ -83,7 +83,8 @@ def demo_fields(run: str | os.PathLike, models: tuple[str, ...] = ("wc",)) -> di
         models = (models,)
     return dict(files=tuple(str(run / "samples" / f"{m}.jsonl") for m in models), separator=". ",
                 completion_field="text", file_in_id=len(models) > 1,
-                id_fields=("prompt_id", "sample_index"), gold_field="gold", questions=str(run / "data" / "questions.jsonl"),
+                id_fields=("prompt_id", "sample_index"), gold_field="gold",
+                questions=str(run / "data" / "questions.jsonl"),
                 question_id_field="prompt_id", keep_fields=("prompt_id", "sample_index", "correct", "steps_ok"))
 
 

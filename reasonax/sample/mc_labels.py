@@ -77,9 +77,11 @@ class MCLabelsConfig:
     dtype: str = "float32"      # parameter / activation dtype: float32 or bfloat16
     tokenizer: str = ""         # "" = the model's own, "bytes" = the byte tokenizer, or a tokenizer directory
     bos: bool = True            # start the prompt with the tokenizer's BOS (as data.template='raw' trains)
-    solutions: stepwise.SolutionFields = stepwise.SolutionFields()  # what to read (a gold answer per solution is required)
-    output: str = ""            # stepwise JSONL written (appended to: a rerun resumes); <output>.summary.json next to it
-    mode: str = "soft"          # soft: label = fraction of the k completions that reach the gold; hard: whether any does
+    solutions: stepwise.SolutionFields = stepwise.SolutionFields()  # what to read (each needs a gold answer)
+    output: str = ""            # stepwise JSONL written (appended to: a rerun resumes);
+                                # <output>.summary.json next to it
+    mode: str = "soft"          # soft: label = fraction of the k completions that reach the gold;
+                                # hard: whether any does
     rollout: RolloutFields = RolloutFields()
     seed: int = 0               # sampling seed; each (solution id, step, sample) has its own key
     fallback: bool = False      # grader: take the last number when no answer is stated
@@ -158,7 +160,8 @@ def rollout_flops(cfg: ModelConfig, prompt_lengths, cached_lengths, prompt_index
 
 
 def label_batch(params, cfg: ModelConfig, tokenizer, sols: list[stepwise.Solution], c: MCLabelsConfig, *,
-                eos_ids, prefix_cache=None, params_version: int | None = None, progress=None) -> tuple[list[dict], dict]:
+                eos_ids, prefix_cache=None, params_version: int | None = None,
+                progress=None) -> tuple[list[dict], dict]:
     """Monte Carlo labels of `sols` (one engine call for all their step prefixes): (stepwise
     records, {'flops', 'prompts', 'rows', 'prefill_tokens', 'cached_tokens', 'generated_tokens',
     'engine': the call's token counts: prompt_lengths, cached_lengths, prompt_index, lengths, and
@@ -213,7 +216,8 @@ def label_batch(params, cfg: ModelConfig, tokenizer, sols: list[stepwise.Solutio
     records = []
     for j, s in enumerate(sols):
         labels = step_labels.mc_labels(counts[j], r.k, own[j], c.mode)
-        rollouts = {"k": r.k, "correct": counts[j], "prefix_tokens": [toks[j].ends[i] + 1 for i in range(len(s.steps) - 1)],
+        rollouts = {"k": r.k, "correct": counts[j],
+                    "prefix_tokens": [toks[j].ends[i] + 1 for i in range(len(s.steps) - 1)],
                     "generated_tokens": gen_tokens[j]}
         records.append(stepwise.record(s, labels, answer_correct=bool(own[j]), rollouts=rollouts))
     return records, stats
