@@ -76,7 +76,8 @@ class MCLabelsConfig:
     model: str = ""             # the policy: HF directory (config.json + safetensors) or reasonax Orbax checkpoint
     dtype: str = "float32"      # parameter / activation dtype: float32 or bfloat16
     tokenizer: str = ""         # "" = the model's own, "bytes" = the byte tokenizer, or a tokenizer directory
-    bos: bool = True            # start the prompt with the tokenizer's BOS (as data.template='raw' trains)
+    bos: bool = True            # start the prompt with the tokenizer's BOS (as data.template='raw' trains); the
+                                # prompt is the raw text the policy continues (render a chat template into it)
     solutions: stepwise.SolutionFields = stepwise.SolutionFields()  # what to read (each needs a gold answer)
     output: str = ""            # stepwise JSONL written (appended to: a rerun resumes);
                                 # <output>.summary.json next to it
