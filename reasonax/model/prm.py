@@ -176,3 +176,23 @@ def load_prm(path: str | os.PathLike, dtype="float32", mesh: jax.sharding.Mesh |
     from reasonax.model import hf
 
     return hf.load_hf(path, dtype, mesh, specs=param_specs)
+
+
+def tokenize_steps(tokenizer, prompt: str, steps: Sequence[str], separator: str = "\n", bos: bool = True
+                   ) -> tuple[list[int], list[int]]:
+    """join_steps on text: the tokenizer's BOS (when bos and it has one) and the prompt, then each
+    step and the separator, each tokenized apart (add_special_tokens=False). What the PRM recipe
+    trains on; search must score rows built the same way."""
+    head = tokenizer.encode(prompt, add_special_tokens=False) if prompt else []
+    if bos and getattr(tokenizer, "bos_token_id", None) is not None:
+        head = [tokenizer.bos_token_id, *head]
+    sep = tokenizer.encode(separator, add_special_tokens=False)
+    return join_steps(head, [tokenizer.encode(s, add_special_tokens=False) for s in steps], sep)
+
+
+def is_prm_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether path is an HF directory holding a PRM head (score.weight), as save_prm writes."""
+    from reasonax.model import hf
+
+    p = Path(path)
+    return (p / "config.json").is_file() and f"{HF_HEAD}.weight" in hf._index(p)
