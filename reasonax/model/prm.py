@@ -56,6 +56,7 @@ def join_steps(prompt: Sequence[int], steps: Sequence[Sequence[int]], separator:
 HEAD = "prm_head"  # params[HEAD] = {"kernel": [D, 1], "bias": [1]}
 HF_HEAD = "score"  # its HF module: score.weight [1, D], score.bias [1] (*ForTokenClassification's names)
 NUM_LABELS = 1     # one logit per position; sigmoid(logit) = P(steps 1..i correct)
+LABEL = "correct"  # its name in the export's config.json (id2label)
 MIN_BUCKET = 32    # score_steps pads row lengths to powers of two from here
 
 
@@ -150,11 +151,12 @@ TOKEN_CLASSIFICATION = {"llama": "LlamaForTokenClassification", "qwen2": "Qwen2F
 
 
 def hf_fields(cfg: ModelConfig) -> dict:
-    """What the PRM export sets on the transformers config: num_labels = 1, and architectures the
+    """What the PRM export sets on the transformers config: num_labels = 1 (id2label {0: 'correct'}),
+    and architectures the
     family's *ForTokenClassification (families without one: the causal LM's class, so the
     directory loads as the base model and score.* is read by load_prm)."""
     arch = TOKEN_CLASSIFICATION.get(cfg.model_type) or family(cfg.model_type).hf_architecture
-    return {"architectures": [arch], "num_labels": NUM_LABELS}
+    return {"architectures": [arch], "num_labels": NUM_LABELS, "id2label": {0: LABEL}, "label2id": {LABEL: 0}}
 
 
 def save_prm(params: dict, cfg: ModelConfig, out_dir: str | os.PathLike, dtype=None,

@@ -32,8 +32,10 @@ def prm_objective(logits: jax.Array, labels: jax.Array, weights: jax.Array):
     """(sum_i w_i BCE(z_i, y_i), sum_i w_i, metrics) over logits [B, T]; metrics has 'step_accuracy'
     as a (correct, labelled) pair (prediction and label thresholded at THRESHOLD)."""
     w = weights.astype(jnp.float32)
-    loss = jnp.where(w > 0, bce_with_logits(logits, labels), 0.0)  # padding logits never reach the sum
-    hit = (logits >= 0.0) == (labels >= THRESHOLD)  # sigmoid(z) >= 0.5  <=>  z >= 0
+    on = w > 0  # logits and labels off the separators are replaced before the loss: nothing of them
+    z, y = jnp.where(on, logits, 0.0), jnp.where(on, labels, 0.0)  # (not even a NaN) reaches the gradient
+    loss = bce_with_logits(z, y)
+    hit = (z >= 0.0) == (y >= THRESHOLD)  # sigmoid(z) >= 0.5  <=>  z >= 0
     return (loss * w).sum(), w.sum(), {"step_accuracy": ((hit * w).sum(), w.sum())}
 
 
