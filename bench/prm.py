@@ -24,10 +24,10 @@ SETTINGS = ((64, 4, 24), (96, 8, 40))
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--solutions", type=int, default=64)
+    ap.add_argument("--solutions", type=int, default=16)
     ap.add_argument("--batch_size", type=int, default=8)
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
     import jax
     import numpy as np
@@ -68,7 +68,7 @@ def main():
         fl = sum(flops.forward_flops(cfg, 1, len(r))["total"] - 2 * V * D * len(r) + 2 * D * len(r) for r in rows)
         steps = sum(map(len, ends))
         print(f"| {prompt_len} | {n_steps} x {step_len} | {args.batch_size} | {compile_s:.1f} | {steps / t:.0f} | "
-              f"{real / t:,.0f} | {1 - real / computed:.0%} | {fl / t / 1e9:.1f} |")
+              f"{real / t:,.0f} | {1 - real / computed:.0%} | {fl / t / 1e9:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
