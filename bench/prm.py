@@ -1,6 +1,6 @@
 """PRM step scoring throughput (model.prm.score_steps) on Gemma 3 270M shapes, random weights, CPU.
 
-    python bench/prm.py [--solutions 64] [--batch_size 8] [--dtype float32] [--repeats 3]
+    python bench/prm.py [--solutions 16] [--batch_size 8] [--dtype float32] [--repeats 1]
 
 Builds solutions of a realistic shape for GSM8K-style math (per setting: prompt tokens, steps per
 solution, tokens per step; the separator is one token), scores them all with score_steps (rows
@@ -67,7 +67,7 @@ def main():
         computed = sum(-(-len(m) // args.batch_size) * args.batch_size * T for T, m in by_bucket.items())
         fl = sum(flops.forward_flops(cfg, 1, len(r))["total"] - 2 * V * D * len(r) + 2 * D * len(r) for r in rows)
         steps = sum(map(len, ends))
-        print(f"| {prompt_len} | {n_steps} x {step_len} | {args.batch_size} | {compile_s:.1f} | {steps / t:.0f} | "
+        print(f"| {prompt_len} | {n_steps} x {step_len} | {args.batch_size} | {compile_s:.1f} | {steps / t:.1f} | "
               f"{real / t:,.0f} | {1 - real / computed:.0%} | {fl / t / 1e9:.1f} |", flush=True)
 
 

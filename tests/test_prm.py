@@ -229,7 +229,7 @@ def _config(workdir, **changes):
     c = load_config("prm_tiny_cpu")
     c.workdir = str(workdir)
     c.synthetic.num_examples, c.synthetic.num_eval = 64, 0
-    c.seq_len, c.batch_size, c.num_steps = 64, 8, 4
+    c.seq_len, c.batch_size, c.num_steps = 96, 8, 4
     c.optim.total_steps, c.optim.warmup_steps = 4, 1
     c.checkpoint.every, c.log_every, c.eval_every = 100, 1, 0  # saved at the last step only
     c.checkpoint.async_save = False
@@ -252,10 +252,13 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
 
 def test_lora_trains_the_head_beside_the_adapters_and_peft_loads_it(tmp_path):
     peft = pytest.importorskip("peft")
-    c = _config(tmp_path / "lora", **{"lora.r": 4, "optim.lr": 3e-2, "num_steps": 4, "optim.total_steps": 4})
+    c = _config(tmp_path / "lora", **{"lora.r": 4, "optim.lr": 3e-2, "synthetic.num_eval": 24, "eval_every": 4})
     plan = recipe.build(c)
     assert set(plan.trainable) == {"layers", prm.HEAD}
     state = loop.run(plan)
+    held = [json.loads(line) for line in (tmp_path / "lora" / "metrics.jsonl").read_text().splitlines()
+            if "eval/step_accuracy" in line]
+    assert len(held) == 1 and held[0]["eval/steps"] == 72 and 0 <= held[0]["eval/step_accuracy"] <= 1  # 24 x 3 steps
     # the initial PRM (same seed, no LoRA): the base the adapters were trained on, and its head
     start = recipe.build(_config(tmp_path / "x")).init(loop.config_mesh(plan.config))
     assert not np.allclose(np.asarray(state.params[prm.HEAD]["kernel"]), np.asarray(start[prm.HEAD]["kernel"]))

@@ -141,6 +141,15 @@ def source_fn(c: PRMConfig, files, tokenizer):
     return source
 
 
+def _host(x: jax.Array) -> np.ndarray:
+    """A global array's values on every process, float64 (gathered across processes when several)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x), np.float64)
+
+
 def heldout_evaluator(c: PRMConfig, cfg, files, tokenizer):
     """mesh -> (params -> {'loss', 'step_accuracy', 'auc', 'steps'}) over the held-out files (one
     pass, no shuffle; None when there are none). auc is left out when the held-out labels are all
@@ -152,9 +161,9 @@ def heldout_evaluator(c: PRMConfig, cfg, files, tokenizer):
             return None
         d = dataclasses.replace(c.data, shuffle=False, num_epochs=1)
         examples, _ = prm_data.encode_all(prm_data.load_step_records(held, d), tokenizer(), d)
-        rows = c.eval_data.batch_size or c.batch_size
+        index, count, rows = _process_layout(c.eval_data.batch_size or c.batch_size, None, None)
         batches = []
-        for b in prm_data.batches(examples, d, rows):
+        for b in prm_data.batches(examples, d, rows, process_index=index, process_count=count):
             batches.append(to_global(b, mesh))
             if len(batches) == c.eval_data.max_batches:
                 break
@@ -166,8 +175,8 @@ def heldout_evaluator(c: PRMConfig, cfg, files, tokenizer):
             scores, labels, loss = [], [], 0.0
             with jax.set_mesh(mesh):
                 for b in batches:
-                    z = np.asarray(jax.device_get(logits_fn(params, b)), np.float64)
-                    w, y = np.asarray(b["weights"]) > 0, np.asarray(b["labels"], np.float64)
+                    z, w, y = (_host(x) for x in (logits_fn(params, b), b["weights"], b["labels"]))
+                    w = w > 0
                     z, y = z[w], y[w]
                     loss += float(np.sum(np.logaddexp(0.0, z) - y * z))
                     scores.append(1.0 / (1.0 + np.exp(-z)))
