@@ -16,7 +16,7 @@ import torch
 import transformers
 from safetensors.numpy import load_file
 
-from reasonax.model import hf, prm
+from reasonax.model import hf, make_mesh, prm
 from reasonax.model.config import FAMILIES
 from reasonax.tasks.byte_tokenizer import byte_tokenizer
 from reasonax.train import loop
@@ -237,11 +237,17 @@ def _config(workdir, **changes):
     return set_fields(c, changes)
 
 
+def _one_device():
+    """A one-device mesh: the recipe tests compile fast (sharded restore: tests/test_train_loop.py)."""
+    return make_mesh(devices=jax.devices()[:1])
+
+
 def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
-    loop.run(recipe.build(_config(tmp_path / "straight")))
+    mesh = _one_device()
+    loop.run(recipe.build(_config(tmp_path / "straight")), mesh=mesh)
     stopped = tmp_path / "stopped"
-    loop.run(recipe.build(_config(stopped, num_steps=2, export_hf="none")))  # interrupted after step 2
-    loop.run(recipe.build(_config(stopped)))  # resumes: state and data iterator from the checkpoint
+    loop.run(recipe.build(_config(stopped, num_steps=2, export_hf="none")), mesh=mesh)  # interrupted after step 2
+    loop.run(recipe.build(_config(stopped)), mesh=mesh)  # resumes: state and data iterator from the checkpoint
     a, b = load_file(tmp_path / "straight" / "hf" / "model.safetensors"), load_file(stopped / "hf" / "model.safetensors")
     assert a.keys() == b.keys() and "score.weight" in a
     for k in a:
@@ -255,12 +261,13 @@ def test_lora_trains_the_head_beside_the_adapters_and_peft_loads_it(tmp_path):
     c = _config(tmp_path / "lora", **{"lora.r": 4, "optim.lr": 3e-2, "synthetic.num_eval": 24, "eval_every": 4})
     plan = recipe.build(c)
     assert set(plan.trainable) == {"layers", prm.HEAD}
-    state = loop.run(plan)
+    mesh = _one_device()
+    state = loop.run(plan, mesh=mesh)
     held = [json.loads(line) for line in (tmp_path / "lora" / "metrics.jsonl").read_text().splitlines()
             if "eval/step_accuracy" in line]
     assert len(held) == 1 and held[0]["eval/steps"] == 72 and 0 <= held[0]["eval/step_accuracy"] <= 1  # 24 x 3 steps
     # the initial PRM (same seed, no LoRA): the base the adapters were trained on, and its head
-    start = recipe.build(_config(tmp_path / "x")).init(loop.config_mesh(plan.config))
+    start = recipe.build(_config(tmp_path / "x")).init(mesh)
     assert not np.allclose(np.asarray(state.params[prm.HEAD]["kernel"]), np.asarray(start[prm.HEAD]["kernel"]))
     cfg = plan.model.replace(lora=None, remat="none")
     prm.save_prm(start, cfg, tmp_path / "base")
