@@ -285,3 +285,19 @@ def test_lora_trains_the_head_beside_the_adapters_and_peft_loads_it(tmp_path):
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([row])).logits[0, :, 0].numpy()
         np.testing.assert_allclose(mine, 1 / (1 + np.exp(-logits[e].astype(np.float64))), atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma"])  # untied and tied embeddings
+def test_train_step_flops_count_the_one_logit_head_not_an_unembedding(family):
+    from reasonax.model import flops
+    from reasonax.model.params import is_spec
+
+    cfg = hf.config_from_hf(R.tiny_hf_config(family))
+    tokens, rows = 300, 4
+    # recount: every PRM weight is in a matmul but the lookup table (embed); the head is D weights
+    sizes = {".".join(str(getattr(k, "key", k)) for k in path): int(np.prod(s.shape)) for path, s in
+             jax.tree_util.tree_flatten_with_path(prm.param_specs(cfg), is_leaf=is_spec)[0]}
+    matmul = sum(sizes.values()) - sizes["embed"] - sizes[f"{prm.HEAD}.bias"]
+    with_attn = flops.step_flops(cfg, tokens, rows, unembed=False)["total"]
+    attn = flops.step_flops(cfg, tokens, rows)["total"] - 6 * flops.matmul_params(cfg) * tokens
+    assert with_attn - attn == 6 * matmul * tokens

@@ -279,7 +279,7 @@ def _run(plan, mesh, dog: watchdog.Watchdog, stopper: preempt.Preemption):
     @functools.lru_cache
     def flops_of(tokens: int, rows: int) -> float:
         return flops_lib.step_flops(model_cfg, tokens, rows, updates=epochs, forwards=plan.prepare_forwards,
-                                    adapter_params=adapters)["total"]
+                                    adapter_params=adapters, unembed=plan.unembed)["total"]
 
     step_flops = flops_of(config.batch_size * config.seq_len, config.batch_size)
     peak, peak_desc = monitor.resolve_peak(config.peak_flops)

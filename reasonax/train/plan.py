@@ -51,6 +51,7 @@ class Plan:
     always_trained: tuple[str, ...] = ()  # top-level params trained in full beside LoRA's adapters (the PRM's
                                           # head "prm_head"), exported by LoRA as PEFT modules_to_save
     peft_task_type: str = "CAUSAL_LM"  # the PEFT export's task_type (the PRM: TOKEN_CLS)
+    unembed: bool = True               # the model runs its unembedding (MFU; the PRM's one-logit head: False)
 
 
 def lm_batch_spec(config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:

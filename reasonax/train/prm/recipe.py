@@ -215,7 +215,8 @@ def build(config: ml_collections.ConfigDict | PRMConfig) -> Plan:
         config=c, model=cfg, loss=functools.partial(prm_loss, cfg=cfg), init=init_fn(c, cfg),
         source=source_fn(c, lambda: files()[0], tokenizer), batch_spec=prm_batch_spec,
         evaluate=heldout_evaluator(c, cfg, lambda: files()[1], tokenizer), finish=exporter(c, cfg),
-        module=MODULE, trainable=prm.param_specs(cfg), always_trained=(prm.HEAD,), peft_task_type="TOKEN_CLS"), c)
+        module=MODULE, trainable=prm.param_specs(cfg), always_trained=(prm.HEAD,), peft_task_type="TOKEN_CLS",
+        unembed=False), c)
 
 
 def run(config: ml_collections.ConfigDict | PRMConfig):
