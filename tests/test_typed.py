@@ -9,10 +9,12 @@ import pytest
 from reasonax import evaluate, typed
 from reasonax.sample import generate_cli
 from reasonax.train import data, grpo, loop, sft, slm
+from reasonax.train import prm as prm_recipe
 from reasonax.train.common import LMConfig
 
 
 @pytest.mark.parametrize("recipe, cls", [(sft, sft.SFTConfig), (slm, slm.SLMConfig), (grpo, grpo.GRPOConfig),
+                                         (prm_recipe, prm_recipe.PRMConfig),
                                          (generate_cli, generate_cli.GenerateConfig),
                                          (evaluate, evaluate.EvaluateConfig)])
 def test_default_configdict_round_trips(recipe, cls):

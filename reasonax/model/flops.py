@@ -62,17 +62,19 @@ def train_flops(cfg: ModelConfig, batch: int, seq: int, causal: bool = True) -> 
 
 
 def step_flops(cfg: ModelConfig, tokens: int, rows: int, *, updates: int = 1, forwards: int = 0,
-               adapter_params: int | None = None) -> dict:
+               adapter_params: int | None = None, unembed: bool = True) -> dict:
     """Model FLOPs of a train step over `tokens` real (non-padding) tokens in `rows` rows, counting
     every pass it runs: `forwards` extra forwards (GRPO's prepare: old and reference log-probs),
     2·P per token each, and `updates` forward + backward passes over the batch (GRPO's mu), 6·P
     per token, or with LoRA (adapter_params set) 4·P for the frozen base (forward and activation
     gradients, no weight gradients) + 6·P_adapters. Attention: causal over rows of the mean real
     length (packed rows are counted as one sequence, an upper bound), 1x per forward, 3x per update.
-    Returns {'prepare', 'update', 'total'}."""
+    unembed=False: the model runs a one-logit head instead of the unembedding (the PRM: P counts
+    D weights for it, not V * D). Returns {'prepare', 'update', 'total'}."""
     seq = max(1, round(tokens / max(rows, 1)))
     attn = 4 * cfg.num_heads * cfg.head_dim * rows * attended_pairs(cfg, seq)
-    dense = 2 * matmul_params(cfg) * tokens
+    head = 0 if unembed else cfg.vocab_size * cfg.hidden_size - cfg.hidden_size
+    dense = 2 * (matmul_params(cfg) - head) * tokens
     if adapter_params is None:
         update = 3 * dense + 3 * attn
     else:

@@ -226,7 +226,8 @@ def _name_resolver(stored: dict[str, _Stored], path: Path) -> Callable[[str], st
                ("model.language_model.", "lm_head.")]
     for body, head in layouts:
         if body + "embed_tokens.weight" in stored:
-            return lambda n: (body + n[len("model."):]) if n.startswith("model.") else head + n[len("lm_head."):]
+            return lambda n: (body + n[len("model."):]) if n.startswith("model.") else (
+                head + n[len("lm_head."):] if n.startswith("lm_head.") else n)  # others (a PRM's score.*) as they are
     raise CheckpointError(f"{path}: missing tensor model.embed_tokens.weight (also looked for "
                           f"language_model.model.embed_tokens.weight and model.language_model.embed_tokens.weight)")
 
@@ -243,8 +244,8 @@ def _hf_names(spec: ParamSpec) -> list[str]:
     return [spec.hf_name.format(i=i) for i in range(spec.shape[0])] if spec.stacked else [spec.hf_name]
 
 
-def _check_tensors(cfg: ModelConfig, stored: dict[str, _Stored], resolve, path: Path):
-    specs = jax.tree.leaves(param_specs(cfg), is_leaf=is_spec)
+def _check_tensors(cfg: ModelConfig, stored: dict[str, _Stored], resolve, path: Path, specs: dict | None = None):
+    specs = jax.tree.leaves(param_specs(cfg) if specs is None else specs, is_leaf=is_spec)
     expected = {}
     for spec in specs:
         for name in _hf_names(spec):
@@ -288,7 +289,7 @@ def _slabs(spec: ParamSpec, stored: dict[str, _Stored], resolve, dtype) -> Itera
             yield i, _from_hf(spec, _read(stored[name], name)).astype(dtype, copy=False)[None]
         return
     name = resolve(spec.hf_name)
-    if len(spec.shape) < 2:
+    if len(spec.shape) < 2 or spec.hf_layer_shape != spec.layer_shape:  # vectors; a PRM head [D, 1] (HF [1, D])
         yield 0, _from_hf(spec, _read(stored[name], name)).astype(dtype, copy=False)
         return
     n = spec.shape[0]
@@ -307,8 +308,10 @@ def _place(host: np.ndarray, sharding_: jax.sharding.Sharding) -> jax.Array:
 
 
 def load_hf(path: str | os.PathLike, dtype="float32", mesh: jax.sharding.Mesh | None = None,
-            rules=sharding.DEFAULT_RULES) -> tuple[ModelConfig, dict]:
+            rules=sharding.DEFAULT_RULES, specs: Callable[[ModelConfig], dict] | None = None
+            ) -> tuple[ModelConfig, dict]:
     """(ModelConfig, params) from an HF directory: config.json + safetensors (single or sharded).
+    specs: cfg -> the ParamSpec tree to read (default param_specs; the PRM's: model.prm.param_specs).
 
     Each param is allocated in its NamedSharding on `mesh` (default: a 1-device mesh) and filled
     slab by slab (a layer, or a chunk of embedding rows), so host memory holds one slab at a time.
@@ -318,7 +321,8 @@ def load_hf(path: str | os.PathLike, dtype="float32", mesh: jax.sharding.Mesh | 
     dtype = jnp.dtype(dtype)
     stored = _index(path)
     resolve = _name_resolver(stored, path)
-    _check_tensors(cfg, stored, resolve, path)
+    tree = param_specs(cfg) if specs is None else specs(cfg)
+    _check_tensors(cfg, stored, resolve, path, tree)
     mesh = mesh if mesh is not None else sharding.make_mesh(devices=jax.devices()[:1])
 
     def load_param(spec: ParamSpec) -> jax.Array:
@@ -334,7 +338,7 @@ def load_hf(path: str | os.PathLike, dtype="float32", mesh: jax.sharding.Mesh | 
             del placed, slab
         return out
 
-    params = jax.tree.map(load_param, param_specs(cfg), is_leaf=is_spec)
+    params = jax.tree.map(load_param, tree, is_leaf=is_spec)
     return cfg, params
 
 
@@ -374,10 +378,13 @@ def new_out_dir(out_dir) -> tuple[Path, bool]:
 
 
 def save_hf(params: dict, cfg: ModelConfig, out_dir: str | os.PathLike, dtype=None,
-            max_shard_bytes: int = 4 << 30, tokenizer_dir: str | os.PathLike | None = None) -> Path:
+            max_shard_bytes: int = 4 << 30, tokenizer_dir: str | os.PathLike | None = None,
+            specs: dict | None = None, hf_fields: dict | None = None) -> Path:
     """Write config.json + safetensors (sharded above max_shard_bytes) that transformers loads.
 
     dtype: None keeps the params' dtype. tokenizer_dir: copy tokenizer files from there.
+    specs: the ParamSpec tree of what params holds (default param_specs(cfg); the PRM's:
+    model.prm.param_specs). hf_fields: set on the transformers config (e.g. architectures, num_labels).
     On multi-host runs every process must call this; process 0 writes.
     """
     if isinstance(params.get("layers"), dict) and ADAPTERS in params["layers"]:
@@ -385,6 +392,8 @@ def save_hf(params: dict, cfg: ModelConfig, out_dir: str | os.PathLike, dtype=No
                          "save_hf(lora.merge(base, adapters, cfg), cfg, ...), or the adapters, lora.save_peft(...)")
     out_dir, write = new_out_dir(out_dir)
     hf_cfg = config_to_hf(cfg)
+    for k, v in (hf_fields or {}).items():
+        setattr(hf_cfg, k, v)
     np_dtype = np.dtype(jnp.dtype(dtype or params["embed"].dtype))
     hf_cfg.dtype = np_dtype.name
     files: list[str] = []
@@ -397,7 +406,7 @@ def save_hf(params: dict, cfg: ModelConfig, out_dir: str | os.PathLike, dtype=No
             save_file(shard, str(out_dir / files[-1]), metadata={"format": "pt"})
         shard.clear()
 
-    for name, t in host_tensors(params, param_specs(cfg), np_dtype):
+    for name, t in host_tensors(params, param_specs(cfg) if specs is None else specs, np_dtype):
         if shard and sum(a.nbytes for a in shard.values()) + t.nbytes > max_shard_bytes:
             flush()
         shard[name] = t

@@ -211,31 +211,42 @@ def merge(base: dict, adapters: dict, cfg: ModelConfig) -> dict:
 # PEFT adapter directories
 
 
-def _peft_config_dict(s: LoraConfig, base_model_name_or_path: str | None) -> dict:
+def _peft_config_dict(s: LoraConfig, base_model_name_or_path: str | None, task_type: str = "CAUSAL_LM",
+                      modules_to_save: list[str] | None = None) -> dict:
     alpha = int(s.alpha) if float(s.alpha).is_integer() else s.alpha
-    return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path,
+    return {"peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base_model_name_or_path,
             "revision": None, "r": s.r, "lora_alpha": alpha, "use_rslora": s.rslora,
             "target_modules": [PEFT_MODULES[t] for t in s.targets], "lora_dropout": 0.0, "bias": "none",
             "fan_in_fan_out": False, "init_lora_weights": True, "inference_mode": True, "use_dora": False,
-            "modules_to_save": None, "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {},
+            "modules_to_save": modules_to_save, "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {},
             "alpha_pattern": {}}
 
 
 def save_peft(adapters: dict, cfg: ModelConfig, out_dir: str | os.PathLike, dtype=None,
-              base_model_name_or_path: str | None = None) -> Path:
+              base_model_name_or_path: str | None = None, modules_to_save: tuple[dict, dict] | None = None,
+              task_type: str = "CAUSAL_LM") -> Path:
     """Write a PEFT LoRA directory (adapter_config.json + adapter_model.safetensors, PEFT's tensor
     names) that peft.PeftModel.from_pretrained loads onto the HF base (model.save_hf of the base).
 
     dtype: None keeps the adapters' dtype. On multi-host runs every process must call this;
-    process 0 writes.
+    process 0 writes. modules_to_save: (params, their ParamSpec tree) of modules trained in full
+    beside the adapters (the PRM's head, HF `score.*`), written as PEFT writes modules_to_save
+    (PEFT_PREFIX + HF name, e.g. base_model.model.score.weight) and listed by module name in the
+    config. task_type: PEFT's (CAUSAL_LM; TOKEN_CLS for a PRM loaded as *ForTokenClassification).
     """
     specs = _check_adapters(adapters, cfg, "save_peft")
     out_dir, write = hf.new_out_dir(out_dir)
     np_dtype = np.dtype(jnp.dtype(dtype or jax.tree.leaves(adapters)[0].dtype))
     tensors = dict(hf.host_tensors(adapters, specs, np_dtype))
+    modules = None
+    if modules_to_save is not None:
+        full = dict(hf.host_tensors(*modules_to_save, np_dtype))
+        tensors.update({PEFT_PREFIX + name: t for name, t in full.items()})
+        modules = sorted({name.rsplit(".", 1)[0] for name in full})
     if write:
         save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
-        (out_dir / CONFIG_FILE).write_text(json.dumps(_peft_config_dict(cfg.lora, base_model_name_or_path), indent=2))
+        (out_dir / CONFIG_FILE).write_text(json.dumps(
+            _peft_config_dict(cfg.lora, base_model_name_or_path, task_type, modules), indent=2))
     return out_dir
 
 

@@ -64,3 +64,30 @@ def add_noise(recs: list[dict], share: float, seed: int = 0, span: tuple[int, in
                        for i, (s, w) in enumerate(zip(spans, words)))
         out.append({**rec, "completion": text, "noise_chars": added})
     return out
+
+
+def stepwise_records(n: int = 1000, seed: int = 0, steps: int = 3, max_value: int = 9,
+                     error_rate: float = 0.5) -> list[dict]:
+    """n solutions in TRL's stepwise format for a PRM: {'prompt', 'completions': one 'a op b = c.'
+    per step, 'labels'}. With probability error_rate a solution has one wrong result (off by 1 to
+    3) at a random step, carried on by the later steps; labels follow PRM800K's first-error
+    convention (every step from the first wrong one on is False)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        value = int(rng.integers(2, max_value + 1))
+        terms, completions, labels = [str(value)], [], []
+        bad = int(rng.integers(steps)) if rng.random() < error_rate else -1
+        for s in range(steps):
+            op = OPS[int(rng.integers(2))]  # + or -: results a small model can check
+            operand = int(rng.integers(1, max_value + 1))
+            result = value + operand if op == "+" else value - operand
+            if s == bad:
+                result += int(rng.choice([-3, -2, -1, 1, 2, 3]))
+            completions.append(f"{value} {op} {operand} = {result}.")
+            labels.append(bad < 0 or s < bad)
+            terms.append(f"{op} {operand}")
+            value = result
+        out.append({"id": f"arith-steps-{seed}-{i}", "prompt": f"Compute {' '.join(terms)}, working left to right.\n",
+                    "completions": completions, "labels": labels})
+    return out

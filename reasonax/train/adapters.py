@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from reasonax.model import lora
 from reasonax.model.config import LoraConfig, ModelConfig
-from reasonax.model.params import ADAPTERS, abstract_params
+from reasonax.model.params import ADAPTERS, abstract_specs, param_specs
 from reasonax.model.transformer import unstack_layers
 from reasonax.train.plan import Plan
 
@@ -49,20 +49,24 @@ def settings(f) -> LoraConfig | None:
     return LoraConfig(r=f.r, alpha=f.alpha, rslora=f.rslora, targets=f.targets)
 
 
-def trainable_specs(cfg: ModelConfig) -> dict:
-    """The ParamSpec tree of what a LoRA step trains: {"layers": {"lora": adapter_specs(cfg)}}."""
-    return {"layers": {ADAPTERS: lora.adapter_specs(cfg)}}
+def trainable_specs(cfg: ModelConfig, extra: dict | None = None) -> dict:
+    """The ParamSpec tree of what a LoRA step trains: {"layers": {"lora": adapter_specs(cfg)}}, plus
+    `extra` (top-level params trained in full beside the adapters: Plan.always_trained, e.g. the
+    PRM's head)."""
+    return {"layers": {ADAPTERS: lora.adapter_specs(cfg)}, **(extra or {})}
 
 
 def combine(base: dict, trainable: dict) -> dict:
-    """The params the model runs: the base with the trained adapters (no copies). `trainable` may
-    be unrolled by the train step (layers a tuple of per-layer dicts, see transformer.unstack_layers);
-    the base is then unrolled alike."""
+    """The params the model runs: the base with the trained adapters and any params trained in
+    full beside them (top-level keys of `trainable` other than "layers", which replace the
+    base's); no copies. `trainable` may be unrolled by the train step (layers a tuple of per-layer
+    dicts, see transformer.unstack_layers); the base is then unrolled alike."""
     extra = trainable["layers"]
+    full = {k: v for k, v in trainable.items() if k != "layers"}
     if isinstance(extra, tuple):
         layers = base["layers"] if isinstance(base["layers"], tuple) else unstack_layers(base)["layers"]
-        return {**base, "layers": tuple({**b, **t} for b, t in zip(layers, extra))}
-    return {**base, "layers": {**base["layers"], **extra}}
+        return {**base, **full, "layers": tuple({**b, **t} for b, t in zip(layers, extra))}
+    return {**base, **full, "layers": {**base["layers"], **extra}}
 
 
 class _WithBase:
@@ -85,6 +89,8 @@ def lora_plan(plan: Plan, c) -> Plan:
     if cfg.lora is None:
         raise ValueError("lora_plan: the plan's model config has no LoRA settings (config.lora.r is 0)")
     f = c.lora
+    all_specs = plan.trainable if plan.trainable is not None else param_specs(cfg)  # what the base holds
+    kept = {k: all_specs[k] for k in plan.always_trained}  # trained in full beside the adapters
     bases: dict = {}  # mesh -> the frozen base, loaded once and shared by aux, source and evaluation
 
     def base(mesh) -> dict:
@@ -99,7 +105,8 @@ def lora_plan(plan: Plan, c) -> Plan:
             _, ad = lora.load_peft(f.init_from, cfg, dtype=f.dtype, mesh=mesh)
         else:
             ad = lora.init_adapters(cfg, jax.random.fold_in(jax.random.key(c.seed), 1), f.dtype, mesh)
-        return {"layers": {ADAPTERS: ad}}
+        # copies: the loop donates the initial state's buffers, the base keeps its own
+        return {"layers": {ADAPTERS: ad}, **{k: jax.tree.map(jnp.copy, base(mesh)[k]) for k in kept}}
 
     separate = plan.aux is not None and not plan.reference_is_init  # a reference that is another model
 
@@ -107,7 +114,7 @@ def lora_plan(plan: Plan, c) -> Plan:
         return {"base": base(mesh), "aux": plan.aux(mesh) if separate else None}
 
     def aux_spec(mesh) -> dict:
-        return {"base": abstract_params(cfg, jnp.dtype(c.param_dtype), mesh),
+        return {"base": abstract_specs(all_specs, jnp.dtype(c.param_dtype), mesh),
                 "aux": plan.aux_spec(mesh) if separate else None}
 
     def inner_aux(a) -> tuple:
@@ -134,15 +141,17 @@ def lora_plan(plan: Plan, c) -> Plan:
 
     def finish(trainable) -> None:
         adapters = trainable["layers"][ADAPTERS]
+        full = {k: trainable[k] for k in kept}
         if plan.finish is not None:
-            plan.finish(lora.merge(next(iter(bases.values())), adapters, cfg))
+            plan.finish({**lora.merge(next(iter(bases.values())), adapters, cfg), **full})
         if f.export_peft != "none":
             out = Path(f.export_peft or Path(c.workdir) / PEFT_DIR)
             if jax.process_index() == 0 and (out / lora.CONFIG_FILE).is_file():
                 shutil.rmtree(out)  # this run's own earlier export (a rerun after the last step)
-            lora.save_peft(adapters, cfg, out)
+            lora.save_peft(adapters, cfg, out, modules_to_save=(full, kept) if kept else None,
+                           task_type=plan.peft_task_type)
 
     return dataclasses.replace(
         plan, init=init, loss=loss, prepare=prepare, aux=aux, aux_spec=aux_spec, source=source,
-        evaluate=evaluate, finish=finish, trainable=trainable_specs(cfg), trainable_dtype=f.dtype,
+        evaluate=evaluate, finish=finish, trainable=trainable_specs(cfg, kept), trainable_dtype=f.dtype,
         policy=lambda trainable, a: combine(a["base"], trainable), reference_is_init=False)

@@ -273,13 +273,13 @@ def _run(plan, mesh, dog: watchdog.Watchdog, stopper: preempt.Preemption):
     eval_every = config.eval_every if evaluate is not None else 0
     saved_config = {"run": typed.to_dict(config), "model": config_to_dict(model_cfg)}
     epochs = (step_options or {}).get("epochs", 1)  # passes over each batch (GRPO's mu)
-    adapters = None if plan.trainable is None else sum(
+    adapters = None if model_cfg.lora is None else sum(  # LoRA's trained params (a plan may set trainable without it)
         math.prod(s.shape) for s in jax.tree.leaves(plan.trainable, is_leaf=lambda x: hasattr(x, "shape")))
 
     @functools.lru_cache
     def flops_of(tokens: int, rows: int) -> float:
         return flops_lib.step_flops(model_cfg, tokens, rows, updates=epochs, forwards=plan.prepare_forwards,
-                                    adapter_params=adapters)["total"]
+                                    adapter_params=adapters, unembed=plan.unembed)["total"]
 
     step_flops = flops_of(config.batch_size * config.seq_len, config.batch_size)
     peak, peak_desc = monitor.resolve_peak(config.peak_flops)

@@ -48,6 +48,10 @@ class Plan:
     reserved_devices: int = 0          # the first N devices do the plan's own work (GRPO's one-step-off rollout
                                        # group); the loop's mesh (config.mesh) takes the devices after them
     prepare_forwards: int = 0          # forwards `prepare` runs per step (MFU: GRPO's old / reference log-probs)
+    always_trained: tuple[str, ...] = ()  # top-level params trained in full beside LoRA's adapters (the PRM's
+                                          # head "prm_head"), exported by LoRA as PEFT modules_to_save
+    peft_task_type: str = "CAUSAL_LM"  # the PEFT export's task_type (the PRM: TOKEN_CLS)
+    unembed: bool = True               # the model runs its unembedding (MFU; the PRM's one-logit head: False)
 
 
 def lm_batch_spec(config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
