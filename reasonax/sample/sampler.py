@@ -70,6 +70,8 @@ class GenerateResult:
     prompt_lengths: list[int]  # per distinct prompt
     wall_time_s: float = 0.0
     stats: dict = dataclasses.field(default_factory=dict)  # the engine's counters (engine.EngineStats)
+    cached_lengths: list[int] = dataclasses.field(default_factory=list)  # per distinct prompt: its tokens read
+                                                                         # from the prefix cache (not prefilled)
 
     @property
     def lengths(self) -> list[int]:

@@ -1,0 +1,202 @@
+"""Verifier-guided selection and search (reasonax.sample.search): beam search against greedy
+decoding, a hand-built scorer that beam search satisfies and best-of-N misses, the selection
+rules and the planner on hand cases, and the counted FLOPs against a recount from token and
+parameter counts."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from reasonax import model, sample
+from reasonax.sample import engine, search
+from tests import hf_reference as R
+
+SEP = "\n"
+
+
+class CharTokenizer:
+    """One character per id: ids divisible by 5 are newlines (the separator; encoded as 5), the
+    others distinct letters; 0-2 are special (decoded to nothing)."""
+
+    def __init__(self):
+        self.chars = {i: (SEP if i % 5 == 0 else chr(0x100 + i)) for i in range(3, R.VOCAB)}
+        self.ids = {c: i for i, c in self.chars.items() if c != SEP}
+        self.ids[SEP] = 5
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.chars.get(int(i), "") for i in ids)
+
+    def encode(self, text, add_special_tokens=False):
+        return [self.ids[c] for c in text]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny Qwen3 (full attention everywhere, tied embeddings) and prompts."""
+    root = tmp_path_factory.mktemp("search")
+    R.save_hf_model("qwen3", root / "qwen3", seed=5)
+    cfg, params = model.load_hf(root / "qwen3")
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(3, R.VOCAB, size=n).tolist() for n in (7, 11)]
+    return cfg, params, prompts
+
+
+@pytest.fixture(scope="module")
+def greedy_run(tiny):
+    """Greedy decoding of whole solutions, and beam search with W = M = 1 and a constant scorer
+    whose FLOPs are counted as a PRM of the same shapes, every engine call and scored row recorded."""
+    cfg, params, prompts = tiny
+    sp = sample.SamplingParams(max_new_tokens=24, temperature=0.0)
+    want = sample.generate(params, cfg, prompts, sp, eos_ids=(1,)).tokens
+    calls, scored = [], []
+
+    def recording_generate(*args, **kw):
+        res = sample.generate(*args, **kw)
+        calls.append(res)
+        return res
+
+    def const(rows, ends):
+        scored.extend(rows)
+        return [[0.5] * len(e) for e in ends]
+
+    old, search.generate = search.generate, recording_generate
+    try:
+        got = search.beam_search(params, cfg, prompts, sp, search.Scorer(const, cfg), CharTokenizer(),
+                                 prm_prompts=prompts, width=1, expansions=1, max_steps=100, eos_ids=(1,),
+                                 prefix_cache=engine.PrefixCache(0.001, 8), num_slots=2)
+    finally:
+        search.generate = old
+    return want, got, calls, scored
+
+
+def test_beam_with_one_beam_one_expansion_is_greedy_decoding(greedy_run):
+    """W = 1, M = 1, greedy, constant scorer: the beam, one engine call per step ending at the
+    separator, is token for token the one greedy call without stop strings."""
+    want, got, calls, _ = greedy_run
+    assert [r.candidates[r.best].tokens for r in got] == want
+    assert len(calls) >= 3  # several steps, each one engine call
+    assert max(r.candidates[r.best].calls for r in got) >= 3
+
+
+def test_counted_flops_equal_a_recount_from_tokens_and_parameters(tiny, greedy_run):
+    """The policy's and the PRM's FLOPs recounted here: 2 x matmul params per token plus 4 x heads
+    x head_dim per attended (query, key) pair, causal; prompt tokens served by the prefix cache are
+    not prefilled but attended to; the PRM has no unembedding but a one-logit head."""
+    cfg, params, _ = tiny
+    _, got, calls, scored = greedy_run
+    leaves = sum(x.size for x in jax.tree.leaves(params))
+    V, D = cfg.vocab_size, cfg.hidden_size
+    assert cfg.tie_embeddings  # the table is the unembedding: every weight is a matmul weight
+    policy_params, prm_params = leaves, leaves - V * D + D
+    per_pair = 4 * cfg.num_heads * cfg.head_dim * cfg.num_layers  # every layer attends fully
+
+    def pairs(start, stop):  # queries at positions start..stop-1, each sees itself and all before
+        return sum(q + 1 for q in range(start, stop))
+
+    policy = 0
+    for res in calls:
+        for p, c in zip(res.prompt_lengths, res.cached_lengths):
+            policy += 2 * policy_params * (p - c) + per_pair * pairs(c, p)
+        for i, g in zip(res.prompt_index, res.lengths):
+            p = res.prompt_lengths[i]
+            policy += 2 * policy_params * g + per_pair * pairs(p, p + g)
+    prm = sum(2 * prm_params * len(r) + per_pair * pairs(0, len(r)) for r in scored)
+    assert sum(c for res in calls for c in res.cached_lengths) > 0  # the prefix cache served prefixes
+    assert sum(r.policy_flops["total"] for r in got) == policy
+    assert sum(r.prm_flops["total"] for r in got) == prm
+    # the growing prefixes are rescored: a row per child with a step, each call (a child of only a
+    # separator has no step yet)
+    assert len(scored) >= len(calls) - 1 and len({len(r) for r in scored}) >= 3
+
+
+def test_beam_search_finds_the_path_best_of_n_misses(tiny):
+    """A hand-built PRM: a step is good when its first character comes from a third of the
+    alphabet; step i scores 1 when steps 1..i are all good, else 0. Sampled whole, a solution of
+    about five steps is all good about once in 250; beam search keeps a good step at every step
+    (16 children per step), so it finds an all-good solution where best-of-16 finds none."""
+    cfg, params, prompts = tiny
+    tok = CharTokenizer()
+
+    def hand(rows, ends):
+        out = []
+        for row, e in zip(rows, ends):
+            starts = [P] + [x + 1 for x in e[:-1]]  # each step's first token
+            ok = np.cumprod([row[s] % 3 == 1 for s in starts])
+            out.append([float(x) for x in ok])
+        return out
+
+    P = len(prompts[0])
+    prompts = [prompts[0]] * 2  # one prompt length for the scorer; two keys
+    scorer = search.Scorer(hand)
+    sp = sample.SamplingParams(max_new_tokens=32, temperature=1.0, n=16)
+    free = sample.generate(params, cfg, prompts, sp, eos_ids=(), seed=1)
+    for q in range(2):
+        texts = [tok.decode(t) for t, i in zip(free.tokens, free.prompt_index) if i == q]
+        scores, _ = search.score_texts(scorer, tok.encode, prompts[q], texts, SEP)
+        assert np.mean([len(s) for s in scores]) >= 4  # several steps per solution
+        best = search.best_of_n(scores, "last")
+        assert search.aggregate(scores[best], "last") == 0.0  # best-of-16 misses
+    got = search.beam_search(params, cfg, prompts, sp, scorer, tok, prm_prompts=prompts, width=2, expansions=8,
+                             max_steps=8, step_tokens=8, eos_ids=(), seed=1)
+    for r in got:
+        pick = r.candidates[r.best]
+        assert search.aggregate(pick.scores, "last") == 1.0 and len(pick.scores) >= 3
+
+
+def test_aggregations_and_best_of_n_on_hand_cases():
+    s = [[0.9, 0.2, 0.95], [0.6, 0.6, 0.6], [0.8, 0.7]]
+    assert [search.aggregate(x, "last") for x in s] == [0.95, 0.6, 0.7]
+    assert [search.aggregate(x, "min") for x in s] == [0.2, 0.6, 0.7]
+    assert [search.aggregate(x, "product") for x in s] == pytest.approx([0.171, 0.216, 0.56])
+    assert search.aggregate([], "min") == 0.0
+    assert search.best_of_n(s, "last") == 0  # the strong last step wins
+    assert search.best_of_n(s, "min") == 2  # the weak middle step loses it
+    assert search.best_of_n(s, "product") == 2
+    assert search.best_of_n([[0.5], [0.5]], "last") == 0  # ties: the first
+    with pytest.raises(ValueError, match="aggregation 'mean'"):
+        search.aggregate([0.5], "mean")
+
+
+def test_weighted_vote_on_hand_cases():
+    answers = ["4", "5", "4.0", None, "5"]
+    scores = [[0.3], [0.9], [0.4], [1.0], [0.1]]
+    # majority: 4 and 5 twice each (4 first); weighted: 4 -> 0.7, 5 -> 1.0
+    assert search.weighted_vote(answers, scores, "last") == "5"
+    assert search.weighted_vote(answers, [[0.3], [0.2], [0.4], [1.0], [0.1]], "last") == "4"
+    # min aggregation turns a solution with a weak step into a weak vote
+    assert search.weighted_vote(["4", "5"], [[0.9, 0.1], [0.5, 0.5]], "min") == "5"
+    assert search.weighted_vote(["4", "5"], [[0.9, 0.1], [0.5, 0.5]], "last") == "4"
+    assert search.weighted_vote([None, None], [[1.0], [1.0]], "last") is None
+
+
+def test_steps_and_prm_rows():
+    tok = CharTokenizer()
+    a, b = tok.chars[3], tok.chars[4]
+    assert search.split_steps(f"{a}{b}\n\n {b}\n", SEP) == [a + b, b]
+    ids, ends = search.prm_row(tok.encode, [7, 8], [a + b, b], SEP)
+    assert ids == [7, 8, 3, 4, 5, 4, 5] and ends == [4, 6]
+    assert search.states_answer("So the answer is 12.") and search.states_answer("\\boxed{3}")
+    assert not search.states_answer("The total is 12.") and not search.states_answer("3 + 4 = 7")
+
+
+def test_planner_matches_the_methods_on_a_hand_case():
+    """Lengths: prompt 10, PRM prompt 4, solution 20 in steps of 10 (K = 2); a policy token costs
+    1, a PRM token 2. Beam W = 2, M = 3: step 1 prefills 2 x 10 and draws 6 x 10, the PRM scores
+    6 x 14; step 2 prefills 2 x 20, draws 60 and scores 6 x 24: 180 + 2 x 228 = 636. Majority:
+    10 + 20 N = 636 -> N = 31 (630); best-of-N: 10 + (20 + 2 x 24) N -> N = 9 (622)."""
+    L = search.Lengths(prompt=10, prm_prompt=4, solution=20, step=10)
+    assert search.beam_cost(2, 3, L, 1.0, 2.0) == 636
+    assert search.beam_cost(2, 3, L, 1.0, 2.0, cache_hit=0.5) == 636 - 30
+    [row] = search.plan_matched([2], ["majority", "prm-best-of-n", "prm-weighted", "beam"], L, 1.0, 2.0, 3)
+    assert row["budget"] == 636 and row["beam"] == {"width": 2, "expansions": 3, "predicted": 636}
+    assert row["majority"] == {"n": 31, "predicted": 630}
+    assert row["prm-best-of-n"] == row["prm-weighted"] == {"n": 9, "predicted": 622}
+    for m in ("majority", "prm-best-of-n"):
+        assert abs(row[m]["predicted"] / row["budget"] - 1) <= 0.1
+    # without beam, majority over k samples is the anchor
+    [row] = search.plan_matched([4], ["majority", "prm-best-of-n"], L, 1.0, 2.0, 3)
+    assert row["majority"]["n"] == 4 and row["prm-best-of-n"]["n"] == round((90 - 10) / 68)
+    with pytest.raises(ValueError, match="unknown selection"):
+        search.plan_matched([1], ["best"], L, 1.0, 2.0, 3)
