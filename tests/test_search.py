@@ -166,8 +166,8 @@ def test_weighted_vote_on_hand_cases():
     assert search.weighted_vote(answers, scores, "last") == "5"
     assert search.weighted_vote(answers, [[0.3], [0.2], [0.4], [1.0], [0.1]], "last") == "4"
     # min aggregation turns a solution with a weak step into a weak vote
-    assert search.weighted_vote(["4", "5"], [[0.9, 0.1], [0.5, 0.5]], "min") == "5"
-    assert search.weighted_vote(["4", "5"], [[0.9, 0.1], [0.5, 0.5]], "last") == "4"
+    assert search.weighted_vote(["4", "5"], [[0.1, 0.9], [0.5, 0.5]], "min") == "5"
+    assert search.weighted_vote(["4", "5"], [[0.1, 0.9], [0.5, 0.5]], "last") == "4"
     assert search.weighted_vote([None, None], [[1.0], [1.0]], "last") is None
 
 
