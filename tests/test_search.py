@@ -198,5 +198,81 @@ def test_planner_matches_the_methods_on_a_hand_case():
     # without beam, majority over k samples is the anchor
     [row] = search.plan_matched([4], ["majority", "prm-best-of-n"], L, 1.0, 2.0, 3)
     assert row["majority"]["n"] == 4 and row["prm-best-of-n"]["n"] == round((90 - 10) / 68)
+    # a measured budget (the anchor's realised FLOPs) replaces the predicted one
+    [row] = search.plan_matched([2], ["majority", "beam"], L, 1.0, 2.0, 3, budgets=[410])
+    assert row["budget"] == 410 and row["majority"]["n"] == 20 and row["beam"]["predicted"] == 636
     with pytest.raises(ValueError, match="unknown selection"):
         search.plan_matched([1], ["best"], L, 1.0, 2.0, 3)
+
+
+def _word_tokenizer(path):
+    """The tests' word-level tokenizer (tests.test_generate_cli) with id 7 written ";", the step
+    separator of the evaluate runs."""
+    import tokenizers
+    import transformers
+
+    words = ["<pad>", "<eos>", "<bos>"] + [";" if i == 7 else f"w{i}" for i in range(3, R.VOCAB)]
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w3"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.decoder = tokenizers.decoders.WordPiece()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                         pad_token="<pad>").save_pretrained(str(path))
+
+
+def _evaluate_config(root, out):
+    from reasonax import evaluate
+
+    c = evaluate.default_config()
+    data = root / "data.jsonl"
+    data.write_text("".join(f'{{"id": "p{i}", "question": "w{10 + i} w{20 + i}", "answer": "{i % 3}"}}\n'
+                            for i in range(3)))
+    c.dataset, c.few_shot, c.output_dir, c.n_boot, c.ks = str(data), "", str(out), 20, (1, 2)
+    c.generate.model = str(root / "model")
+    c.generate.sampling.max_new_tokens, c.generate.sampling.temperature = 6, 1.0
+    c.generate.progress, c.generate.prefix_cache_gb, c.generate.num_slots = False, 0.0, 8
+    c.selection = ("majority", "prm-best-of-n", "prm-weighted", "beam")
+    c.search.separator, c.search.expansions, c.search.step_tokens = ";", 2, 3
+    c.search.max_steps, c.search.calibration_questions = 3, 2
+    return c
+
+
+@pytest.fixture(scope="module")
+def eval_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search_eval")
+    R.save_hf_model("qwen3", root / "model", seed=3)
+    _word_tokenizer(root / "model")
+    return root
+
+
+def test_evaluate_compares_every_selection_at_matched_flops(eval_root):
+    """One evaluate run with every selection and a hand-built scorer (counted as a PRM of the
+    policy's shapes): per level each method has an accuracy, its N or W x M and realised FLOPs; the
+    matched majority equals maj@N recomputed from graded.jsonl; the PRM costs nothing for majority."""
+    import json
+
+    from reasonax import evaluate
+    from reasonax.eval import metrics
+
+    cfg_m, _ = model.load_hf(eval_root / "model")
+    scorer = search.Scorer(lambda rows, ends: [[(r[e - 1] % 7) / 6 for e in es] for r, es in zip(rows, ends)], cfg_m)
+    out = eval_root / "run"
+    m = evaluate.run(_evaluate_config(eval_root, out), scorer=scorer)
+    sel = m["selection"]
+    assert [lv["level"] for lv in sel["levels"]] == [1, 2]
+    graded = [json.loads(line) for line in (out / "graded.jsonl").read_text().splitlines()]
+    answers = [[r["answer"] for r in sorted((g for g in graded if g["prompt_id"] == f"p{i}"),
+                                            key=lambda g: g["sample_index"])] for i in range(3)]
+    for lv in sel["levels"]:
+        meth = lv["methods"]
+        assert set(meth) == {"majority", "prm-best-of-n", "prm-weighted", "beam"}
+        assert meth["beam"]["width"] == lv["level"] and meth["beam"]["expansions"] == 2
+        assert meth["majority"]["prm_flops"] == 0 and all(v["policy_flops"] > 0 for v in meth.values())
+        assert all(meth[x]["prm_flops"] > 0 for x in ("prm-best-of-n", "prm-weighted", "beam"))
+        assert meth["beam"]["flops_over_budget"] == 1.0
+        n = meth["majority"]["n"]
+        want = metrics.maj_at_k(answers, [str(i % 3) for i in range(3)], n, n_boot=0).value
+        assert meth["majority"]["accuracy"]["value"] == want
+        beams = (out / f"beam_k{lv['level']}.jsonl").read_text().splitlines()
+        assert len(beams) == 3
+    assert (out / "accuracy_vs_flops.png").stat().st_size > 1000
+    assert "| level | method |" in (out / "metrics.md").read_text()

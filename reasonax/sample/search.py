@@ -121,17 +121,18 @@ def tokenizer_encode(tokenizer) -> Callable[[str], list[int]]:
 
 
 def score_texts(scorer: Scorer, encode, prompt_ids: Sequence[int], texts: Sequence[str], separator: str
-                ) -> tuple[list[list[float]], dict]:
-    """Step scores of solutions to one question and the PRM FLOPs of scoring them (a solution
-    without a step is not scored: no scores)."""
+                ) -> tuple[list[list[float]], list[dict]]:
+    """Step scores of solutions to one question and, per solution, the PRM FLOPs of scoring it (a
+    solution without a step is not scored: no scores, no FLOPs)."""
     steps = [split_steps(t, separator) for t in texts]
     todo = [i for i, s in enumerate(steps) if s]
     rows = [prm_row(encode, prompt_ids, steps[i], separator) for i in todo]
     got = scorer([r for r, _ in rows], [e for _, e in rows])
     out: list[list[float]] = [[] for _ in texts]
-    for i, s in zip(todo, got):
-        out[i] = s
-    return out, scorer.flops([r for r, _ in rows])
+    cost = [_zero() for _ in texts]
+    for i, s, (r, _) in zip(todo, got, rows):
+        out[i], cost[i] = s, scorer.flops([r])
+    return out, cost
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,11 +283,13 @@ def beam_cost(width: int, expansions: int, lengths: Lengths, policy_per_token: f
 
 
 def plan_matched(levels: Sequence[int], methods: Sequence[str], lengths: Lengths, policy_per_token: float,
-                 prm_per_token: float, expansions: int, cache_hit: float = 0.0) -> list[dict]:
+                 prm_per_token: float, expansions: int, cache_hit: float = 0.0,
+                 budgets: Sequence[float] | None = None) -> list[dict]:
     """Per budget level k, each method's knob and predicted FLOPs per question, matched.
 
     The level's budget B_k is that of the anchor: beam search with W = k beams of M = expansions
-    when beam is among the methods, else majority vote over k samples, else best-of-N over k.
+    when beam is among the methods, else majority vote over k samples, else best-of-N over k;
+    `budgets` (one per level), when given, replaces it (the anchor's realised FLOPs, measured).
     The sample methods take the N >= 1 whose predicted cost is nearest B_k (N = round((B_k -
     prefill) / per-sample cost)). Returns [{"level": k, "budget": B_k, method: {"n" | "width",
     "expansions", "predicted"}}].
@@ -295,15 +298,20 @@ def plan_matched(levels: Sequence[int], methods: Sequence[str], lengths: Lengths
     if unknown:
         raise ValueError(f"unknown selection methods {sorted(unknown)}; expected {SELECTIONS}")
     out = []
-    for k in levels:
-        if "beam" in methods:
+    if budgets is not None and len(budgets) != len(levels):
+        raise ValueError(f"{len(budgets)} budgets for {len(levels)} levels")
+    for i, k in enumerate(levels):
+        if budgets is not None:
+            B = float(budgets[i])
+        elif "beam" in methods:
             B = beam_cost(k, expansions, lengths, policy_per_token, prm_per_token, cache_hit)
         else:
             B = sample_cost(k, lengths, policy_per_token, prm_per_token, scored="majority" not in methods)
         row: dict = {"level": k, "budget": B}
         for m in methods:
             if m == "beam":
-                row[m] = {"width": k, "expansions": expansions, "predicted": B}
+                row[m] = {"width": k, "expansions": expansions,
+                          "predicted": beam_cost(k, expansions, lengths, policy_per_token, prm_per_token, cache_hit)}
                 continue
             scored = m != "majority"
             fixed = sample_cost(0, lengths, policy_per_token, prm_per_token, scored)
@@ -370,14 +378,15 @@ def beam_search(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], samp
                 eos_ids: Sequence[int] | None = None, stops: Sequence[str] = (), seed: int = 0,
                 key_ids: Sequence[int] | None = None, prefix_cache: PrefixCache | None = None,
                 params_version: int = 0, answer_fn: Callable[[str], bool] = states_answer,
-                **engine_kw) -> list[SearchResult]:
+                prm_tokenizer=None, **engine_kw) -> list[SearchResult]:
     """Step-level beam search over every question at once (see the module docstring).
 
     prompts: the policy's prompt ids per question; prm_prompts: the PRM's (the question as the PRM
     was trained on it). sampling.max_new_tokens caps a whole solution, step_tokens (0: no cap) one
     step; sampling.n is ignored (the search draws `expansions` per beam). stops: the format's stop
     strings, which end a solution. tokenizer: decode(ids, skip_special_tokens=True) for the step
-    text, encode(text, add_special_tokens=False) for the PRM rows. engine_kw go to generate
+    text; prm_tokenizer (default: tokenizer) encode(text, add_special_tokens=False) for the PRM
+    rows. engine_kw go to generate
     (num_slots, kv_budget_bytes, block_steps).
     """
     if width < 1 or expansions < 1 or max_steps < 1:
@@ -387,7 +396,7 @@ def beam_search(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], samp
         raise ValueError(f"{len(prm_prompts)} PRM prompts for {len(prompts)} questions")
     aggregate([], aggregation)  # names a bad aggregation before any work
     eos = frozenset(cfg.eos_token_ids if eos_ids is None else eos_ids)
-    encode = tokenizer_encode(tokenizer)
+    encode = tokenizer_encode(prm_tokenizer if prm_tokenizer is not None else tokenizer)
     stop = StopStrings(tokenizer, (separator, *stops), tuple(eos))
     key_ids = list(range(len(prompts))) if key_ids is None else list(key_ids)
     live = [[Candidate([], "", [], 0) for _ in range(width)] for _ in prompts]
@@ -422,8 +431,9 @@ def beam_search(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], samp
         for q, kids in enumerate(children):
             if not kids:
                 continue
-            scores, f = score_texts(scorer, encode, prm_prompts[q], [c.text for c in kids], separator)
-            scr[q].update(f)
+            scores, cost = score_texts(scorer, encode, prm_prompts[q], [c.text for c in kids], separator)
+            for f in cost:
+                scr[q].update(f)
             going, seen = [], set()
             for c, s in zip(kids, scores):
                 c.scores = s
