@@ -67,16 +67,19 @@ class SearchFields:
     max_steps: int = 8        # beam search: engine calls per solution at most (a step each)
     step_tokens: int = 0      # beam search: tokens per step at most (0: generate.sampling.max_new_tokens)
     separator: str = "\n"     # ends a step (a stop string of each beam-search step); splits solutions into steps
-    calibration_questions: int = 8  # first questions sampled once each for the mean solution and step lengths
+    calibration_questions: int = 8  # first questions sampled for the mean solution and step lengths
+    calibration_samples: int = 4  # samples per calibration question
     prm_batch_size: int = 8   # rows per PRM scoring call
 
     def problems(self) -> list[str]:
         out = []
         if self.aggregation not in search.AGGREGATIONS:
             out.append(f"aggregation={self.aggregation!r}; expected one of {search.AGGREGATIONS}")
-        if self.expansions < 1 or self.max_steps < 1 or self.step_tokens < 0 or self.calibration_questions < 1:
+        if min(self.expansions, self.max_steps, self.calibration_questions, self.calibration_samples) < 1 or \
+                self.step_tokens < 0:
             out.append(f"expansions={self.expansions}, max_steps={self.max_steps}, calibration_questions="
-                       f"{self.calibration_questions} must be >= 1 and step_tokens={self.step_tokens} >= 0")
+                       f"{self.calibration_questions}, calibration_samples={self.calibration_samples} must be >= 1 "
+                       f"and step_tokens={self.step_tokens} >= 0")
         if not self.separator:
             out.append("separator must be a non-empty string")
         return out
@@ -276,10 +279,11 @@ class _Searcher:
         return cut_at_stop(self.tok.decode(tokens, skip_special_tokens=True), self.stops)[0]
 
     def calibrate(self) -> search.Lengths:
-        """Mean prompt, solution and step lengths: one sample of each of the first questions."""
+        """Mean prompt, solution and step lengths: samples of the first questions (another seed)."""
         g, n = self.cfg.generate, self.cfg.search.calibration_questions
         sp = SamplingParams(max_new_tokens=g.sampling.max_new_tokens, temperature=g.sampling.temperature,
-                            top_k=g.sampling.top_k, top_p=g.sampling.top_p, min_p=g.sampling.min_p)
+                            top_k=g.sampling.top_k, top_p=g.sampling.top_p, min_p=g.sampling.min_p,
+                            n=self.cfg.search.calibration_samples)
         res = generate(self.params, self.model_cfg, self.prompts[:n], sp, eos_ids=self.eos, seed=g.seed + 7919,
                        stop=StopStrings(self.tok, self.stops, self.eos), **self.engine_kw)
         steps = sum(max(1, len(search.split_steps(self.text(t), self.cfg.search.separator))) for t in res.tokens)
@@ -296,6 +300,17 @@ class _Searcher:
                                   max_steps=s.max_steps, separator=s.separator, aggregation=s.aggregation,
                                   step_tokens=s.step_tokens, eos_ids=self.eos, stops=self.stops, seed=g.seed,
                                   prefix_cache=self.cache, prm_tokenizer=self.prm_tok, **self.engine_kw)
+
+
+def _per_token_costs(mcfg, prm_cfg, lengths: search.Lengths) -> tuple[float, float]:
+    """FLOPs per token of the policy and of the PRM, attention included, at the calibration's mean
+    lengths: a solution generated after the prompt; a PRM row of prompt + solution."""
+    sol, prompt = max(1, round(lengths.solution)), round(lengths.prompt)
+    policy = flops_lib.forward_flops(mcfg, 1, sol, context=prompt)["total"] / sol
+    if prm_cfg is None:
+        return policy, 0.0
+    row = max(1, round(lengths.prm_prompt + lengths.solution))
+    return policy, flops_lib.score_flops(prm_cfg, 1, row)["total"] / row
 
 
 def _beam_levels(searcher: _Searcher, cfg: EvaluateConfig, run_dir: Path) -> dict[int, dict]:
@@ -441,9 +456,7 @@ def run(cfg: ml_collections.ConfigDict | EvaluateConfig, scorer: search.Scorer |
         mcfg = searcher.model_cfg
         prm_cfg = searcher.scorer.cfg
         plan = search.plan_matched(list(cfg.ks), list(cfg.selection), calibration,
-                                   2 * flops_lib.matmul_params(mcfg),
-                                   flops_lib.score_flops(prm_cfg, 1, 1)["dense"] if prm_cfg is not None else 0.0,
-                                   cfg.search.expansions,
+                                   *_per_token_costs(mcfg, prm_cfg, calibration), cfg.search.expansions,
                                    budgets=[beams[k]["policy_flops"] + beams[k]["prm_flops"] for k in cfg.ks]
                                    if beams else None)
         n = max([n] + [lv[m]["n"] for lv in plan for m in cfg.selection if m != "beam"])
