@@ -288,7 +288,8 @@ class _Searcher:
                        stop=StopStrings(self.tok, self.stops, self.eos), **self.engine_kw)
         steps = sum(max(1, len(search.split_steps(self.text(t), self.cfg.search.separator))) for t in res.tokens)
         mean = lambda xs: sum(xs) / max(1, len(xs))  # noqa: E731
-        return search.Lengths(prompt=mean(list(map(len, self.prompts))), prm_prompt=mean(list(map(len, self.prm_prompts))),
+        return search.Lengths(prompt=mean(list(map(len, self.prompts))),
+                              prm_prompt=mean(list(map(len, self.prm_prompts))),
                               solution=max(1.0, mean(res.lengths)), step=max(1.0, sum(res.lengths) / steps))
 
     def beam(self, width: int) -> list[search.SearchResult]:
@@ -406,8 +407,9 @@ def selection_markdown(sel: dict) -> str:
     for lv in sel["levels"]:
         for m, v in lv["methods"].items():
             knob = f"{v['width']} x {v['expansions']}" if "width" in v else str(v["n"])
-            lines.append(f"| {lv['level']} | {m} | {knob} | {format_estimate(v['accuracy'])} | {v['policy_flops']:.3e} | "
-                         f"{v['prm_flops']:.3e} | {v['flops']:.3e} | {v['flops_over_budget']:.2f} |")
+            lines.append(f"| {lv['level']} | {m} | {knob} | {format_estimate(v['accuracy'])} | "
+                         f"{v['policy_flops']:.3e} | {v['prm_flops']:.3e} | {v['flops']:.3e} | "
+                         f"{v['flops_over_budget']:.2f} |")
     return "\n".join(lines)
 
 

@@ -574,10 +574,10 @@ class _Run:
         self.slot_row = [-1] * self.S  # row id per slot, -1 when free
         self.slot_len = [0] * self.S  # cache columns filled per slot
         self.queue = collections.deque(range(len(prompts)))  # prompts not yet prefilled
+        self.cached_lengths = [0] * len(prompts)  # per prompt: tokens read from the prefix cache
         self.store = None
         self.store_rows: collections.deque = collections.deque()  # (row id, store row, first token) waiting
         self.stats = EngineStats(rows=len(self.rows), num_slots=self.S, cache_columns=self.columns)
-        self.cached = [0] * len(prompts)  # per prompt: its tokens read from the prefix cache
         self.min_slots = min(self.S, batch_shards(mesh))
         self.t0 = time.perf_counter()
 
@@ -682,7 +682,7 @@ class _Run:
             keys[b * n:(b + 1) * n] = [self.rows[i * n + j].key for j in range(n)]
             self.stats.prefill_tokens += len(p)
             self.stats.cached_tokens += int(cached[b])
-            self.cached[i] = int(cached[b])
+            self.cached_lengths[i] = int(cached[b])
         t0 = time.perf_counter()
         self.store, *first = self._call(_prefill, self.params, tokens, segments, keys, prefix, cfg=self.cfg,
                                         sp=self.sp, columns=T)
@@ -857,7 +857,7 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], s
                           model_logprobs=[r.model_logprobs for r in run.rows],
                           finish_reasons=[r.reason for r in run.rows], prompt_index=[r.prompt for r in run.rows],
                           sample_index=[r.sample for r in run.rows], prompt_lengths=[len(p) for p in prompts],
-                          cached_lengths=run.cached,
+                          cached_lengths=run.cached_lengths,
                           wall_time_s=time.perf_counter() - t0, stats=run.stats.as_dict())
 
 

@@ -68,10 +68,10 @@ class GenerateResult:
     prompt_index: list[int]
     sample_index: list[int]
     prompt_lengths: list[int]  # per distinct prompt
+    cached_lengths: list[int] = dataclasses.field(default_factory=list)  # per distinct prompt: its leading
+    # tokens whose KV came from the prefix cache (not prefilled); all 0 without a cache
     wall_time_s: float = 0.0
     stats: dict = dataclasses.field(default_factory=dict)  # the engine's counters (engine.EngineStats)
-    cached_lengths: list[int] = dataclasses.field(default_factory=list)  # per distinct prompt: its tokens read
-                                                                         # from the prefix cache (not prefilled)
 
     @property
     def lengths(self) -> list[int]:
