@@ -278,3 +278,50 @@ def test_evaluate_compares_every_selection_at_matched_flops(eval_root):
         assert len(beams) == 3
     assert (out / "accuracy_vs_flops.png").stat().st_size > 1000
     assert "| level | method |" in (out / "metrics.md").read_text()
+
+
+@pytest.mark.skipif(not hasattr(search.prm, "save_prm"), reason="needs the PRM of issue 28a (prm.save_prm, "
+                    "score_steps); runs once it is merged")
+def test_evaluate_cli_with_a_prm_checkpoint(eval_root):
+    """The CLI as a user runs it, with a PRM checkpoint (a random head on the policy's decoder,
+    written by prm.save_prm): every selection runs; the PRM's FLOPs are those of score_flops over
+    the rows it scored (best-of-N: each of the N solutions once)."""
+    import json
+    import subprocess
+    import sys
+
+    from reasonax.model import prm
+
+    cfg, params = model.load_hf(eval_root / "model")
+    prm.save_prm(prm.init_prm(params, cfg, jax.random.key(0)), cfg, eval_root / "prm",
+                 tokenizer_dir=eval_root / "model")
+    out = eval_root / "cli"
+    c = _evaluate_config(eval_root, out)
+    args = [sys.executable, "-m", "reasonax.evaluate", "--config=configs/eval_gsm8k_gemma3_270m.py",
+            f"--config.generate.model={eval_root / 'model'}", f"--config.dataset={c.dataset}", "--config.few_shot=",
+            f"--config.output_dir={out}", "--config.generate.sampling.max_new_tokens=6", "--config.n_boot=20",
+            "--config.generate.progress=False", "--config.generate.num_slots=8", "--config.ks=(1,)",
+            "--config.selection=('majority','prm-best-of-n','prm-weighted','beam')",
+            f"--config.search.prm={eval_root / 'prm'}", "--config.search.separator=;", "--config.search.expansions=2",
+            "--config.search.step_tokens=3", "--config.search.max_steps=3", "--config.search.calibration_questions=3"]
+    proc = subprocess.run(args, capture_output=True, text=True,
+                          env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| level | method |" in proc.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    [lv] = m["selection"]["levels"]
+    assert set(lv["methods"]) == {"majority", "prm-best-of-n", "prm-weighted", "beam"}
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    tok = __import__("transformers").AutoTokenizer.from_pretrained(str(eval_root / "prm"))
+    n, flops = lv["methods"]["prm-best-of-n"]["n"], 0
+    for i in range(3):
+        texts = [s["text"] for s in sorted((s for s in samples if s["prompt_id"] == f"p{i}"),
+                                           key=lambda s: s["sample_index"])][:n]
+        prompt = tok(f"w{10 + i} w{20 + i}")["input_ids"]
+        for t in texts:
+            steps = search.split_steps(t, ";")
+            if steps:
+                row, _ = search.prm_row(lambda x: tok.encode(x, add_special_tokens=False), prompt, steps, ";")
+                flops += search.flops_lib.score_flops(cfg, 1, len(row))["total"]
+    assert lv["methods"]["prm-best-of-n"]["prm_flops"] == pytest.approx(flops / 3)
+    assert lv["methods"]["beam"]["prm_flops"] > 0
