@@ -270,7 +270,7 @@ class _Searcher:
             scorer, scorer_tokenizer = _load_prm(cfg.search.prm, g.dtype)
         self.scorer = scorer
         self.prm_tok = scorer_tokenizer if scorer_tokenizer is not None else self.tok
-        self.prm_prompts = [self.prm_tok(p.question)["input_ids"] for p in problems]
+        self.prm_prompts = [search.prm_prompt_ids(self.prm_tok, p.question) for p in problems]
         self.cache = engine.PrefixCache(g.prefix_cache_gb, g.prefix_block) if g.prefix_cache_gb > 0 else None
         self.engine_kw = dict(num_slots=g.num_slots or None, kv_budget_bytes=int(g.kv_budget_gb * 2**30),
                               block_steps=g.block_steps)
@@ -319,7 +319,8 @@ def _beam_levels(searcher: _Searcher, cfg: EvaluateConfig, run_dir: Path) -> dic
     out = {}
     for k in cfg.ks:
         results = searcher.beam(k)
-        recs = [{"prompt_id": p.id, "text": r.text, "scores": r.candidates[r.best].scores if r.best is not None else [],
+        recs = [{"prompt_id": p.id, "text": searcher.text(r.candidates[r.best].tokens) if r.best is not None else "",
+                 "scores": r.candidates[r.best].scores if r.best is not None else [],
                  "finish": r.candidates[r.best].finish if r.best is not None else None,
                  "candidates": len(r.candidates), "policy_flops": r.policy_flops["total"],
                  "prm_flops": r.prm_flops["total"]} for p, r in zip(searcher.problems, results)]

@@ -317,7 +317,7 @@ def test_evaluate_cli_with_a_prm_checkpoint(eval_root):
     for i in range(3):
         texts = [s["text"] for s in sorted((s for s in samples if s["prompt_id"] == f"p{i}"),
                                            key=lambda s: s["sample_index"])][:n]
-        prompt = tok(f"w{10 + i} w{20 + i}")["input_ids"]
+        prompt = [tok.bos_token_id] + tok.encode(f"w{10 + i} w{20 + i}", add_special_tokens=False)
         for t in texts:
             steps = search.split_steps(t, ";")
             if steps:

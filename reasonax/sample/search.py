@@ -115,6 +115,14 @@ def prm_row(encode: Callable[[str], list[int]], prompt_ids: Sequence[int], steps
     return prm.join_steps(prompt_ids, [encode(s) for s in steps], encode(separator))
 
 
+def prm_prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """The PRM's prompt ids as the PRM recipe builds them (prm.tokenize_steps): the tokenizer's
+    BOS when it has one, then the prompt without special tokens."""
+    head = list(tokenizer.encode(prompt, add_special_tokens=False)) if prompt else []
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return [bos, *head] if bos is not None else head
+
+
 def tokenizer_encode(tokenizer) -> Callable[[str], list[int]]:
     """text -> ids without special tokens (an HF tokenizer or one with that encode)."""
     return lambda text: list(tokenizer.encode(text, add_special_tokens=False))
