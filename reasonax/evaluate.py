@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -41,7 +42,7 @@ from reasonax.eval.labels import SolutionLabel
 from reasonax.model import convert, flops as flops_lib, prm, prompts as prompts_lib
 from reasonax.model.sharding import make_mesh
 from reasonax.model.tokenizer import load_tokenizer
-from reasonax.sample import SamplingParams, engine, generate
+from reasonax.sample import SamplingParams, budget as budget_lib, engine, generate
 from reasonax.sample import generate_cli, search
 from reasonax.sample.stops import StopStrings, cut_at_stop, stop_token_ids
 
@@ -69,6 +70,8 @@ class SearchFields:
     separator: str = "\n"     # ends a step (a stop string of each beam-search step); splits solutions into steps
     calibration_questions: int = 8  # first questions sampled for the mean solution and step lengths
     calibration_samples: int = 4  # samples per calibration question
+    sample_margin: float = 1.5  # draw margin x the largest planned N per question; N is then chosen from the
+                                # realised FLOPs of the samples drawn (search.match_n)
     prm_batch_size: int = 8   # rows per PRM scoring call
 
     def problems(self) -> list[str]:
@@ -80,6 +83,8 @@ class SearchFields:
             out.append(f"expansions={self.expansions}, max_steps={self.max_steps}, calibration_questions="
                        f"{self.calibration_questions}, calibration_samples={self.calibration_samples} must be >= 1 "
                        f"and step_tokens={self.step_tokens} >= 0")
+        if self.sample_margin < 1:
+            out.append(f"sample_margin={self.sample_margin} must be >= 1")
         if not self.separator:
             out.append("separator must be a non-empty string")
         return out
@@ -333,31 +338,38 @@ def _beam_levels(searcher: _Searcher, cfg: EvaluateConfig, run_dir: Path) -> dic
 def compare_selections(cfg: EvaluateConfig, problems, graded: list[dict], searcher: _Searcher, plan: list[dict],
                        beams: dict[int, dict], calibration: search.Lengths) -> dict:
     """Per level: each method's accuracy (bootstrap interval), knob and realised FLOPs per question.
-    Sample methods use the first N samples of each question (prompt prefilled once, the N rows'
-    tokens; the PRM scores each of the N solutions once)."""
-    s = cfg.search
+    The level's budget is beam search's realised FLOPs (without beam: the first method's over k
+    samples); each sample method takes the N whose realised FLOPs over the first N samples of each
+    question (the prompt prefilled once, the N rows' tokens, and for the PRM methods one scoring
+    pass per solution) are nearest it (search.match_n; the planner's N is kept as planned_n)."""
+    s, mcfg = cfg.search, searcher.model_cfg
     gold = {p.id: p.gold for p in problems}
     by_problem: dict[str, list[dict]] = defaultdict(list)
     for r in graded:
         by_problem[r["prompt_id"]].append(r)
     rows = [sorted(by_problem[p.id], key=lambda r: r["sample_index"]) for p in problems]
     need_scores = any(m in cfg.selection for m in ("prm-best-of-n", "prm-weighted"))
-    n_max = max((lv[m]["n"] for lv in plan for m in cfg.selection if m != "beam"), default=0)
-    scores, prm_row_flops = [], []
+    fixed, row_pol, row_prm, scores = [], [], [], []
     for q, row in enumerate(rows):
+        P = len(searcher.prompts[q])
+        fixed.append(budget_lib.generation_flops(mcfg, P, 0)["total"])  # the prompt, prefilled once
+        row_pol.append([budget_lib.generation_flops(mcfg, P, r["num_tokens"], prefill=False)["total"] for r in row])
         if need_scores:
             sc, cost = search.score_texts(searcher.scorer, search.tokenizer_encode(searcher.prm_tok),
-                                          searcher.prm_prompts[q], [r["text"] for r in row[:n_max]], s.separator)
-            per = [f["total"] for f in cost]
+                                          searcher.prm_prompts[q], [r["text"] for r in row], s.separator)
         else:
-            sc, per = [[] for _ in row[:n_max]], [0] * len(row[:n_max])
+            sc, cost = [[] for _ in row], [{"total": 0} for _ in row]
         scores.append(sc)
-        prm_row_flops.append(per)
-    mcfg = searcher.model_cfg
+        row_prm.append([f["total"] for f in cost])
+    both = [[a + b for a, b in zip(p, r)] for p, r in zip(row_pol, row_prm)]
     levels = []
     for lv in plan:
         k = lv["level"]
-        out = {"level": k, "budget": lv["budget"], "methods": {}}
+        if "beam" in cfg.selection:
+            budget = beams[k]["policy_flops"] + beams[k]["prm_flops"]
+        else:
+            budget = search.realised_cost(fixed, row_pol if cfg.selection[0] == "majority" else both, k)
+        out = {"level": k, "budget": budget, "predicted_budget": lv["budget"], "methods": {}}
         for m in cfg.selection:
             if m == "beam":
                 recs = beams[k]["records"]
@@ -365,31 +377,25 @@ def compare_selections(cfg: EvaluateConfig, problems, graded: list[dict], search
                 pol, prm_f = beams[k]["policy_flops"], beams[k]["prm_flops"]
                 knob = {"width": k, "expansions": s.expansions}
             else:
-                n = lv[m]["n"]
-                ok, pol, prm_f = [], 0.0, 0.0
+                cost = row_pol if m == "majority" else both
+                n = search.match_n(fixed, cost, budget)
+                pol = search.realised_cost(fixed, row_pol, n)
+                prm_f = 0.0 if m == "majority" else search.realised_cost([0.0] * len(rows), row_prm, n)
+                ok = []
                 for q, row in enumerate(rows):
-                    first = row[:n]
-                    pol += search.policy_flops(mcfg, [len(searcher.prompts[q])], [0], [0] * len(first),
-                                               [r["num_tokens"] for r in first])["total"]
-                    answers = [r["answer"] for r in first]
+                    answers = [r["answer"] for r in row[:n]]
                     if m == "majority":
                         pick = metrics.majority_vote(answers)
                     elif m == "prm-weighted":
                         pick = search.weighted_vote(answers, scores[q][:n], s.aggregation)
-                        prm_f += sum(prm_row_flops[q][:n])
                     else:
                         j = search.best_of_n(scores[q][:n], s.aggregation)
                         pick = answers[j] if j is not None else None
-                        prm_f += sum(prm_row_flops[q][:n])
                     ok.append(1.0 if pick is not None and grader.is_equivalent(gold[problems[q].id], pick) else 0.0)
-                pol, prm_f = pol / len(rows), prm_f / len(rows)
-                knob = {"n": n}
+                knob = {"n": n, "planned_n": lv[m]["n"], "drawn": min(map(len, rows))}
             est = metrics.bootstrap_ratio(ok, [1.0] * len(ok), n_boot=cfg.n_boot)
             out["methods"][m] = {**knob, "accuracy": _d(est), "policy_flops": pol, "prm_flops": prm_f,
-                                 "flops": pol + prm_f}
-        anchor = out["methods"]["beam" if "beam" in out["methods"] else next(iter(out["methods"]))]["flops"]
-        for v in out["methods"].values():
-            v["flops_over_budget"] = v["flops"] / anchor if anchor else None
+                                 "flops": pol + prm_f, "flops_over_budget": (pol + prm_f) / budget if budget else None}
         levels.append(out)
     return {"selection": list(cfg.selection), "aggregation": s.aggregation, "separator": s.separator,
             "calibration": dataclasses.asdict(calibration), "levels": levels}
@@ -462,7 +468,8 @@ def run(cfg: ml_collections.ConfigDict | EvaluateConfig, scorer: search.Scorer |
                                    *_per_token_costs(mcfg, prm_cfg, calibration), cfg.search.expansions,
                                    budgets=[beams[k]["policy_flops"] + beams[k]["prm_flops"] for k in cfg.ks]
                                    if beams else None)
-        n = max([n] + [lv[m]["n"] for lv in plan for m in cfg.selection if m != "beam"])
+        planned = max([0] + [lv[m]["n"] for lv in plan for m in cfg.selection if m != "beam"])
+        n = max(n, math.ceil(cfg.search.sample_margin * planned))
     gen = dataclasses.replace(cfg.generate, prompts=str(run_dir / "prompts.jsonl"),
                               output=str(run_dir / "samples.jsonl"), few_shot=few_shot,
                               sampling=dataclasses.replace(cfg.generate.sampling, n=n))

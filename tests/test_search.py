@@ -181,6 +181,16 @@ def test_steps_and_prm_rows():
     assert not search.states_answer("The total is 12.") and not search.states_answer("3 + 4 = 7")
 
 
+def test_n_is_matched_on_realised_costs():
+    """Two questions, prompts costing 1 and 3, samples costing (2, 2, 6) and (4, 4, 4): N = 1, 2,
+    3 cost (1 + 2 + 3 + 4) / 2 = 5, 8 and 13; a budget of 9 takes N = 2, of 11 N = 3 (13 is 2
+    away, 8 is 3), of 100 all that was drawn."""
+    fixed, rows = [1.0, 3.0], [[2.0, 2.0, 6.0], [4.0, 4.0, 4.0]]
+    assert [search.realised_cost(fixed, rows, n) for n in (1, 2, 3)] == [5.0, 8.0, 13.0]
+    assert [search.match_n(fixed, rows, b) for b in (9, 11, 100, 0)] == [2, 3, 3, 1]
+    assert search.match_n(fixed, rows, 6.5) == 1  # 1.5 from both 5 and 8: the smaller N
+
+
 def test_planner_matches_the_methods_on_a_hand_case():
     """Lengths: prompt 10, PRM prompt 4, solution 20 in steps of 10 (K = 2); a policy token costs
     1, a PRM token 2. Beam W = 2, M = 3: step 1 prefills 2 x 10 and draws 6 x 10, the PRM scores
@@ -271,6 +281,7 @@ def test_evaluate_compares_every_selection_at_matched_flops(eval_root):
         assert meth["beam"]["flops_over_budget"] == 1.0  # beam's realised FLOPs are the level's budget
         for x in ("majority", "prm-best-of-n", "prm-weighted"):  # N planned from the calibration lands within 10%
             assert 0.9 <= meth[x]["flops_over_budget"] <= 1.1, (lv["level"], x, meth[x])
+        assert all(meth[x]["n"] <= meth[x]["drawn"] and meth[x]["planned_n"] >= 1 for x in ("majority", "prm-weighted"))
         n = meth["majority"]["n"]
         want = metrics.maj_at_k(answers, [str(i % 3) for i in range(3)], n, n_boot=0).value
         assert meth["majority"]["accuracy"]["value"] == want

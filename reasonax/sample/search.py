@@ -28,7 +28,8 @@ prefix cache (whole blocks) at one params version.
 FLOPs are counted from realised tokens: the policy per engine call with
 budget.generation_flops (each prompt prefilled once, less its tokens read from the prefix cache,
 each sample's kept tokens), the PRM with flops.score_flops over each scored row. `plan_matched`
-chooses N (majority, best-of-N, weighted) and W (beam) so the methods' predicted FLOPs meet.
+chooses N (majority, best-of-N, weighted) and W (beam) so the methods' predicted FLOPs meet;
+`match_n` then picks N from the realised costs of the samples drawn.
 """
 
 from __future__ import annotations
@@ -328,6 +329,24 @@ def plan_matched(levels: Sequence[int], methods: Sequence[str], lengths: Lengths
             row[m] = {"n": n, "predicted": sample_cost(n, lengths, policy_per_token, prm_per_token, scored)}
         out.append(row)
     return out
+
+
+def realised_cost(fixed: Sequence[float], per_row: Sequence[Sequence[float]], n: int) -> float:
+    """Mean over questions of fixed[q] + the first n of per_row[q] (FLOPs of N samples)."""
+    return sum(f + sum(r[:n]) for f, r in zip(fixed, per_row)) / max(1, len(fixed))
+
+
+def match_n(fixed: Sequence[float], per_row: Sequence[Sequence[float]], budget: float) -> int:
+    """The N (1 <= N <= the samples drawn per question) whose realised cost is nearest the budget
+    (ties: the smaller N).
+
+    >>> match_n([1.0, 1.0], [[2.0, 2.0, 2.0], [4.0, 4.0, 4.0]], 7.5)  # costs 4, 7, 10
+    2
+    """
+    drawn = min((len(r) for r in per_row), default=0)
+    if drawn < 1:
+        raise ValueError("match_n needs at least one sample per question")
+    return min(range(1, drawn + 1), key=lambda n: (abs(realised_cost(fixed, per_row, n) - budget), n))
 
 
 # ----------------------------------------------------------------------------------------------
