@@ -241,7 +241,7 @@ def _judge_fn(cfg):
 # Selection methods compared at matched FLOPs (config.selection)
 
 
-def _load_prm(path: str, dtype: str):
+def _load_prm(path: str, dtype: str, batch_size: int):
     """(scorer, tokenizer) of a PRM checkpoint: prm.load_prm when the model layer has it, else any
     checkpoint convert.load_model reads whose params carry "prm_head"."""
     loader = getattr(prm, "load_prm", None)
@@ -252,7 +252,7 @@ def _load_prm(path: str, dtype: str):
     if "prm_head" not in pparams:
         raise ValueError(f"search.prm={path}: not a PRM checkpoint (its params have no 'prm_head'; train one with "
                          f"reasonax.train.prm)")
-    return search.prm_scorer(pparams, pcfg), load_tokenizer(path)
+    return search.prm_scorer(pparams, pcfg, batch_size=batch_size), load_tokenizer(path)
 
 
 class _Searcher:
@@ -273,7 +273,7 @@ class _Searcher:
         if scorer is None:
             if not cfg.search.prm:
                 raise ValueError(f"selection={list(cfg.selection)} needs search.prm, a PRM checkpoint")
-            scorer, scorer_tokenizer = _load_prm(cfg.search.prm, g.dtype)
+            scorer, scorer_tokenizer = _load_prm(cfg.search.prm, g.dtype, cfg.search.prm_batch_size)
         self.scorer = scorer
         self.prm_tok = scorer_tokenizer if scorer_tokenizer is not None else self.tok
         self.prm_prompts = [search.prm_prompt_ids(self.prm_tok, p.question) for p in problems]
