@@ -181,6 +181,22 @@ def test_steps_and_prm_rows():
     assert not search.states_answer("The total is 12.") and not search.states_answer("3 + 4 = 7")
 
 
+def test_a_beam_finishes_at_eos_a_stop_an_answer_the_token_cap_or_max_steps():
+    eos = frozenset({1})
+
+    def why(tokens, text, calls=1, stopped=False):
+        c = search.Candidate(tokens, text, [], calls)
+        return search._finish(c, eos, stopped, SEP, max_tokens=10, max_steps=3, answer_fn=search.states_answer)
+
+    assert why([4, 1], "x = 2") == "eos"
+    assert why([4, 5], "x = 2", stopped=True) == "stop"
+    assert why([4, 5], "x = 2\nSo the answer is 2.") == "answer"
+    assert why([4, 5], "the answer is 2.\nthen x = 3\n") is None  # only the last step counts
+    assert why(list(range(10)), "x = 2") == "length"
+    assert why([4, 5], "x = 2", calls=3) == "max_steps"
+    assert why([4, 5], "x = 2", calls=2) is None
+
+
 def test_n_is_matched_on_realised_costs():
     """Two questions, prompts costing 1 and 3, samples costing (2, 2, 6) and (4, 4, 4): N = 1, 2,
     3 cost (1 + 2 + 3 + 4) / 2 = 5, 8 and 13; a budget of 9 takes N = 2, of 11 N = 3 (13 is 2

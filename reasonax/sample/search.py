@@ -358,7 +358,7 @@ class Candidate:
     """A partial or finished solution of one question."""
 
     tokens: list[int]  # generated tokens (prompt excluded)
-    text: str
+    text: str  # decoded, cut before a format stop string
     scores: list[float]  # the PRM's step scores over the whole prefix
     calls: int  # engine calls (steps) that produced it
     finish: str | None = None  # eos | stop | answer | length | max_steps; None while live
@@ -382,12 +382,12 @@ class SearchResult:
         return self.policy_flops["total"] + self.prm_flops["total"]
 
 
-def _finish(c: Candidate, eos: frozenset, stops: Sequence[str], separator: str, max_tokens: int, max_steps: int,
+def _finish(c: Candidate, eos: frozenset, stopped: bool, separator: str, max_tokens: int, max_steps: int,
             answer_fn: Callable[[str], bool]) -> str | None:
-    """Why a child ends (None: it goes on)."""
+    """Why a child ends (None: it goes on); stopped: its text reached a format stop string."""
     if c.tokens and c.tokens[-1] in eos:
         return "eos"
-    if cut_at_stop(c.text, stops)[1]:
+    if stopped:
         return "stop"
     steps = split_steps(c.text, separator)
     if steps and answer_fn(steps[-1]):
@@ -445,7 +445,7 @@ def beam_search(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], samp
         # realised policy FLOPs, per question
         for i, (q, _) in enumerate(req):
             pol[q].update(budget.generation_flops(cfg, res.prompt_lengths[i], 0, cached=res.cached_lengths[i]))
-        children: list[list[Candidate]] = [[] for _ in prompts]
+        children: list[list[tuple[Candidate, bool]]] = [[] for _ in prompts]  # (child, reached a stop string)
         for r, toks in enumerate(res.tokens):
             q, b = req[res.prompt_index[r]]
             parent = live[q][b]
@@ -453,18 +453,18 @@ def beam_search(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], samp
                                                   prefill=False))  # all it drew, past its own cap too
             toks = toks[:sampling.max_new_tokens - len(parent.tokens)]
             tokens = parent.tokens + list(toks)
-            children[q].append(Candidate(tokens, tokenizer.decode(tokens, skip_special_tokens=True), [],
-                                         parent.calls + 1))
+            text, stopped = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stops)
+            children[q].append((Candidate(tokens, text, [], parent.calls + 1), stopped))
         for q, kids in enumerate(children):
             if not kids:
                 continue
-            scores, cost = score_texts(scorer, encode, prm_prompts[q], [c.text for c in kids], separator)
+            scores, cost = score_texts(scorer, encode, prm_prompts[q], [c.text for c, _ in kids], separator)
             for f in cost:
                 scr[q].update(f)
             going, seen = [], set()
-            for c, s in zip(kids, scores):
+            for (c, stopped), s in zip(kids, scores):
                 c.scores = s
-                c.finish = _finish(c, eos, stops, separator, sampling.max_new_tokens, max_steps, answer_fn)
+                c.finish = _finish(c, eos, stopped, separator, sampling.max_new_tokens, max_steps, answer_fn)
                 if c.finish is not None:
                     pool[q].append(c)
                 elif tuple(c.tokens) not in seen:
