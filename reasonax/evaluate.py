@@ -11,13 +11,14 @@ checker (and from an LLM judge when judge_model is set), each with a bootstrap 9
 
 With `selection` naming more than majority (prm-best-of-n, prm-weighted, beam; see
 reasonax.sample.search) the methods are compared at matched realised FLOPs, one budget level per
-k in ks: a calibration run (search.calibration_questions questions, one sample each) gives the
-mean solution and step lengths; beam search runs with W = k beams of M = search.expansions
-(its realised FLOPs per question are the level's budget; without beam, the first method over k
-samples is the anchor); the planner (search.plan_matched) predicts each sample method's N from
-the calibration, one sampling run draws search.sample_margin x the largest, and each method takes
-the N whose realised FLOPs over the first N samples are nearest the budget (search.match_n). Adds to metrics.json["selection"] and
-metrics.md a table per level (accuracy with a bootstrap interval, N or W x M, realised FLOPs per
+k in ks: a calibration run (search.calibration_samples samples of each of the first
+search.calibration_questions questions) gives the mean solution and step lengths; beam search
+runs with W = k beams of M = search.expansions (its realised FLOPs per question are the level's
+budget; without beam, the first method over k samples is the anchor); the planner
+(search.plan_matched) predicts each sample method's N from the calibration, one sampling run
+draws search.sample_margin x the largest, and each method takes the N whose realised FLOPs over
+the first N samples are nearest the budget (search.match_n). Adds to metrics.json["selection"]
+and metrics.md a table per level (accuracy with a bootstrap interval, N or W x M, realised FLOPs per
 question of the policy and the PRM, realised / budget), beam_k<k>.jsonl (the picks) and
 accuracy_vs_flops.png.
 This module composes the library (sampler and grading); it sits above eval and sample, as the pipeline does.
