@@ -67,6 +67,7 @@ class SearchFields:
     prm: str = ""             # the PRM checkpoint (reasonax.train.prm's output); needed by prm-* and beam
     aggregation: str = "last"  # a solution's score from its step scores: last | min | product
     expansions: int = 4       # beam search: M, samples per live beam per step (W = k beams at level k)
+    width: int = 0            # beam search: 0 = W = k at level k (M = expansions); > 0 = W fixed, M = k at level k
     max_steps: int = 8        # beam search: engine calls per solution at most (a step each)
     step_tokens: int = 0      # beam search: tokens per step at most (0: generate.sampling.max_new_tokens)
     separator: str = "\n"     # ends a step (a stop string of each beam-search step); splits solutions into steps
@@ -81,10 +82,10 @@ class SearchFields:
         if self.aggregation not in search.AGGREGATIONS:
             out.append(f"aggregation={self.aggregation!r}; expected one of {search.AGGREGATIONS}")
         if min(self.expansions, self.max_steps, self.calibration_questions, self.calibration_samples) < 1 or \
-                self.step_tokens < 0:
+                self.step_tokens < 0 or self.width < 0:
             out.append(f"expansions={self.expansions}, max_steps={self.max_steps}, calibration_questions="
                        f"{self.calibration_questions}, calibration_samples={self.calibration_samples} must be >= 1 "
-                       f"and step_tokens={self.step_tokens} >= 0")
+                       f"and step_tokens={self.step_tokens}, width={self.width} >= 0")
         if self.sample_margin < 1:
             out.append(f"sample_margin={self.sample_margin} must be >= 1")
         if not self.separator:
@@ -299,12 +300,12 @@ class _Searcher:
                               prm_prompt=mean(list(map(len, self.prm_prompts))),
                               solution=max(1.0, mean(res.lengths)), step=max(1.0, sum(res.lengths) / steps))
 
-    def beam(self, width: int) -> list[search.SearchResult]:
+    def beam(self, width: int, expansions: int) -> list[search.SearchResult]:
         g, s = self.cfg.generate, self.cfg.search
         sp = SamplingParams(max_new_tokens=g.sampling.max_new_tokens, temperature=g.sampling.temperature,
                             top_k=g.sampling.top_k, top_p=g.sampling.top_p, min_p=g.sampling.min_p)
         return search.beam_search(self.params, self.model_cfg, self.prompts, sp, self.scorer, self.tok,
-                                  prm_prompts=self.prm_prompts, width=width, expansions=s.expansions,
+                                  prm_prompts=self.prm_prompts, width=width, expansions=expansions,
                                   max_steps=s.max_steps, separator=s.separator, aggregation=s.aggregation,
                                   step_tokens=s.step_tokens, eos_ids=self.eos, stops=self.stops, seed=g.seed,
                                   prefix_cache=self.cache, prm_tokenizer=self.prm_tok, **self.engine_kw)
@@ -322,10 +323,11 @@ def _per_token_costs(mcfg, prm_cfg, lengths: search.Lengths) -> tuple[float, flo
 
 
 def _beam_levels(searcher: _Searcher, cfg: EvaluateConfig, run_dir: Path) -> dict[int, dict]:
-    """Beam search at W = k for each k: per level the picks' records and the realised FLOPs."""
+    """Beam search at each level k (search.beam_shape: W = k, or M = k with a fixed width): per
+    level the picks' records and the realised FLOPs."""
     out = {}
     for k in cfg.ks:
-        results = searcher.beam(k)
+        results = searcher.beam(*search.beam_shape(k, cfg.search.width, cfg.search.expansions))
         recs = [{"prompt_id": p.id, "text": searcher.text(r.candidates[r.best].tokens) if r.best is not None else "",
                  "scores": r.candidates[r.best].scores if r.best is not None else [],
                  "finish": r.candidates[r.best].finish if r.best is not None else None,
@@ -377,7 +379,8 @@ def compare_selections(cfg: EvaluateConfig, problems, graded: list[dict], search
                 recs = beams[k]["records"]
                 ok = [1.0 if _correct(gold[r["prompt_id"]], r["text"], cfg) else 0.0 for r in recs]
                 pol, prm_f = beams[k]["policy_flops"], beams[k]["prm_flops"]
-                knob = {"width": k, "expansions": s.expansions}
+                W, M = search.beam_shape(k, s.width, s.expansions)
+                knob = {"width": W, "expansions": M}
             else:
                 cost = row_pol if m == "majority" else both
                 n = search.match_n(fixed, cost, budget)
@@ -468,6 +471,7 @@ def run(cfg: ml_collections.ConfigDict | EvaluateConfig, scorer: search.Scorer |
         prm_cfg = searcher.scorer.cfg
         plan = search.plan_matched(list(cfg.ks), list(cfg.selection), calibration,
                                    *_per_token_costs(mcfg, prm_cfg, calibration), cfg.search.expansions,
+                                   width=cfg.search.width,
                                    budgets=[beams[k]["policy_flops"] + beams[k]["prm_flops"] for k in cfg.ks]
                                    if beams else None)
         planned = max([0] + [lv[m]["n"] for lv in plan for m in cfg.selection if m != "beam"])

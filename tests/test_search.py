@@ -224,6 +224,9 @@ def test_planner_matches_the_methods_on_a_hand_case():
     # without beam, majority over k samples is the anchor
     [row] = search.plan_matched([4], ["majority", "prm-best-of-n"], L, 1.0, 2.0, 3)
     assert row["majority"]["n"] == 4 and row["prm-best-of-n"]["n"] == round((90 - 10) / 68)
+    # a fixed width: W = 2 beams of M = k = 3 expansions, the same beam as above
+    [row] = search.plan_matched([3], ["majority", "beam"], L, 1.0, 2.0, 5, width=2)
+    assert row["beam"] == {"width": 2, "expansions": 3, "predicted": 636} and row["majority"]["n"] == 31
     # a measured budget (the anchor's realised FLOPs) replaces the predicted one
     [row] = search.plan_matched([2], ["majority", "beam"], L, 1.0, 2.0, 3, budgets=[410])
     assert row["budget"] == 410 and row["majority"]["n"] == 20 and row["beam"]["predicted"] == 636

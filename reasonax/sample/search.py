@@ -291,14 +291,19 @@ def beam_cost(width: int, expansions: int, lengths: Lengths, policy_per_token: f
     return policy_per_token * policy + prm_per_token * prm_
 
 
+def beam_shape(level: int, width: int, expansions: int) -> tuple[int, int]:
+    """(W, M) of beam search at budget level k: (k, expansions), or with a fixed width > 0 (width, k)."""
+    return (width, level) if width > 0 else (level, expansions)
+
+
 def plan_matched(levels: Sequence[int], methods: Sequence[str], lengths: Lengths, policy_per_token: float,
                  prm_per_token: float, expansions: int, cache_hit: float = 0.0,
-                 budgets: Sequence[float] | None = None) -> list[dict]:
+                 budgets: Sequence[float] | None = None, width: int = 0) -> list[dict]:
     """Per budget level k, each method's knob and predicted FLOPs per question, matched.
 
     The level's budget B_k is that of the anchor: beam search with W = k beams of M = expansions
-    when beam is among the methods, else majority vote over k samples, else best-of-N over k;
-    `budgets` (one per level), when given, replaces it (the anchor's realised FLOPs, measured).
+    (width > 0: W = width beams of M = k) when beam is among the methods, else majority vote over
+    k samples, else best-of-N over k; `budgets` (one per level), when given, replaces it (the anchor's realised FLOPs, measured).
     The sample methods take the N >= 1 whose predicted cost is nearest B_k (N = round((B_k -
     prefill) / per-sample cost)). Returns [{"level": k, "budget": B_k, method: {"n" | "width",
     "expansions", "predicted"}}].
@@ -310,17 +315,18 @@ def plan_matched(levels: Sequence[int], methods: Sequence[str], lengths: Lengths
     if budgets is not None and len(budgets) != len(levels):
         raise ValueError(f"{len(budgets)} budgets for {len(levels)} levels")
     for i, k in enumerate(levels):
+        W, M = beam_shape(k, width, expansions)
         if budgets is not None:
             B = float(budgets[i])
         elif "beam" in methods:
-            B = beam_cost(k, expansions, lengths, policy_per_token, prm_per_token, cache_hit)
+            B = beam_cost(W, M, lengths, policy_per_token, prm_per_token, cache_hit)
         else:
             B = sample_cost(k, lengths, policy_per_token, prm_per_token, scored="majority" not in methods)
         row: dict = {"level": k, "budget": B}
         for m in methods:
             if m == "beam":
-                row[m] = {"width": k, "expansions": expansions,
-                          "predicted": beam_cost(k, expansions, lengths, policy_per_token, prm_per_token, cache_hit)}
+                row[m] = {"width": W, "expansions": M,
+                          "predicted": beam_cost(W, M, lengths, policy_per_token, prm_per_token, cache_hit)}
                 continue
             scored = m != "majority"
             fixed = sample_cost(0, lengths, policy_per_token, prm_per_token, scored)
