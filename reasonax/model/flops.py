@@ -48,6 +48,15 @@ def forward_flops(cfg: ModelConfig, batch: int, seq: int, context: int = 0, caus
     return {"dense": dense, "attention": attn, "total": dense + attn}
 
 
+def score_flops(cfg: ModelConfig, batch: int, seq: int) -> dict:
+    """FLOPs of a process reward model (reasonax.model.prm) scoring `batch` rows of `seq` tokens:
+    the forward without the unembedding (the PRM has no LM head), plus its one-logit head,
+    2·D per token. Returns {'dense', 'attention', 'total'}."""
+    fwd = forward_flops(cfg, batch, seq)
+    dense = fwd["dense"] - 2 * cfg.vocab_size * cfg.hidden_size * batch * seq + 2 * cfg.hidden_size * batch * seq
+    return {"dense": dense, "attention": fwd["attention"], "total": dense + fwd["attention"]}
+
+
 def train_flops(cfg: ModelConfig, batch: int, seq: int, causal: bool = True) -> dict:
     """FLOPs of one training step (forward + backward) over `batch` rows of `seq` tokens.
 
