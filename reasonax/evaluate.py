@@ -244,16 +244,11 @@ def _judge_fn(cfg):
 
 
 def _load_prm(path: str, dtype: str, batch_size: int):
-    """(scorer, tokenizer) of a PRM checkpoint: prm.load_prm when the model layer has it, else any
-    checkpoint convert.load_model reads whose params carry "prm_head"."""
-    loader = getattr(prm, "load_prm", None)
-    if loader is not None:
-        pcfg, pparams = loader(path, dtype=dtype)
-    else:
-        pcfg, pparams = convert.load_model(path, dtype=dtype)
-    if "prm_head" not in pparams:
-        raise ValueError(f"search.prm={path}: not a PRM checkpoint (its params have no 'prm_head'; train one with "
-                         f"reasonax.train.prm)")
+    """(scorer, tokenizer) of a PRM checkpoint (model.prm.save_prm's export, as reasonax.train.prm writes)."""
+    if not prm.is_prm_checkpoint(path):
+        raise ValueError(f"search.prm={path}: not a PRM checkpoint (no config.json with a score.weight tensor; "
+                         f"train one with reasonax.train.prm)")
+    pcfg, pparams = prm.load_prm(path, dtype=dtype)
     return search.prm_scorer(pparams, pcfg, batch_size=batch_size), load_tokenizer(path)
 
 
@@ -278,7 +273,7 @@ class _Searcher:
             scorer, scorer_tokenizer = _load_prm(cfg.search.prm, g.dtype, cfg.search.prm_batch_size)
         self.scorer = scorer
         self.prm_tok = scorer_tokenizer if scorer_tokenizer is not None else self.tok
-        self.prm_prompts = [search.prm_prompt_ids(self.prm_tok, p.question) for p in problems]
+        self.prm_prompts = [prm.prompt_ids(self.prm_tok, p.question) for p in problems]
         self.cache = engine.PrefixCache(g.prefix_cache_gb, g.prefix_block) if g.prefix_cache_gb > 0 else None
         self.engine_kw = dict(num_slots=g.num_slots or None, kv_budget_bytes=int(g.kv_budget_gb * 2**30),
                               block_steps=g.block_steps)

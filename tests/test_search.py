@@ -174,7 +174,7 @@ def test_weighted_vote_on_hand_cases():
 def test_steps_and_prm_rows():
     tok = CharTokenizer()
     a, b = tok.chars[3], tok.chars[4]
-    assert search.split_steps(f"{a}{b}\n\n {b}\n", SEP) == [a + b, b]
+    assert search.split_steps(f"{a}{b}\n\n{b}\n", SEP) == [a + b, b]  # the labels' split (eval.step_labels)
     ids, ends = search.prm_row(tok.encode, [7, 8], [a + b, b], SEP)
     assert ids == [7, 8, 3, 4, 5, 4, 5] and ends == [4, 6]
     assert search.states_answer("So the answer is 12.") and search.states_answer("\\boxed{3}")

@@ -185,11 +185,18 @@ def tokenize_steps(tokenizer, prompt: str, steps: Sequence[str], separator: str 
     """join_steps on text: the tokenizer's BOS (when bos and it has one) and the prompt, then each
     step and the separator, each tokenized apart (add_special_tokens=False). What the PRM recipe
     trains on; search must score rows built the same way."""
-    head = tokenizer.encode(prompt, add_special_tokens=False) if prompt else []
+    sep = tokenizer.encode(separator, add_special_tokens=False)
+    return join_steps(prompt_ids(tokenizer, prompt, bos),
+                      [tokenizer.encode(s, add_special_tokens=False) for s in steps], sep)
+
+
+def prompt_ids(tokenizer, prompt: str, bos: bool = True) -> list[int]:
+    """The PRM's prompt ids: the tokenizer's BOS (when bos and it has one), then the prompt without
+    special tokens (what tokenize_steps puts before the steps)."""
+    head = list(tokenizer.encode(prompt, add_special_tokens=False)) if prompt else []
     if bos and getattr(tokenizer, "bos_token_id", None) is not None:
         head = [tokenizer.bos_token_id, *head]
-    sep = tokenizer.encode(separator, add_special_tokens=False)
-    return join_steps(head, [tokenizer.encode(s, add_special_tokens=False) for s in steps], sep)
+    return head
 
 
 def is_prm_checkpoint(path: str | os.PathLike) -> bool:

@@ -40,6 +40,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from reasonax.eval import grader
+from reasonax.eval.step_labels import split_steps  # the labels' split: the PRM scores steps as it was trained on them
 from reasonax.model import flops as flops_lib
 from reasonax.model import prm
 from reasonax.model.config import ModelConfig
@@ -99,29 +100,10 @@ def constant_scorer(value: float = 0.5) -> Scorer:
 # Steps and PRM rows (pure)
 
 
-def split_steps(text: str, separator: str) -> list[str]:
-    """The steps of a solution: its text between separators, each stripped, blank ones dropped.
-
-    >>> split_steps("a = 1\\n\\nb = 2\\nso 3", "\\n")
-    ['a = 1', 'b = 2', 'so 3']
-    """
-    if not separator:
-        raise ValueError("the step separator must be a non-empty string")
-    return [s.strip() for s in text.split(separator) if s.strip()]
-
-
 def prm_row(encode: Callable[[str], list[int]], prompt_ids: Sequence[int], steps: Sequence[str],
             separator: str) -> tuple[list[int], list[int]]:
     """(ids, ends) of a solution for the PRM: each step and the separator tokenized apart."""
     return prm.join_steps(prompt_ids, [encode(s) for s in steps], encode(separator))
-
-
-def prm_prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """The PRM's prompt ids as the PRM recipe builds them (prm.tokenize_steps): the tokenizer's
-    BOS when it has one, then the prompt without special tokens."""
-    head = list(tokenizer.encode(prompt, add_special_tokens=False)) if prompt else []
-    bos = getattr(tokenizer, "bos_token_id", None)
-    return [bos, *head] if bos is not None else head
 
 
 def tokenizer_encode(tokenizer) -> Callable[[str], list[int]]:
