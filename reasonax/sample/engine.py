@@ -284,6 +284,7 @@ class EngineStats:
     prefill_s: float = 0.0  # wall time of the prefill calls (to their first tokens; compilation included)
     attn_lengths: dict = dataclasses.field(default_factory=dict)  # decode blocks per attention length
     elapsed_s: float = 0.0
+    stopped: bool = False  # should_stop ended the call with rows unfinished (their finish_reason is None)
 
     @property
     def slot_use(self) -> float:
@@ -561,7 +562,8 @@ class _Run:
     """One generate call's scheduler state (see the module docstring)."""
 
     def __init__(self, params, cfg, prompts, sp, eos, key_data, stop, num_slots, block_steps, mesh, progress,
-                 on_complete, columns: int, block: int, prefix: PrefixCache | None = None):
+                 on_complete, columns: int, block: int, prefix: PrefixCache | None = None, should_stop=None):
+        self.should_stop = should_stop
         self.prefix = prefix if prefix is not None and prefix.num_blocks else None
         self.digests: dict[int, list[bytes]] = {}  # prompt -> prefix_digests
         self.params, self.cfg, self.prompts, self.sp, self.eos = params, cfg, prompts, sp, eos
@@ -784,6 +786,9 @@ class _Run:
             st.elapsed_s = time.perf_counter() - self.t0
             if self.progress is not None:
                 self.progress(st)
+            if self.should_stop is not None and self.should_stop():  # between blocks: finished rows are out
+                st.stopped = True
+                break
         st.elapsed_s = time.perf_counter() - self.t0
 
 
@@ -796,7 +801,7 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], s
              kv_budget_bytes: int = DEFAULT_KV_BUDGET, block_steps: int = 16, unstack_layers: bool | None = None,
              progress: Callable[[EngineStats], None] | None = None,
              on_complete: Callable[[Completion], None] | None = None, prefix_cache: PrefixCache | None = None,
-             params_version: int | None = None) -> GenerateResult:
+             params_version: int | None = None, should_stop: Callable[[], bool] | None = None) -> GenerateResult:
     """Generate `sampling.n` completions for each prompt (token id lists). See the module docstring.
 
     eos_ids: token ids that end a row (default: cfg.eos_token_ids). key_ids: a stable id per prompt
@@ -811,7 +816,10 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], s
     generating). prefix_cache: KV of prompt prefixes shared across prompts and kept across calls
     (PrefixCache; its memory comes out of kv_budget_bytes), with params_version an int that
     changes whenever the weights do (required with a cache: a new version empties it). The
-    tokens are the same with or without a cache.
+    tokens are the same with or without a cache. should_stop: asked after every decode block (once
+    the block's finished rows went to on_complete); True ends the call there (a SIGTERM notice,
+    reasonax.cli.Sigterm): the unfinished rows come back with finish_reason None and
+    stats['stopped'] is True. A later call with the same seed and key_ids redraws them identically.
     """
     sp = sampling
     _validate(prompts, cfg, sp)
@@ -845,7 +853,7 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], s
     t0 = time.perf_counter()
     decode_params = _unstack(params) if unstack else params
     run = _Run(params, cfg, prompts, sp, eos, keys, stop, num_slots, block_steps, mesh, progress, on_complete,
-               columns, block, prefix_cache)
+               columns, block, prefix_cache, should_stop)
     run.stats.prefix_cache_bytes_per_device = pool_bytes
     shards = batch_shards(mesh)
     run.stats.kv_bytes_per_device = kv_bytes_per_row(cfg, columns, dtype) * math.ceil(num_slots / shards)
