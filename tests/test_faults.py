@@ -321,14 +321,19 @@ def test_a_stopped_process_trips_the_survivors_watchdog_naming_step_and_phase(lo
 
 
 def test_a_killed_process_ends_the_survivor_with_a_message_naming_it(lost_peer):
-    """First the survivor's next collective fails (gloo: connection reset by the lost peer): the
-    loop names this process, phase and step; then JAX's coordination service, after
-    distributed.heartbeat_timeout_s without a heartbeat from the lost process, names it and ends
-    the survivor."""
+    """JAX's coordination service, after distributed.heartbeat_timeout_s without a heartbeat from
+    the lost process, names it and ends the survivor. When the survivor was in a collective, that
+    collective fails first (gloo: connection reset by the lost peer) and the loop names this
+    process, phase and step; when it was waiting elsewhere (seen in 2 of 4 runs on a loaded
+    machine, 2026-12-03), the heartbeat ends it first, from C++, with no Python error to report."""
+    import re
+
     code, log, logs, _ = lost_peer["sigkill"]
     assert code != 0, _tails(logs)
-    assert "[reasonax] process 0 of 2 failed in phase '" in log, log[-3000:]
-    assert "Task 1 heartbeat timeout" in log, log[-3000:]  # the lost process, named by JAX
+    # the lost process, named by JAX (the message's form depends on where the survivor waited)
+    assert re.search(r"Task 1 heartbeat timeout|stopped sending heartbeats\):\s*1\b", log), log[-3000:]
+    if "Traceback" in log:  # the Python path: a failed collective raised in the loop
+        assert "[reasonax] process 0 of 2 failed in phase '" in log, log[-3000:]
 
 
 def _wait_for_step(workdir, procs, step):
