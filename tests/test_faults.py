@@ -324,7 +324,7 @@ def test_a_killed_process_ends_the_survivor_with_a_message_naming_it(lost_peer):
     """JAX's coordination service, after distributed.heartbeat_timeout_s without a heartbeat from
     the lost process, names it and ends the survivor. When the survivor was in a collective, that
     collective fails first (gloo: connection reset by the lost peer) and the loop names this
-    process, phase and step; when it was waiting elsewhere (seen in 2 of 4 runs on a loaded
+    process, phase and step; when it was waiting elsewhere (seen in 2 of 5 suite runs on a loaded
     machine, 2026-12-03), the heartbeat ends it first, from C++, with no Python error to report."""
     import re
 
