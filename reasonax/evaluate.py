@@ -22,6 +22,9 @@ and metrics.md a table per level (accuracy with a bootstrap interval, N or W x M
 question of the policy and the PRM, realised / budget), beam_k<k>.jsonl (the picks) and
 accuracy_vs_flops.png.
 This module composes the library (sampler and grading); it sits above eval and sample, as the pipeline does.
+SIGTERM (a preemption notice) stops the sampling after the decode block in flight, or the run
+before the LLM judge: what is finished is on disk (whole prompts' samples), the CLI says so and
+exits with status 75 (reasonax.cli.EXIT_PREEMPTED); the same command again continues.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from reasonax import jsonl, typed
+from reasonax import cli as cli_lib, jsonl, typed
 from reasonax.eval import datasets, grader, judge, metrics, step_check
 from reasonax.eval.labels import SolutionLabel
 from reasonax.model import convert, flops as flops_lib, prm, prompts as prompts_lib
@@ -447,9 +450,11 @@ def plot_selection(sel: dict, path: Path) -> None:
 
 
 def run(cfg: ml_collections.ConfigDict | EvaluateConfig, scorer: search.Scorer | None = None,
-        scorer_tokenizer=None) -> dict:
+        scorer_tokenizer=None, should_stop=None) -> dict:
     """Sample, grade and score per cfg (converted once into an EvaluateConfig); returns the metrics.
-    scorer (with scorer_tokenizer, default the policy's): a step scorer used instead of search.prm."""
+    scorer (with scorer_tokenizer, default the policy's): a step scorer used instead of search.prm.
+    should_stop (a SIGTERM notice; asked after every decode block and before the judge) ends the run
+    early with {'stopped': True, 'kept': what is on disk}."""
     cfg = typed.from_config(EvaluateConfig, cfg)
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -474,11 +479,16 @@ def run(cfg: ml_collections.ConfigDict | EvaluateConfig, scorer: search.Scorer |
     gen = dataclasses.replace(cfg.generate, prompts=str(run_dir / "prompts.jsonl"),
                               output=str(run_dir / "samples.jsonl"), few_shot=few_shot,
                               sampling=dataclasses.replace(cfg.generate.sampling, n=n))
-    summary = generate_cli.run(gen)
+    summary = generate_cli.run(gen, should_stop=should_stop)
+    if summary.get("stopped"):
+        return {"stopped": True, "kept": f"{summary['prompts_complete']} of {summary['prompts_total']} problems' "
+                                         f"samples in {gen.output}"}
     samples = [r for _, r in jsonl.read(run_dir / "samples.jsonl")]
     graded = grade_samples(problems, samples, cfg.fallback, cfg.grade_timeout_s)
     jsonl.rewrite(run_dir / "graded.jsonl", graded)
     judged = None
+    if cfg.judge_model and should_stop is not None and should_stop():
+        return {"stopped": True, "kept": f"every sample in {gen.output}, graded in {run_dir / 'graded.jsonl'}"}
     if cfg.judge_model:
         question = {p.id: p.question for p in problems}
         items = [(r["prompt_id"], r["sample_index"], question[r["prompt_id"]], r["text"], r["gold"])
@@ -507,7 +517,11 @@ def main(argv):
     if cfg is None or not cfg.generate.model:
         raise app.UsageError("--config (e.g. configs/eval_gsm8k_gemma3_270m.py) and --config.generate.model "
                              "are required")
-    run(cfg)
+    with cli_lib.Sigterm("finishing the decode block, writing the problems whose samples are done, then exiting") \
+            as notice:
+        m = run(cfg, should_stop=lambda: notice.received > 0)
+    if m.get("stopped"):
+        cli_lib.exit_preempted(m["kept"])
 
 
 def cli() -> None:

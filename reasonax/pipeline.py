@@ -32,7 +32,10 @@ Stages, each a call into the library, every artefact under config.workdir:
 
 A finished stage writes stages/<name>.json and is skipped when the pipeline runs again (delete
 that file to redo it); an interrupted stage resumes from what it finished (each training run from
-its latest Orbax checkpoint, each sampling job from its written samples). The run's config is
+its latest Orbax checkpoint, each sampling job from the questions whose samples are all in
+<samples>.partial). SIGTERM (a preemption notice) stops the run with exit status 75: training at
+its next step (saved), sampling after its decode block in flight, any other stage when it ends;
+the same command again continues. The run's config is
 saved as config.json; resuming with a different config is an error naming the fields. Runs on one
 process (the stages use the default mesh over the local devices).
 """
@@ -47,7 +50,7 @@ from pathlib import Path
 
 import ml_collections
 
-from reasonax import evaluate, jsonl, pipeline_report, sample
+from reasonax import cli as cli_lib, evaluate, jsonl, pipeline_report, sample
 from reasonax.cli import flag_config, require_workdir
 from reasonax.eval import metrics
 from reasonax.eval.datasets import Problem
@@ -55,7 +58,7 @@ from reasonax.model import config as config_lib
 from reasonax.model import convert
 from reasonax.model import flops as flops_lib
 from reasonax.model.tokenizer import load_tokenizer
-from reasonax.sample import budget
+from reasonax.sample import budget, generate_cli
 from reasonax.sample.stops import stop_token_ids
 from reasonax.tasks import word_problems
 from reasonax.model.config import TINY_MODEL
@@ -104,10 +107,15 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 class Progress:
-    """Stage lines with the elapsed time of the whole run."""
+    """Stage lines with the elapsed time of the whole run; `should_stop()` tells the stages whether a
+    SIGTERM notice came (the run's cli.Sigterm, when it has one)."""
 
-    def __init__(self):
+    def __init__(self, notice: cli_lib.Sigterm | None = None):
         self.t0 = time.perf_counter()
+        self.notice = notice
+
+    def should_stop(self) -> bool:
+        return self.notice is not None and self.notice.received > 0
 
     def say(self, text: str) -> None:
         t = time.perf_counter() - self.t0
@@ -232,30 +240,51 @@ def train_sft(workdir: Path, c, files: list[Path], steps: int, lr: float, warmup
 
 
 def sample_model(model_dir: Path, out: Path, n: int, seed: int, run: Path, c, progress: Progress,
-                 name: str) -> list[dict]:
+                 name: str, should_stop=None) -> list[dict]:
     """n graded samples per sampling question (skipped when out exists): rows with prompt_id,
     sample_index, text, tokens, finish, answer, gold, correct, steps_ok; the prompts' token
-    counts and the wall time go to out.json."""
+    counts and the wall time (of the last run, when resumed) go to out.json.
+
+    Each question's n rows are appended to <out>.partial as soon as they are all done (crash-safe);
+    a rerun samples only the questions not complete there, with the same keys (the question's
+    index), so the rows are those of an uninterrupted run. should_stop (a SIGTERM notice, asked
+    after every decode block) ends the job there with exit status 75 (cli.exit_preempted)."""
 
     if out.is_file():
         return [r for _, r in jsonl.read(out)]
+    partial = out.with_name(out.name + ".partial")
     cfg, params = convert.load_model(str(model_dir))
     tok = _tokenizer(run)
     prompts, problems = _prompts(run, "questions.jsonl", tok)
     eos = _eos(cfg, tok)
     sp = sample.SamplingParams(max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature,
                                top_p=c.sampling.top_p, n=n)
-    with progress.bar(len(prompts) * n, f"{name}: {len(prompts)} questions x {n}") as bar:
-        res = sample.generate(params, cfg, [p.tokens for p in prompts], sp, eos_ids=eos, seed=seed,
-                              progress=sample.engine.tqdm_progress(bar))
-    rows = [{"prompt_id": problems[i].id, "sample_index": j, "text": completion_text(tok, t, eos),
-             "tokens": len(t), "finish": f}
-            for i, j, t, f in zip(res.prompt_index, res.sample_index, res.tokens, res.finish_reasons)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = generate_cli.completed(partial, n)
+    todo = [i for i, p in enumerate(problems) if p.id not in done]
+
+    def record(r: sample.engine.Completion) -> dict:
+        return {"prompt_id": problems[todo[r.prompt]].id, "sample_index": r.sample,
+                "text": completion_text(tok, r.tokens, eos), "tokens": len(r.tokens), "finish": r.finish_reason}
+
+    res = None
+    if todo:
+        with progress.bar(len(todo) * n, f"{name}: {len(todo)} questions x {n}") as bar:
+            res = sample.generate(params, cfg, [prompts[i].tokens for i in todo], sp, eos_ids=eos, seed=seed,
+                                  key_ids=todo, progress=sample.engine.tqdm_progress(bar),
+                                  on_complete=generate_cli.append_groups(partial, n, record), should_stop=should_stop)
+        if res.stats["stopped"]:
+            cli_lib.exit_preempted(f"{len(generate_cli.completed(partial, n))} of {len(problems)} questions' samples "
+                               f"in {partial}")
+    order = {p.id: i for i, p in enumerate(problems)}
+    rows = sorted((r for _, r in jsonl.read(partial)), key=lambda r: (order[r["prompt_id"]], r["sample_index"]))
     graded = evaluate.grade_samples(problems, rows, fallback=False, timeout=5.0)
-    _write_json(out.with_name(out.name + ".json"), {"prompt_lengths": res.prompt_lengths,
-                                                    "seconds": res.wall_time_s,
-                                                    "tokens_per_s": res.generated_tokens / max(res.wall_time_s, 1e-9)})
+    seconds = res.wall_time_s if res is not None else 0.0
+    tokens = res.generated_tokens if res is not None else 0
+    _write_json(out.with_name(out.name + ".json"), {"prompt_lengths": [len(p.tokens) for p in prompts],
+                                                    "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9)})
     jsonl.rewrite(out, graded)
+    partial.unlink()
     return graded
 
 
@@ -328,7 +357,7 @@ def stage_sample(c, run: Path, results: dict, progress: Progress) -> dict:
         n = max(s[b][name] for b in BUDGETS)
         path = run / "samples" / f"{name}.jsonl"
         all_rows[name] = sample_model(run / "models" / name / "hf", path, n, c.seed + 100 + i, run, c, progress,
-                                      name)
+                                      name, should_stop=progress.should_stop)
         side = _read_json(path.with_name(path.name + ".json"))
         out["models"][name] = {"samples": n, "rows": len(all_rows[name]), **side}
         progress.say(f"        {name}: {len(all_rows[name])} samples, {side['tokens_per_s']:,.0f} generated tokens/s")
@@ -445,7 +474,8 @@ def stage_rounds(c, run: Path, results: dict, progress: Progress) -> dict:
             break
         d = run / "rounds" / f"round{r}"
         progress.say(f"        round {r}: sample {n} per question from round {r - 1}'s model, filter, fine-tune")
-        rows = sample_model(base, d / "samples.jsonl", n, c.seed + 1000 + r, run, c, progress, f"round {r}")
+        rows = sample_model(base, d / "samples.jsonl", n, c.seed + 1000 + r, run, c, progress, f"round {r}",
+                            should_stop=progress.should_stop)
         side = _read_json(d / "samples.jsonl.json")
         kept = keep_correct(rows, run, d / "kept.jsonl")
         res = finetune(base, d / "kept.jsonl", d / "model", c, c.seed + 1000 + r, run)
@@ -508,7 +538,16 @@ def _flatten(d, prefix=""):
 
 
 def run(c: ml_collections.ConfigDict) -> dict:
-    """Run (or resume) every stage; returns {stage: its results}."""
+    """Run (or resume) every stage; returns {stage: its results}. SIGTERM (a preemption notice) stops
+    the run with exit status 75 (SystemExit): a training run at its next step, after saving it
+    (reasonax.train.preempt), a sampling job after its decode block in flight (sample_model), any
+    other stage when it ends; a rerun continues from what is on disk."""
+    with cli_lib.Sigterm("finishing the step or decode block in flight, saving what is finished, then exiting") \
+            as notice:
+        return _run(c, notice)
+
+
+def _run(c: ml_collections.ConfigDict, notice: cli_lib.Sigterm) -> dict:
     if not c.workdir:
         raise ValueError("config.workdir is required")
     run_dir = Path(c.workdir)
@@ -517,7 +556,7 @@ def run(c: ml_collections.ConfigDict) -> dict:
     s = samples_per_question(c)
     if any(s[b]["wc"] < 1 or s[b]["se"] < 1 for b in BUDGETS):
         raise ValueError(f"sampling.se_samples gives {s}: every budget needs >= 1 sample per model")
-    progress = Progress()
+    progress = Progress(notice)
     progress.say(f"reasonax pipeline -> {run_dir}  (WC {matmul_params('wc', c):,} / SE {matmul_params('se', c):,} "
                  f"matmul params; samples per question {s})")
     results = {}
@@ -527,6 +566,8 @@ def run(c: ml_collections.ConfigDict) -> dict:
             results[name] = _read_json(path)
             progress.say(f"stage {i}/{len(STAGES)} {name}: done earlier ({path}), skipped")
             continue
+        if progress.should_stop():
+            cli_lib.exit_preempted(f"stages {', '.join(STAGES[:i - 1]) or '(none)'} done in {run_dir / 'stages'}")
         progress.say(f"stage {i}/{len(STAGES)} {name}: {DESCRIPTIONS[name]}")
         t0 = time.perf_counter()
         out = STAGE_FNS[name](c, run_dir, results, progress)

@@ -7,10 +7,15 @@ launched side by side.
   ends bitwise equal to an uninterrupted run (SFT through its CLI; GRPO in process, with a second
   SIGTERM while the stop checkpoint is saved; 2 processes x 4 fake devices).
 - the watchdog (reasonax.train.watchdog): a 2-process run with one process SIGSTOPped, and one
-  with a process SIGKILLed.
+  with a process SIGKILLed; a restore that never returns (its own phase and allowance).
 - checkpoint faults: SIGKILL during an async save, a write error (RLIMIT_FSIZE) during a save, a
   truncated / missing file in the latest checkpoint (checkpoint.fallback).
 - a grader worker killed during a GRPO step; a malformed record in a GRPO prompt file.
+
+The runs of this module (subprocesses and in process) share one persistent compilation cache
+(JAX_COMPILATION_CACHE_DIR; for this module only): a rerun or a later run of the same config loads
+its programs instead of compiling them (a cached program is the compiled one, so the bitwise
+comparisons hold).
 """
 
 import dataclasses
@@ -34,6 +39,29 @@ from reasonax.train import loop, preempt, watchdog
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300  # per subprocess run; a tiny run takes ~15 s on an idle 2-core machine
 SEED = int(os.environ.get("REASONAX_FAULT_SEED", os.getpid()))  # the SIGTERM steps; printed on failure
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache(tmp_path_factory):
+    """This module's runs share a persistent compilation cache: subprocesses through the
+    environment, this process through jax.config (restored, and the cache reset, afterwards)."""
+    from jax._src import compilation_cache
+
+    directory = str(tmp_path_factory.mktemp("jax_cache"))
+    options = {"jax_compilation_cache_dir": directory, "jax_persistent_cache_min_compile_time_secs": 0,
+               "jax_persistent_cache_min_entry_size_bytes": 0}
+    before = {k: getattr(jax.config, k) for k in options}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in options.items():
+            mp.setenv(k.upper(), str(v))
+            jax.config.update(k, v)
+        compilation_cache.reset_cache()
+        try:
+            yield
+        finally:
+            for k, v in before.items():
+                jax.config.update(k, v)
+            compilation_cache.reset_cache()
 
 
 def _metrics(workdir: Path) -> list[dict]:
@@ -70,9 +98,9 @@ SFT_FLAGS = ["--config=configs/sft_tiny_cpu.py", f"--config.num_steps={SFT_STEPS
              "--config.log_every=1", "--config.peak_flops=1e11", "--config.tensorboard=False"]
 
 
-def _sft_cli(workdir: Path) -> subprocess.Popen:
+def _sft_cli(workdir: Path, *extra: str, python: tuple[str, ...] = ("-m", "reasonax.train.sft")) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "reasonax.train.sft", *SFT_FLAGS, f"--config.workdir={workdir}"],
+    return subprocess.Popen([sys.executable, *python, *SFT_FLAGS, f"--config.workdir={workdir}", *extra],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -82,22 +110,55 @@ def _done(proc: subprocess.Popen, status: int = 0) -> str:
     return out + err
 
 
-def test_sigterm_sft_cli_exits_75_with_a_checkpoint_of_every_logged_step_and_resumes_bitwise(tmp_path):
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+@pytest.fixture(scope="module")
+def sft_runs(tmp_path_factory) -> dict:
+    """The SFT CLI run uninterrupted ('straight') and, side by side, sent SIGTERM at a seeded random
+    step ('stopped'): {'straight', 'stopped' (workdirs), 'log' (the stopped run's output),
+    'last_logged', 'saved' (its latest checkpoint after the stop)}."""
+    tmp = tmp_path_factory.mktemp("sft")
+    straight, stopped = tmp / "straight", tmp / "stopped"
     runs = {"straight": _sft_cli(straight), "stopped": _sft_cli(stopped)}  # side by side
     at = random.Random(SEED).randint(2, SFT_STEPS // 2)
     _signal_at_step(runs["stopped"], stopped, at)
     log = _done(runs["stopped"], preempt.EXIT_PREEMPTED)  # not -15: it exited by itself
-    last_logged = max(_losses(stopped))
-    saved = ckpt_lib.Checkpointer(stopped / "checkpoints").latest_step()
-    assert saved is not None and last_logged <= saved < SFT_STEPS, (at, last_logged, saved)
-    assert f"stopped at step {saved}: SIGTERM" in log
-    assert not (stopped / "hf").exists()  # no export of an unfinished run
+    out = {"straight": straight, "stopped": stopped, "log": log, "at": at, "last_logged": max(_losses(stopped)),
+           "saved": ckpt_lib.Checkpointer(stopped / "checkpoints").latest_step(), "hf": (stopped / "hf").exists()}
     _done(runs["straight"])
+    return out
+
+
+def test_sigterm_sft_cli_exits_75_with_a_checkpoint_of_every_logged_step_and_resumes_bitwise(sft_runs):
+    straight, stopped, saved, last_logged = (sft_runs[k] for k in ("straight", "stopped", "saved", "last_logged"))
+    assert saved is not None and last_logged <= saved < SFT_STEPS, (sft_runs["at"], last_logged, saved)
+    assert f"stopped at step {saved}: SIGTERM" in sft_runs["log"]
+    assert not sft_runs["hf"]  # no export of an unfinished run
     _done(_sft_cli(stopped))  # the same command again: resumes from the stop checkpoint
     _assert_same_export(straight / "hf", stopped / "hf")
     la, lb = _losses(straight), _losses(stopped)
     assert sorted(lb) == list(range(1, SFT_STEPS + 1)) and all(la[s] == lb[s] for s in la)
+
+
+HUNG_RESTORE = """
+import sys, time
+from reasonax.train import checkpoint, sft
+checkpoint.Checkpointer.restore = lambda *a, **k: time.sleep(3600)  # a read that never returns
+sys.argv = ["sft", *sys.argv[1:]]
+sft.cli()
+"""
+
+
+def test_a_restore_that_never_returns_trips_the_watchdog_naming_the_restore_and_its_step(sft_runs):
+    """Setup and restore are watched with the slow allowance (config.watchdog_slow_s): a restore
+    stuck in a read (or at a barrier a lost peer never reaches) ends the run naming the phase."""
+    proc = _sft_cli(sft_runs["straight"], "--config.watchdog_slow_s=3", python=("-c", HUNG_RESTORE))
+    try:
+        out, err = proc.communicate(timeout=120)  # without the phase it would wait an hour
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == watchdog.EXIT_HUNG, (out + err)[-3000:]
+    assert f"in phase 'restore' at step {SFT_STEPS} (allowance 3s" in err, err[-3000:]
 
 
 # ---------------------------------------------------------------- SIGTERM, 1 process, GRPO in process
@@ -166,7 +227,7 @@ def test_sigterm_grpo_stops_at_the_step_in_progress_survives_a_second_sigterm_wh
 
 # ---------------------------------------------------------------- 2 processes x 4 fake devices
 
-MULTI_STEPS = 24
+MULTI_STEPS = 12
 MULTI = {"num_steps": MULTI_STEPS, "optim.total_steps": MULTI_STEPS, "checkpoint.every": 1000, "export_hf": "",
          "watchdog_s": 20.0}  # far below JAX's heartbeat timeout (100 s) and this test's bound
 
@@ -223,11 +284,12 @@ def test_sigterm_two_processes_agree_on_the_stop_step_save_it_exit_75_and_resume
 @pytest.fixture(scope="module")
 def lost_peer(tmp_path_factory) -> dict:
     """Two 2-process runs side by side (their waits overlap): in 'sigstop' process 1 is stopped
-    with SIGSTOP, in 'sigkill' it is killed (distributed.heartbeat_timeout_s = 15 s instead of
-    100 s), both at a seeded random step. {name: (exit code of process 0, its log, all logs)}."""
+    with SIGSTOP (watchdog_s = 10 s), in 'sigkill' it is killed (distributed.heartbeat_timeout_s =
+    15 s instead of 100 s; with 10 s the heartbeat can end the survivor before its collective
+    fails, under load), both at a seeded random step. {name: (exit code of process 0, its log, all logs)}."""
     tmp = tmp_path_factory.mktemp("lost_peer")
-    with pytest.MonkeyPatch.context() as mp:
-        runs = {"sigstop": _two_processes(tmp, "sigstop", mp),
+    with pytest.MonkeyPatch.context() as mp:  # the watchdog and heartbeat waits are this fixture's cost
+        runs = {"sigstop": _two_processes(tmp, "sigstop", mp, watchdog_s=10.0),
                 "sigkill": _two_processes(tmp, "sigkill", mp, **{"distributed.heartbeat_timeout_s": 15})}
     at = random.Random(SEED).randint(2, MULTI_STEPS // 2)
     out = {}
@@ -259,14 +321,19 @@ def test_a_stopped_process_trips_the_survivors_watchdog_naming_step_and_phase(lo
 
 
 def test_a_killed_process_ends_the_survivor_with_a_message_naming_it(lost_peer):
-    """First the survivor's next collective fails (gloo: connection reset by the lost peer): the
-    loop names this process, phase and step; then JAX's coordination service, after
-    distributed.heartbeat_timeout_s without a heartbeat from the lost process, names it and ends
-    the survivor."""
+    """JAX's coordination service, after distributed.heartbeat_timeout_s without a heartbeat from
+    the lost process, names it and ends the survivor. When the survivor was in a collective, that
+    collective fails first (gloo: connection reset by the lost peer) and the loop names this
+    process, phase and step; when it was waiting elsewhere (seen in 2 of 5 suite runs on a loaded
+    machine, 2026-12-03), the heartbeat ends it first, from C++, with no Python error to report."""
+    import re
+
     code, log, logs, _ = lost_peer["sigkill"]
     assert code != 0, _tails(logs)
-    assert "[reasonax] process 0 of 2 failed in phase '" in log, log[-3000:]
-    assert "Task 1 heartbeat timeout" in log, log[-3000:]  # the lost process, named by JAX
+    # the lost process, named by JAX (the message's form depends on where the survivor waited)
+    assert re.search(r"Task 1 heartbeat timeout|stopped sending heartbeats\):\s*1\b", log), log[-3000:]
+    if "Traceback" in log:  # the Python path: a failed collective raised in the loop
+        assert "[reasonax] process 0 of 2 failed in phase '" in log, log[-3000:]
 
 
 def _wait_for_step(workdir, procs, step):

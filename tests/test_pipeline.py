@@ -133,3 +133,61 @@ def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(demo):
         changed = tiny_config(c.workdir)
         changed.grpo.steps = 3
         pipeline.run(changed)
+
+
+def test_sigterm_stops_a_sampling_job_after_the_block_in_flight_and_the_rerun_ends_as_an_uninterrupted_one(
+        tmp_path, monkeypatch):
+    """sample_model (the sample and rounds stages' job) on a random tiny model: a SIGTERM once the
+    first question's samples are on disk ends the job with status 75, whole questions kept in
+    <samples>.partial; run again, it writes the graded file an uninterrupted job writes."""
+    import functools
+    import os
+    import signal
+
+    from reasonax import cli
+    from reasonax.model import convert
+    from reasonax.sample import generate_cli
+    from tests.hf_reference import random_jax_params
+
+    c = tiny_config(tmp_path / "run")
+    c.task.num_pretrain = 8
+    run = Path(c.workdir)
+    pipeline.stage_data(c, run, {}, pipeline.Progress())
+    convert.save_orbax(random_jax_params(pipeline.preset_config("wc", c), seed=3), pipeline.preset_config("wc", c),
+                       tmp_path / "model")
+    # 2 slots, 4 steps per block: the questions finish one after another (same rows as any slot count)
+    monkeypatch.setattr(pipeline.sample, "generate", functools.partial(pipeline.sample.generate, num_slots=2,
+                                                                       block_steps=4))
+
+    def job(out, progress):
+        return pipeline.sample_model(tmp_path / "model", out, 2, 7, run, c, progress, "wc",
+                                     should_stop=progress.should_stop)
+
+    straight = job(tmp_path / "straight.jsonl", pipeline.Progress())
+    append = generate_cli.append_groups
+
+    def append_then_sigterm(path, n, record):  # the notice arrives once the first question is written
+        write = append(path, n, record)
+
+        def on_complete(done):
+            write(done)
+            if path.is_file() and not sent:
+                sent.append(os.kill(os.getpid(), signal.SIGTERM))
+
+        return on_complete
+
+    sent = []
+    monkeypatch.setattr(generate_cli, "append_groups", append_then_sigterm)
+    out = tmp_path / "stopped.jsonl"
+    before = signal.getsignal(signal.SIGTERM)
+    with cli.Sigterm("test") as notice, pytest.raises(SystemExit) as stop:
+        job(out, pipeline.Progress(notice))
+    assert stop.value.code == cli.EXIT_PREEMPTED and sent
+    assert signal.getsignal(signal.SIGTERM) == before  # given back
+    kept = [r["prompt_id"] for _, r in jsonl.read(out.with_name(out.name + ".partial"))]
+    assert not out.exists() and 0 < len(set(kept)) < c.task.num_questions
+    assert sorted(kept.count(q) for q in set(kept)) == [2] * len(set(kept))  # whole questions only
+    monkeypatch.setattr(generate_cli, "append_groups", append)
+    assert job(out, pipeline.Progress()) == straight
+    assert out.read_bytes() == (tmp_path / "straight.jsonl").read_bytes()
+    assert not out.with_name(out.name + ".partial").exists()

@@ -311,6 +311,7 @@ class EngineStats:
     prefill_s: float = 0.0  # wall time of the prefill calls (to their first tokens; compilation included)
     attn_lengths: dict = dataclasses.field(default_factory=dict)  # decode blocks per attention length
     elapsed_s: float = 0.0
+    stopped: bool = False  # should_stop ended the call with rows unfinished (their finish_reason is None)
 
     @property
     def slot_use(self) -> float:
@@ -589,7 +590,8 @@ class _Run:
 
     def __init__(self, params, cfg, prompts, sp, eos, key_data, stop, num_slots, block_steps, mesh, progress,
                  on_complete, columns: int, block: int, prefix: PrefixCache | None = None,
-                 prefill_chunk: int = PREFILL_CHUNK):
+                 prefill_chunk: int = PREFILL_CHUNK, should_stop=None):
+        self.should_stop = should_stop
         self.prefix = prefix if prefix is not None and prefix.num_blocks else None
         self.digests: dict[int, list[bytes]] = {}  # prompt -> prefix_digests
         self.params, self.cfg, self.prompts, self.sp, self.eos = params, cfg, prompts, sp, eos
@@ -828,6 +830,9 @@ class _Run:
             st.elapsed_s = time.perf_counter() - self.t0
             if self.progress is not None:
                 self.progress(st)
+            if self.should_stop is not None and self.should_stop():  # between blocks: finished rows are out
+                st.stopped = True
+                break
         st.elapsed_s = time.perf_counter() - self.t0
 
 
@@ -840,7 +845,8 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], s
              kv_budget_bytes: int = DEFAULT_KV_BUDGET, block_steps: int = 16, unstack_layers: bool | None = None,
              progress: Callable[[EngineStats], None] | None = None,
              on_complete: Callable[[Completion], None] | None = None, prefix_cache: PrefixCache | None = None,
-             params_version: int | None = None, prefill_chunk: int = PREFILL_CHUNK) -> GenerateResult:
+             params_version: int | None = None, prefill_chunk: int = PREFILL_CHUNK,
+             should_stop: Callable[[], bool] | None = None) -> GenerateResult:
     """Generate `sampling.n` completions for each prompt (token id lists). See the module docstring.
 
     eos_ids: token ids that end a row (default: cfg.eos_token_ids). key_ids: a stable id per prompt
@@ -858,6 +864,10 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], s
     tokens are the same with or without a cache. prefill_chunk: a prompt with more tokens than this
     to prefill (after its cached prefix) prefills alone, chunk by chunk, each chunk attending to
     the KV of the ones before, so a 16k prompt is never one program; the tokens are the same.
+    should_stop: asked after every decode block (once
+    the block's finished rows went to on_complete); True ends the call there (a SIGTERM notice,
+    reasonax.cli.Sigterm): the unfinished rows come back with finish_reason None and
+    stats['stopped'] is True. A later call with the same seed and key_ids redraws them identically.
     """
     sp = sampling
     _validate(prompts, cfg, sp)
@@ -893,7 +903,7 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], s
     t0 = time.perf_counter()
     decode_params = _unstack(params) if unstack else params
     run = _Run(params, cfg, prompts, sp, eos, keys, stop, num_slots, block_steps, mesh, progress, on_complete,
-               columns, block, prefix_cache, prefill_chunk)
+               columns, block, prefix_cache, prefill_chunk, should_stop)
     run.stats.prefix_cache_bytes_per_device = pool_bytes
     shards = batch_shards(mesh)
     run.stats.kv_bytes_per_device = kv_bytes_per_row(cfg, columns, dtype) * math.ceil(num_slots / shards)

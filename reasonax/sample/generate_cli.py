@@ -14,6 +14,12 @@ prefilled once, through a prefix cache of prefix_cache_gb per device. The summar
 memory, slot use, and the prompt tokens prefilled and read from the prefix cache (engine
 prefill_tokens, cached_tokens, prefix_hit_rate; the top-level prefill_tokens counts every
 distinct prompt's tokens).
+
+SIGTERM (a preemption notice; reasonax.cli.Sigterm) stops the run after the decode block in
+flight: the prompts whose samples are all done are on disk, the rest are dropped, the CLI prints
+how many are kept and exits with status 75 (reasonax.cli.EXIT_PREEMPTED); the same command
+again continues and ends with the records of an uninterrupted run (the file's line order may
+differ: records go out as prompts complete).
 """
 
 from __future__ import annotations
@@ -24,13 +30,14 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import jax
 import ml_collections
 from absl import app, logging
 from ml_collections import config_flags
 
-from reasonax import jsonl, typed
+from reasonax import cli as cli_lib, jsonl, typed
 from reasonax.cli import flag_config
 from reasonax.model import convert, prompts as prompts_lib
 from reasonax.model.sharding import make_mesh
@@ -140,8 +147,24 @@ def completed(output: Path, n: int) -> set[str]:
     return done
 
 
-def run(cfg: ml_collections.ConfigDict | GenerateConfig) -> dict:
-    """Generate per cfg (converted once into a GenerateConfig); returns the summary it writes."""
+def append_groups(output: Path, n: int, record: Callable[[engine.Completion], dict]):
+    """An engine on_complete that appends (and fsyncs) a prompt's n records, in sample order, once
+    all its samples are done: a stop or crash leaves whole groups on disk (see `completed`)."""
+    groups: dict[int, list] = {}
+
+    def on_complete(c: engine.Completion) -> None:
+        group = groups.setdefault(c.prompt, [])
+        group.append(record(c))
+        if len(group) == n:
+            jsonl.append(output, sorted(groups.pop(c.prompt), key=lambda r: r["sample_index"]))
+
+    return on_complete
+
+
+def run(cfg: ml_collections.ConfigDict | GenerateConfig, should_stop: Callable[[], bool] | None = None) -> dict:
+    """Generate per cfg (converted once into a GenerateConfig); returns the summary it writes.
+    should_stop (asked after every decode block; a SIGTERM notice) ends the run early: the summary
+    then has stopped=True and prompts_complete, the prompts whose records are on disk."""
     cfg = typed.from_config(GenerateConfig, cfg)
     mesh = make_mesh(data=-1) if jax.device_count() > 1 else None
     model_cfg, params = convert.load_model(cfg.model, dtype=cfg.dtype, mesh=mesh)
@@ -165,18 +188,16 @@ def run(cfg: ml_collections.ConfigDict | GenerateConfig) -> dict:
 
     token_prompts = [tokenizer(fmt.render(it["question"], shots, cfg.instruction))["input_ids"] for it in todo]
     stats = Counter()
-    groups: dict[int, list] = {}
 
-    def write(c: engine.Completion) -> None:  # a prompt's records go out when all its samples are done
+    def record(c: engine.Completion) -> dict:
         text = cut_at_stop(tokenizer.decode(c.tokens, skip_special_tokens=True), stops)[0]
         rec = {"prompt_id": todo[c.prompt]["id"], "sample_index": c.sample, "text": text,
                "num_tokens": len(c.tokens), "finish_reason": c.finish_reason}
         if cfg.save_logprobs:
             rec["logprobs"] = [round(x, 5) for x in c.logprobs]
-        group = groups.setdefault(c.prompt, [])
-        group.append(rec)
-        if len(group) == sp.n:
-            jsonl.append(output, sorted(groups.pop(c.prompt), key=lambda r: r["sample_index"]))
+        return rec
+
+    write = append_groups(output, sp.n, record)  # a prompt's records go out when all its samples are done
 
     t0 = time.perf_counter()
     res, run_stats = None, {}
@@ -186,7 +207,14 @@ def run(cfg: ml_collections.ConfigDict | GenerateConfig) -> dict:
                                   key_ids=[it["key"] for it in todo], stop=StopStrings(tokenizer, stops, eos_ids),
                                   num_slots=cfg.num_slots or None, kv_budget_bytes=int(cfg.kv_budget_gb * 2**30),
                                   block_steps=cfg.block_steps, progress=engine.tqdm_progress(bar), on_complete=write,
+                                  should_stop=should_stop,
                                   **engine.prefix_cache_options(cfg.prefix_cache_gb, cfg.prefix_block))
+        if res.stats["stopped"]:
+            complete = len(completed(output, sp.n))
+            summary = {"model": str(cfg.model), "output": str(output), "prompts_total": len(items),
+                       "prompts_complete": complete, "stopped": True}
+            Path(str(output) + ".summary.json").write_text(json.dumps(summary, indent=2))
+            return summary
         stats.update(prompts=len(todo), samples=len(res.tokens), generated_tokens=res.generated_tokens,
                      prefill_tokens=res.prefill_tokens)
         run_stats = {k: res.stats[k] for k in ("num_slots", "cache_columns", "kv_bytes_per_device",
@@ -210,7 +238,12 @@ def main(argv):
     cfg = flag_config(argv, "configs/generate_gemma3_270m.py")
     if not cfg.model or not cfg.prompts or not cfg.output:
         raise app.UsageError("--config.model, --config.prompts and --config.output are required")
-    summary = run(cfg)
+    with cli_lib.Sigterm("finishing the decode block, writing the prompts whose samples are done, then exiting") \
+            as notice:
+        summary = run(cfg, should_stop=lambda: notice.received > 0)
+    if summary.get("stopped"):
+        cli_lib.exit_preempted(f"{summary['prompts_complete']} of {summary['prompts_total']} prompts complete in "
+                               f"{summary['output']}")
     print(json.dumps({**{k: summary[k] for k in ("samples", "generated_tokens", "wall_time_s",
                                                  "generated_tokens_per_s") if k in summary},
                       **{k: summary["engine"][k] for k in ("num_slots", "kv_bytes_per_device", "slot_use",

@@ -241,24 +241,26 @@ def _run(plan, mesh, dog: watchdog.Watchdog, stopper: preempt.Preemption):
         raise ValueError("config.workdir is required")
     workdir = Path(config.workdir)
     mesh = mesh or config_mesh(config, plan.reserved_devices)
-    source = plan.source(mesh)
-    aux = plan.aux(mesh) if plan.aux is not None else None
-    evaluate = plan.evaluate(mesh) if plan.evaluate is not None else None
-    dtype = jnp.dtype(plan.trainable_dtype or config.param_dtype)
-    optimizer = state_lib.make_optimizer(config.optim, model_cfg, plan.trainable)
-    abstract = state_lib.abstract_state(model_cfg, optimizer, mesh, dtype, plan.trainable)
-    shardings = jax.tree.map(lambda a: a.sharding, abstract)
-    ckpt = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep, every=config.checkpoint.every,
-                        async_save=config.checkpoint.async_save, fallback=config.checkpoint.fallback)
-    start = ckpt.latest_step()
-    if start is None:
-        params = jax.tree.map(lambda x: x.astype(dtype), init_params(mesh))
-        state = state_lib.create_state(params, model_cfg, optimizer, mesh, plan.trainable)
-    else:
-        state = ckpt.restore(abstract, source.iterator)
-        start = int(state.step)  # an older step than latest_step with checkpoint.fallback
-        if hasattr(source, "restore_extra"):
-            source.restore_extra(ckpt.restore_extra(start))
+    with dog.phase("setup", slow=True):  # data, reference model, init or restore (watchdog_slow_s)
+        source = plan.source(mesh)
+        aux = plan.aux(mesh) if plan.aux is not None else None
+        evaluate = plan.evaluate(mesh) if plan.evaluate is not None else None
+        dtype = jnp.dtype(plan.trainable_dtype or config.param_dtype)
+        optimizer = state_lib.make_optimizer(config.optim, model_cfg, plan.trainable)
+        abstract = state_lib.abstract_state(model_cfg, optimizer, mesh, dtype, plan.trainable)
+        shardings = jax.tree.map(lambda a: a.sharding, abstract)
+        ckpt = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep, every=config.checkpoint.every,
+                            async_save=config.checkpoint.async_save, fallback=config.checkpoint.fallback)
+        start = ckpt.latest_step()
+        if start is None:
+            params = jax.tree.map(lambda x: x.astype(dtype), init_params(mesh))
+            state = state_lib.create_state(params, model_cfg, optimizer, mesh, plan.trainable)
+        else:
+            with dog.phase("restore", start, slow=True):  # a peer lost mid-restore: its barriers never end
+                state = ckpt.restore(abstract, source.iterator)
+                start = int(state.step)  # an older step than latest_step with checkpoint.fallback
+                if hasattr(source, "restore_extra"):
+                    source.restore_extra(ckpt.restore_extra(start))
     logger = monitor.MetricsLogger(workdir, resume_step=start, tensorboard=config.tensorboard)
     if start is not None:
         logger.log_event(start, f"resumed from checkpoint {start}")

@@ -20,7 +20,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tensorboardX import SummaryWriter
 
 from reasonax import jsonl
 
@@ -213,6 +212,8 @@ class MetricsLogger:
         else:
             jsonl.drop_partial_tail(self.path)  # so appends start on a fresh line
         if tensorboard:
+            from tensorboardX import SummaryWriter  # imports torch (~4 s): only for runs that write TensorBoard
+
             purge = None if resume_step is None else resume_step + 1
             self._writer = SummaryWriter(logdir=str(self.workdir / "tensorboard"), purge_step=purge)
 

@@ -8,8 +8,9 @@ One owner of SIGTERM:
   get True at the same step (the largest step any of them had reached, plus one). Orbax's
   CheckpointManager.save asks the same question and saves at that step too. No second handler
   is installed.
-- with one process, `Preemption` installs a Python handler that only records the notice; the
-  step in progress finishes, and the next `should_stop(step)` is True.
+- with one process, `Preemption` opens reasonax.cli.Sigterm, the one handler that only records
+  the notice (shared with the generate / evaluate CLIs and the demo pipeline, which may hold it
+  around a training run); the step in progress finishes, and the next `should_stop(step)` is True.
 
 The loop then saves (forced, even off the checkpoint.every grid), waits for the save to commit,
 prints the step and the reason, and raises `Preempted`: a SystemExit with status
@@ -21,13 +22,11 @@ ignored (the handler stays installed until the loop has closed its checkpointer)
 
 from __future__ import annotations
 
-import signal
-import sys
-import threading
-
 import jax
 
-EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: rerun the same command and it resumes
+from reasonax import cli
+
+EXIT_PREEMPTED = cli.EXIT_PREEMPTED  # 75, sysexits.h EX_TEMPFAIL: rerun the same command and it resumes
 
 
 class Preempted(SystemExit):
@@ -52,17 +51,13 @@ class Preemption:
     """The stop decision of one run: `should_stop(step)` after each step; `close()` at the end."""
 
     def __init__(self):
-        self.signals = 0
         self.multi = _distributed()
-        self._previous = None
-        if not self.multi and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._notice = None if self.multi else cli.Sigterm("finishing the step, saving a checkpoint, then exiting")
 
-    def _on_sigterm(self, signum, frame) -> None:
-        self.signals += 1
-        what = ("finishing the step, saving a checkpoint, then exiting" if self.signals == 1
-                else "ignored: the stop is already under way")
-        print(f"[reasonax] SIGTERM received ({self.signals}): {what}", file=sys.stderr, flush=True)
+    @property
+    def signals(self) -> int:
+        """SIGTERMs recorded (one process; 0 with jax.distributed, where JAX's manager has them)."""
+        return 0 if self._notice is None else self._notice.received
 
     def should_stop(self, step: int) -> bool:
         """Whether to stop after `step` (the step just finished); the same answer on every process."""
@@ -79,7 +74,6 @@ class Preemption:
         return "SIGTERM (preemption notice)"
 
     def close(self) -> None:
-        """Give SIGTERM back to its previous handler."""
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        """Stop owning SIGTERM (the outermost owner gives it back to its previous handler)."""
+        if self._notice is not None:
+            self._notice.close()
