@@ -35,8 +35,9 @@ Stages, each a call into the library, every artefact under config.workdir:
   rounds    self-improvement for `rounds` rounds: WC samples, filters and fine-tunes on its own
             data, again from the last round's model (round 1 is finetune's WC on WC data), the
             compute of every round (sampling + training FLOPs) accounted.
-  report    report.md, coverage.png, accuracy.png, reward.png; a console summary next to the
-            paper's headline result.
+  report    report.md, coverage.png, accuracy.png, reward.png, search.png (accuracy against
+            FLOPs per selection method); a console summary next to the paper's headline result
+            and search-and-learn's finding (beam search beats best-of-N at small budgets).
 
 A finished stage writes stages/<name>.json and is skipped when the pipeline runs again (delete
 that file to redo it); an interrupted stage resumes from what it finished (each training run from
@@ -558,8 +559,9 @@ def stage_search(c, run: Path, results: dict, progress: Progress) -> dict:
     seconds["compare"] = time.perf_counter() - t0
     sel = m["selection"]
     for lv in sel["levels"]:
-        progress.say(f"        k={lv['level']}: " + ", ".join(
-            f"{name} {v['accuracy']['value']:.3f} ({v['flops_over_budget']:.2f}x)" for name, v in lv["methods"].items()))
+        progress.say(f"        k={lv['level']}: " + ", ".join(f"{name} {v['accuracy']['value']:.3f} "
+                                                          f"({v['flops_over_budget']:.2f}x budget)"
+                                                          for name, v in lv["methods"].items()))
     return {"policy": f"{best['model']}-on-{best['data']}", "policy_accuracy": best["accuracy"],
             "labels": {k: labels[k] for k in ("solutions", "steps", "correct_steps", "correct_step_fraction",
                                               "solutions_all_steps_correct")}, "split": split,
@@ -607,7 +609,8 @@ def stage_report(c, run: Path, results: dict, progress: Progress) -> dict:
 
 
 STAGE_FNS = {"data": stage_data, "pretrain": stage_pretrain, "sample": stage_sample, "filter": stage_filter,
-             "finetune": stage_finetune, "grpo": stage_grpo, "search": stage_search, "rounds": stage_rounds, "report": stage_report}
+             "finetune": stage_finetune, "grpo": stage_grpo, "search": stage_search, "rounds": stage_rounds,
+             "report": stage_report}
 DESCRIPTIONS = {
     "data": "synthetic word problems, splits and tokenizer",
     "pretrain": "train WC, SE and the student from scratch on gold solutions",
