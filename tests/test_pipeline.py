@@ -132,6 +132,17 @@ def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(demo):
     resumed = pipeline.run(c)
     for a, b in zip(resumed["rounds"]["rounds"], res["rounds"]["rounds"]):
         assert a["accuracy"] == b["accuracy"] and a["kept"] == b["kept"]
+    # interrupt the search stage after the PRM's final checkpoint, before its export: the labels and
+    # the comparison's output are kept, the PRM resumes from its checkpoint and exports the same model
+    prm_dir = run / res["search"]["prm"]["hf"]
+    (prm_dir.parent / "done.json").unlink()
+    shutil.rmtree(prm_dir)
+    for stage in ("search", "report"):
+        (run / "stages" / f"{stage}.json").unlink()
+    again = pipeline.run(c)["search"]
+    assert (prm_dir / "config.json").is_file()
+    assert again["selection"] == res["search"]["selection"] and again["labels"] == res["search"]["labels"]
+    assert again["prm"]["eval"]["step_accuracy"] == pytest.approx(res["search"]["prm"]["eval"]["step_accuracy"])
     with pytest.raises(ValueError, match="grpo.steps"):
         changed = tiny_config(c.workdir)
         changed.grpo.steps = 3
