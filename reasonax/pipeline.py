@@ -24,11 +24,20 @@ Stages, each a call into the library, every artefact under config.workdir:
             and SE (weak-to-strong) each fine-tuned on WC data and on SE data (+ the student on the
             number-matched control), the same number of steps each; held-out greedy accuracy.
   grpo      GRPO (reasonax.train.grpo) from the best fine-tuned model; accuracy before / after.
+  search    a process reward model (reasonax.train.prm) trained on the sampled WC and SE
+            solutions, labelled step by step by the step checker (eval.checker_labels, with the
+            final answer graded), a share of the sampling questions held out for its step
+            accuracy / AUC; then on the first search.questions test questions, the best
+            fine-tuned model as the policy, majority vote, PRM best-of-N, PRM-weighted vote and
+            step-level beam search compared at matched realised FLOPs (reasonax.evaluate's
+            selection: beam search with W = k beams of M = search.expansions sets each level's
+            budget, the sample methods take the N nearest it).
   rounds    self-improvement for `rounds` rounds: WC samples, filters and fine-tunes on its own
             data, again from the last round's model (round 1 is finetune's WC on WC data), the
             compute of every round (sampling + training FLOPs) accounted.
-  report    report.md, coverage.png, accuracy.png, reward.png; a console summary next to the
-            paper's headline result.
+  report    report.md, coverage.png, accuracy.png, reward.png, search.png (accuracy against
+            FLOPs per selection method); a console summary next to the paper's headline result
+            and search-and-learn's finding (beam search beats best-of-N at small budgets).
 
 A finished stage writes stages/<name>.json and is skipped when the pipeline runs again (delete
 that file to redo it); an interrupted stage resumes from what it finished (each training run from
@@ -43,6 +52,7 @@ process (the stages use the default mesh over the local devices).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -52,21 +62,23 @@ import ml_collections
 
 from reasonax import cli as cli_lib, evaluate, jsonl, pipeline_report, sample
 from reasonax.cli import flag_config, require_workdir
-from reasonax.eval import metrics
+from reasonax.eval import checker_labels, metrics, stepwise
 from reasonax.eval.datasets import Problem
 from reasonax.model import config as config_lib
 from reasonax.model import convert
 from reasonax.model import flops as flops_lib
 from reasonax.model.tokenizer import load_tokenizer
 from reasonax.sample import budget, generate_cli
+from reasonax.sample import search as search_lib
 from reasonax.sample.stops import stop_token_ids
 from reasonax.tasks import word_problems
 from reasonax.model.config import TINY_MODEL
 from reasonax.train import common, grpo, sft
+from reasonax.train import prm as prm_recipe
 from reasonax.train.grpo import rollout
 from reasonax.train.grpo.rollout import completion_text
 
-STAGES = ("data", "pretrain", "sample", "filter", "finetune", "grpo", "rounds", "report")
+STAGES = ("data", "pretrain", "sample", "filter", "finetune", "grpo", "search", "rounds", "report")
 MODELS = ("wc", "se", "student")
 BUDGETS = ("low", "high")
 PRESET = "qwen2.5-0.5b"  # the architecture family of the demo models (shapes from models.*.overrides)
@@ -96,6 +108,18 @@ def default_config() -> ml_collections.ConfigDict:
         ),
         finetune=dict(budget="high", steps=100, lr=5e-4, warmup_steps=10),
         grpo=dict(steps=30, prompts_per_step=8, group_size=16, lr=2e-5, temperature=1.0),
+        search=dict(  # the PRM and verifier-guided search stage
+            heldout=0.1,      # share of the sampling questions whose labelled solutions are held out (PRM eval)
+            prm=dict(steps=60, batch_size=16, seq_len=192, lr=1e-3, warmup_steps=6),  # the PRM's training run,
+                              # from the best fine-tuned model (one solution per row, no packing)
+            questions=40,     # the first test questions the methods are compared on
+            ks=(2, 4),        # budget levels: beam search with W = k beams sets each level's FLOPs
+            expansions=4,     # beam search: M, samples per live beam per step
+            max_steps=6,      # beam search: steps (engine calls) per solution at most
+            aggregation="last",  # a solution's PRM score from its step scores: last | min | product
+            calibration_questions=8,  # questions sampled first for the mean solution and step lengths
+            calibration_samples=4,    # samples per calibration question
+        ),
         rounds=2,       # self-improvement rounds of WC (>= 1; round 1 is finetune's WC on WC data)
         n_boot=1000,    # bootstrap resamples of every confidence interval
         peak_flops="auto",  # MFU peak of the training runs' logs (monitor.resolve_peak)
@@ -429,11 +453,17 @@ def stage_finetune(c, run: Path, results: dict, progress: Progress) -> dict:
     return {"runs": out}
 
 
-def stage_grpo(c, run: Path, results: dict, progress: Progress) -> dict:
+def best_finetuned(results: dict) -> dict | None:
+    """The fine-tuning run with the best held-out accuracy (the first of equals), None when every
+    fine-tune was skipped: where GRPO starts and the search stage's policy."""
     done = [r for r in results["finetune"]["runs"] if "skipped" not in r]
-    if not done:
+    return max(done, key=lambda r: r["accuracy"]["value"]) if done else None
+
+
+def stage_grpo(c, run: Path, results: dict, progress: Progress) -> dict:
+    best = best_finetuned(results)
+    if best is None:
         return {"skipped": "no fine-tuned model (every dataset was empty)"}
-    best = max(done, key=lambda r: r["accuracy"]["value"])  # the first of equals
     g = grpo.default_config()
     g.workdir, g.seed = str(run / "grpo"), c.seed
     g.model.path = str(run / best["hf"])
@@ -455,6 +485,118 @@ def stage_grpo(c, run: Path, results: dict, progress: Progress) -> dict:
              for _, r in jsonl.read(run / "grpo" / "metrics.jsonl") if "reward/mean" in r]
     return {"from": f"{best['model']}-on-{best['data']}", "before": best["accuracy"], "after": after["accuracy"],
             "steps": q.steps, "seconds": time.perf_counter() - t0, "reward_curve": curve}
+
+
+SEARCH_SEPARATOR = ". "  # the demo's steps are sentences on one line (eval.stepwise.demo_fields)
+
+
+def split_heldout(labels: Path, heldout: float, questions: list[str], train: Path, held: Path) -> dict:
+    """Write the labelled solutions of the last ceil(heldout x questions) sampling questions to
+    held, the others to train (whole questions apart, so no question is on both sides); returns
+    the counts."""
+    n_held = math.ceil(heldout * len(questions)) if heldout > 0 else 0
+    held_ids = set(questions[len(questions) - n_held:]) if n_held else set()
+    rows = [r for _, r in stepwise.read_stepwise(labels)]
+    parts = ([r for r in rows if r["prompt_id"] not in held_ids], [r for r in rows if r["prompt_id"] in held_ids])
+    for path, part in zip((train, held), parts):
+        jsonl.rewrite(path, part)
+    return {"train_solutions": len(parts[0]), "heldout_solutions": len(parts[1]), "heldout_questions": n_held}
+
+
+def train_prm(workdir: Path, init: Path, train: Path, held: Path | None, c, run: Path) -> dict:
+    """The PRM's training run (reasonax.train.prm) from init's HF export, on the stepwise files;
+    resumed from its latest checkpoint when interrupted, skipped when done. Returns {'hf'
+    (relative to run), 'steps', 'seconds', 'eval' (the last held-out step accuracy, AUC, loss)}."""
+    done = workdir / "done.json"
+    if done.is_file():
+        return _read_json(done)
+    p, q = prm_recipe.default_config(), c.search.prm
+    p.workdir, p.seed = str(workdir), c.seed
+    p.model.path, p.tokenizer = str(init), str(run / "tokenizer")
+    p.data.files, p.data.separator, p.data.seed = [str(train)], SEARCH_SEPARATOR, c.seed
+    p.eval_data.files = [str(held)] if held is not None else []
+    p.seq_len, p.batch_size = q.seq_len, q.batch_size
+    p.num_steps = p.optim.total_steps = q.steps
+    p.optim.lr, p.optim.warmup_steps, p.optim.weight_decay = q.lr, min(q.warmup_steps, q.steps - 1), 0.0
+    p.checkpoint.every, p.checkpoint.keep = max(1, q.steps // 2), 1
+    p.log_every, p.eval_every = max(1, q.steps // 4), (q.steps if held is not None else 0)
+    p.tensorboard, p.peak_flops = False, c.peak_flops
+    if (workdir / "hf").exists():  # an export cut short: redone from the final checkpoint
+        shutil.rmtree(workdir / "hf")
+    t0 = time.perf_counter()
+    prm_recipe.run(p)
+    evals = [r for _, r in jsonl.read(workdir / "metrics.jsonl") if any(k.startswith("eval/") for k in r)]
+    out = {"hf": str((workdir / "hf").relative_to(run)), "steps": q.steps, "seconds": time.perf_counter() - t0,
+           "eval": {k[5:]: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {}}
+    _write_json(done, out)
+    return out
+
+
+def search_config(c, run: Path, policy: Path, prm_dir: Path) -> ml_collections.ConfigDict:
+    """The evaluate config of the comparison: the first search.questions test questions (their
+    raw prompts, as the models were trained), the policy sampled as the sample stage samples, the
+    four selection methods at each k of search.ks."""
+    s = c.search
+    e = evaluate.default_config()
+    e.dataset, e.limit, e.few_shot, e.num_few_shot = str(run / "data" / "test.jsonl"), s.questions, "", 0
+    e.jsonl.question_field, e.jsonl.answer_field, e.jsonl.id_field = "prompt", "answer", "id"
+    e.ks, e.fallback, e.n_boot, e.output_dir = tuple(s.ks), False, c.n_boot, str(run / "search" / "eval")
+    g = e.generate
+    g.model, g.prompt_format, g.instruction, g.seed = str(policy), "raw", "", c.seed + 300
+    g.sampling.temperature, g.sampling.top_p = c.sampling.temperature, c.sampling.top_p
+    g.sampling.max_new_tokens = c.sampling.max_new_tokens
+    e.selection = tuple(search_lib.SELECTIONS)
+    e.search.prm, e.search.aggregation, e.search.separator = str(prm_dir), s.aggregation, SEARCH_SEPARATOR
+    e.search.expansions, e.search.max_steps = s.expansions, s.max_steps
+    e.search.calibration_questions, e.search.calibration_samples = s.calibration_questions, s.calibration_samples
+    return e
+
+
+def stage_search(c, run: Path, results: dict, progress: Progress) -> dict:
+    best = best_finetuned(results)
+    if best is None:
+        return {"skipped": "no fine-tuned model (every dataset was empty)"}
+    d, seconds = run / "search", {}
+    d.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    lc = checker_labels.default_config()
+    lc.solutions.update(stepwise.demo_fields(run, ("wc", "se")))
+    lc.output, lc.grade_answer, lc.progress = str(d / "step_labels.jsonl"), True, False
+    labels = checker_labels.run(lc)  # resumes from what it wrote
+    questions = [r["id"] for _, r in jsonl.read(run / "data" / "questions.jsonl")]
+    split = split_heldout(d / "step_labels.jsonl", c.search.heldout, questions, d / "prm_train.jsonl",
+                          d / "prm_heldout.jsonl")
+    seconds["labels"] = time.perf_counter() - t0
+    progress.say(f"        step labels: {labels['solutions']} solutions, {labels['steps']} steps, "
+                 f"{labels['correct_step_fraction']:.2f} correct; {split['heldout_questions']} questions held out")
+    q = c.search.prm
+    progress.say(f"        PRM from {best['model']} on {best['data']}: {q.steps} steps x {q.batch_size} solutions")
+    prm_run = train_prm(d / "prm", run / best["hf"], d / "prm_train.jsonl",
+                        d / "prm_heldout.jsonl" if split["heldout_solutions"] else None, c, run)
+    seconds["prm"] = prm_run["seconds"]
+    ev = prm_run["eval"]
+    progress.say("        PRM held-out: " + (", ".join(f"{k} {v:.3f}" for k, v in ev.items()) or "none"))
+    t0 = time.perf_counter()
+    metrics_path = d / "eval" / "metrics.json"
+    if metrics_path.is_file():
+        m = _read_json(metrics_path)
+    else:
+        progress.say(f"        {c.search.questions} test questions, k in {tuple(c.search.ks)}: "
+                     f"{', '.join(search_lib.SELECTIONS)} at matched FLOPs")
+        m = evaluate.run(search_config(c, run, run / best["hf"], run / prm_run["hf"]), should_stop=progress.should_stop)
+        if m.get("stopped"):
+            cli_lib.exit_preempted(m["kept"])
+        m = json.loads(json.dumps(m, default=str))  # as it is read back
+    seconds["compare"] = time.perf_counter() - t0
+    sel = m["selection"]
+    for lv in sel["levels"]:
+        progress.say(f"        k={lv['level']}: " + ", ".join(f"{name} {v['accuracy']['value']:.3f} "
+                                                          f"({v['flops_over_budget']:.2f}x budget)"
+                                                          for name, v in lv["methods"].items()))
+    return {"policy": f"{best['model']}-on-{best['data']}", "policy_accuracy": best["accuracy"],
+            "labels": {k: labels[k] for k in ("solutions", "steps", "correct_steps", "correct_step_fraction",
+                                              "solutions_all_steps_correct")}, "split": split,
+            "prm": prm_run, "questions": m["problems"], "selection": sel, "seconds": seconds}
 
 
 def stage_rounds(c, run: Path, results: dict, progress: Progress) -> dict:
@@ -499,7 +641,8 @@ def stage_report(c, run: Path, results: dict, progress: Progress) -> dict:
 
 
 STAGE_FNS = {"data": stage_data, "pretrain": stage_pretrain, "sample": stage_sample, "filter": stage_filter,
-             "finetune": stage_finetune, "grpo": stage_grpo, "rounds": stage_rounds, "report": stage_report}
+             "finetune": stage_finetune, "grpo": stage_grpo, "search": stage_search, "rounds": stage_rounds,
+             "report": stage_report}
 DESCRIPTIONS = {
     "data": "synthetic word problems, splits and tokenizer",
     "pretrain": "train WC, SE and the student from scratch on gold solutions",
@@ -507,6 +650,7 @@ DESCRIPTIONS = {
     "filter": "grade, filter; coverage, diversity, false-positive rate",
     "finetune": "fine-tune: student, self-improvement, weak-to-strong",
     "grpo": "GRPO from the best fine-tuned model",
+    "search": "PRM on step-checker labels; majority vs PRM best-of-N, weighted vote, beam search at matched FLOPs",
     "rounds": "self-improvement rounds with compute accounting",
     "report": "report.md and plots",
 }

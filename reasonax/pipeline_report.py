@@ -7,11 +7,30 @@ from __future__ import annotations
 from pathlib import Path
 
 from reasonax.evaluate import format_estimate as _f
+from reasonax.evaluate import plot_selection, selection_markdown
 
 PAPER = ("Paper (MATH; WC = Gemma2-9B, SE = Gemma2-27B; budgets 1 vs 3 and 10 vs 30 samples): WC data has "
          "higher coverage (+11% / +6% relative, low / high budget) and diversity (+86% / +125%), a higher "
          "false-positive rate (+7 points), and fine-tuning on it beats SE data in all three setups "
          "(up to ~+6% relative).")
+SEARCH_AND_LEARN = ("HF search-and-learn (Llama 3.2 1B policy, Llama 3.1 8B PRM, MATH-500) published that beam "
+                    "search beats best-of-N at small budgets.")
+
+
+def search_lines(s: dict) -> list[str]:
+    """Per budget level: beam search against PRM best-of-N (accuracy with intervals, difference,
+    and whether the intervals overlap) -- the comparison of search-and-learn's finding."""
+    lines = []
+    for lv in s["selection"]["levels"]:
+        m = lv["methods"]
+        if "beam" not in m or "prm-best-of-n" not in m:
+            continue
+        b, n = m["beam"]["accuracy"], m["prm-best-of-n"]["accuracy"]
+        overlap = b["low"] <= n["high"] and n["low"] <= b["high"]
+        lines.append(f"k={lv['level']} ({lv['budget']:.3g} FLOPs per question): beam search {_f(b)} vs PRM "
+                     f"best-of-{m['prm-best-of-n']['n']} {_f(n)}: {b['value'] - n['value']:+.3f}"
+                     + (" (intervals overlap: no difference shown)" if overlap else ""))
+    return lines
 
 
 def _rel(a: float, b: float) -> str:
@@ -97,6 +116,7 @@ def markdown(results: dict) -> str:
         out += [f"From the best fine-tuned model ({grpo['from']}), {grpo['steps']} steps: held-out greedy accuracy "
                 f"{_f(grpo['before'])} before, {_f(grpo['after'])} after ({grpo['seconds']:.0f} s).", "",
                 "![reward](reward.png)"]
+    out += search_section(results.get("search"))
     out += ["", "## Self-improvement rounds (WC on its own filtered samples)", "",
             f"Base WC accuracy {_f(rounds['base_accuracy'])}; {rounds['samples_per_question']} samples per question "
             "each round; FLOPs = realised sampling + training.", "",
@@ -110,6 +130,31 @@ def markdown(results: dict) -> str:
     out += ["", "## Time per stage (s)", "", "| " + " | ".join(seconds) + " |", "|" + "---|" * len(seconds),
             "| " + " | ".join("-" if v is None else f"{v:.0f}" for v in seconds.values()) + " |", ""]
     return "\n".join(out)
+
+
+def search_section(s: dict | None) -> list[str]:
+    """The search stage's markdown: labels, the PRM's held-out metrics, the table of the methods
+    at matched FLOPs and the comparison with search-and-learn."""
+    out = ["", "## Verifier-guided search at matched FLOPs", ""]
+    if s is None:
+        return out + ["Not run."]
+    if "skipped" in s:
+        return out + [f"Skipped: {s['skipped']}."]
+    lab, sp, p = s["labels"], s["split"], s["prm"]
+    ev = ", ".join(f"{k} {v:.3f}" for k, v in p["eval"].items() if k != "steps") or "not evaluated"
+    out += [f"Step labels from the step checker (final answer graded; first-error rule) on the sampled WC and SE "
+            f"solutions: {lab['solutions']} solutions, {lab['steps']} steps, {lab['correct_step_fraction']:.2f} "
+            f"correct. The PRM starts from the policy ({s['policy']}) and trains {p['steps']} steps on "
+            f"{sp['train_solutions']} solutions; on {sp['heldout_solutions']} held-out ones ("
+            f"{sp['heldout_questions']} questions): {ev} ({p['seconds']:.0f} s).", "",
+            f"On the first {s['questions']} test questions, the policy {s['policy']} (held-out greedy accuracy "
+            f"{_f(s['policy_accuracy'])}): beam search with W = k beams sets each level's budget; majority vote, "
+            "PRM best-of-N and PRM-weighted vote take the N whose realised FLOPs are nearest it.",
+            selection_markdown(s["selection"]), "", "![search](search.png)", "", SEARCH_AND_LEARN, "", "This run:", ""]
+    out += [f"- {line}" for line in search_lines(s)]
+    t = s["seconds"]
+    out += ["", f"Stage time: labels {t['labels']:.0f} s, PRM {t['prm']:.0f} s, comparison {t['compare']:.0f} s."]
+    return out
 
 
 def plots(run: Path, results: dict) -> None:
@@ -177,6 +222,10 @@ def plots(run: Path, results: dict) -> None:
     fig.savefig(run / "reward.png", dpi=110)
     plt.close(fig)
 
+    s = results.get("search")
+    if s is not None and "skipped" not in s:
+        plot_selection(s["selection"], run / "search.png")
+
 
 def write(run: Path, c, results: dict) -> str:
     text = markdown(results)
@@ -193,6 +242,9 @@ def console_summary(results: dict) -> str:
     g = results["grpo"]
     if "skipped" not in g:
         lines.append(f"  GRPO from {g['from']}: {_f(g['before'])} -> {_f(g['after'])}")
+    s = results.get("search")
+    if s is not None and "skipped" not in s:
+        lines += [f"  {x}" for x in search_lines(s)]
     for r in results["rounds"]["rounds"]:
         acc = "skipped" if r.get("skipped") else f"{r['accuracy']['value']:.3f}"
         lines.append(f"  self-improvement round {r['round']}: accuracy {acc}, kept {r['kept']}, "

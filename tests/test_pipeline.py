@@ -30,6 +30,9 @@ def tiny_config(workdir):
     c.sampling.temperature, c.sampling.max_new_tokens = 1.0, 48
     c.finetune.update(dict(steps=3, warmup_steps=1))
     c.grpo.update(dict(steps=2, prompts_per_step=2, group_size=4))
+    c.search.update(dict(questions=4, ks=(1, 2), expansions=4, max_steps=4, calibration_questions=2,
+                         calibration_samples=2, heldout=0.25))
+    c.search.prm.update(dict(steps=4, batch_size=8, seq_len=128, warmup_steps=1))
     c.n_boot, c.peak_flops = 50, "1e11"
     return c
 
@@ -47,7 +50,7 @@ def _rows(run, model):
 def test_report_and_plots_are_written(demo):
     c, res = demo
     run = Path(c.workdir)
-    for name in ("report.md", "coverage.png", "accuracy.png", "reward.png"):
+    for name in ("report.md", "coverage.png", "accuracy.png", "reward.png", "search.png"):
         assert (run / name).stat().st_size > 0
     text = (run / "report.md").read_text()
     assert "Gemma2-27B" in text and "| wc-high |" in text and "Self-improvement rounds" in text
@@ -129,10 +132,58 @@ def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(demo):
     resumed = pipeline.run(c)
     for a, b in zip(resumed["rounds"]["rounds"], res["rounds"]["rounds"]):
         assert a["accuracy"] == b["accuracy"] and a["kept"] == b["kept"]
+    # interrupt the search stage after the PRM's final checkpoint, before its export: the labels and
+    # the comparison's output are kept, the PRM resumes from its checkpoint and exports the same model
+    prm_dir = run / res["search"]["prm"]["hf"]
+    (prm_dir.parent / "done.json").unlink()
+    shutil.rmtree(prm_dir)
+    for stage in ("search", "report"):
+        (run / "stages" / f"{stage}.json").unlink()
+    again = pipeline.run(c)["search"]
+    assert (prm_dir / "config.json").is_file()
+    assert again["selection"] == res["search"]["selection"] and again["labels"] == res["search"]["labels"]
+    assert again["prm"]["eval"]["step_accuracy"] == pytest.approx(res["search"]["prm"]["eval"]["step_accuracy"])
     with pytest.raises(ValueError, match="grpo.steps"):
         changed = tiny_config(c.workdir)
         changed.grpo.steps = 3
         pipeline.run(changed)
+
+
+def test_search_compares_the_four_methods_at_matched_flops(demo):
+    c, res = demo
+    run = Path(c.workdir)
+    s = res["search"]
+    best = pipeline.best_finetuned(res)
+    assert s["policy"] == f"{best['model']}-on-{best['data']}" == res["grpo"]["from"]
+    # every sampled WC and SE solution is labelled; whole questions are held out
+    n_samples = len(_rows(run, "wc")) + len(_rows(run, "se"))
+    labels = [r for _, r in jsonl.read(run / "search" / "step_labels.jsonl")]
+    assert s["labels"]["solutions"] == len(labels) == n_samples
+    assert s["split"]["train_solutions"] + s["split"]["heldout_solutions"] == n_samples
+    train = {r["prompt_id"] for _, r in jsonl.read(run / "search" / "prm_train.jsonl")}
+    held = {r["prompt_id"] for _, r in jsonl.read(run / "search" / "prm_heldout.jsonl")}
+    assert held and not train & held and len(held) == s["split"]["heldout_questions"] == 2  # ceil(0.25 x 8)
+    for r in labels:  # the step checker's first-error rule, with the answer graded
+        bad = [i for i, ok in enumerate(r["labels"]) if not ok]
+        assert not bad or all(not ok for ok in r["labels"][bad[0]:])
+        if not r["correct"]:
+            assert not r["labels"][-1]
+    assert (run / s["prm"]["hf"] / "config.json").is_file() and 0 <= s["prm"]["eval"]["step_accuracy"] <= 1
+    sel = s["selection"]
+    assert s["questions"] == c.search.questions
+    assert [lv["level"] for lv in sel["levels"]] == list(c.search.ks)
+    for lv in sel["levels"]:
+        m = lv["methods"]
+        assert set(m) == {"majority", "prm-best-of-n", "prm-weighted", "beam"}
+        assert (m["beam"]["width"], m["beam"]["expansions"]) == (lv["level"], c.search.expansions)
+        assert m["majority"]["prm_flops"] == 0 and m["beam"]["prm_flops"] > 0 and m["prm-best-of-n"]["prm_flops"] > 0
+        flops = [v["flops"] for v in m.values()]
+        assert max(flops) <= 1.1 * lv["budget"] and min(flops) >= 0.9 * lv["budget"], m  # matched within +-10%
+        for v in m.values():
+            assert 0 <= v["accuracy"]["low"] <= v["accuracy"]["value"] <= v["accuracy"]["high"] <= 1
+    text = (run / "report.md").read_text()
+    assert "## Verifier-guided search at matched FLOPs" in text and "| 2 | beam | 2 x 4 |" in text
+    assert "search-and-learn" in text and "![search](search.png)" in text
 
 
 def test_sigterm_stops_a_sampling_job_after_the_block_in_flight_and_the_rerun_ends_as_an_uninterrupted_one(

@@ -26,6 +26,22 @@ def test_few_shot_blocks():
     assert text == "Question: 1+1?\nAnswer: 1+1=2. The answer is 2.\n\nQuestion: 2+2?\nAnswer:"
 
 
+def test_raw_is_the_question_as_it_is_as_data_template_raw_starts_an_example(tmp_path):
+    from reasonax.tasks import word_problems
+    from reasonax.train import data as data_lib
+
+    raw = prompts.get_format("raw")
+    assert raw.stop_strings == () and raw.render("Pia has 3 apples.\n", instruction="ignored") == "Pia has 3 apples.\n"
+    shots = [prompts.Example("1+1?\n", "1 + 1 = 2.")]
+    assert raw.render("2+2?\n", few_shot=shots) == "1+1?\n1 + 1 = 2.\n2+2?\n"
+    # what the sampler feeds (the tokenizer call: BOS, then the text) is how a raw-template example starts
+    tok = word_problems.save_tokenizer(tmp_path / "tok")
+    text = "Pia has 3 apples. How many?\n"
+    ids = tok(raw.render(text))["input_ids"]
+    assert ids == data_lib.prompt_tokens(text, data_lib.DataConfig(template="raw"), tok) and ids[0] == tok.bos_token_id
+    assert data_lib.TEMPLATES.count("raw") == 1
+
+
 @pytest.mark.parametrize("preset,fmt", [("qwen2.5-math-1.5b", "qwen-chat"), ("gemma3-1b", "gemma-chat"),
                                         ("gemma2-2b", "gemma-chat")])
 def test_default_format_per_family(preset, fmt):

@@ -6,6 +6,9 @@ Formats:
   gemma-chat   Gemma turns (<start_of_turn>user ... <end_of_turn>); Gemma has no system role,
                so the instruction is prepended to the user turn
   few-shot     plain "Question: ... / Answer: ..." blocks for base models
+  raw          the question as it is (worked examples, if any, each its question then its answer
+               and a newline, before it): models trained on data.template='raw', as the demo's
+               are (their prompt already ends the way their completions start); no stop strings
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class PromptFormat:
         if self.name == "few-shot":
             blocks = [f"Question: {ex.question}\nAnswer: {ex.answer}\n\n" for ex in few_shot]
             return "".join(blocks) + f"Question: {question}\nAnswer:"
+        if self.name == "raw":
+            return "".join(f"{ex.question}{ex.answer}\n" for ex in few_shot) + question
         raise ValueError(f"unknown prompt format {self.name!r}")
 
 
@@ -57,6 +62,7 @@ FORMATS = {
     # answers in few-shot blocks never contain a blank line, so one ends the answer; so does a
     # made-up next block ("...\nQuestion: ...") written after a single newline
     "few-shot": PromptFormat("few-shot", ("\n\n", "\nQuestion:")),
+    "raw": PromptFormat("raw", ()),  # the completion ends at EOS
 }
 
 

@@ -71,7 +71,7 @@ class GenerateConfig:
     prompts: str = ""         # input JSONL, one question per line
     id_field: str = "id"      # field with a unique prompt id ("" = use the line number)
     question_field: str = "question"  # field with the question text (dotted names reach nested fields)
-    prompt_format: str = "auto"  # auto (the model family's chat format) | qwen-chat | gemma-chat | few-shot
+    prompt_format: str = "auto"  # auto (the model family's chat format) | qwen-chat | gemma-chat | few-shot | raw
     instruction: str = prompts_lib.BOXED_INSTRUCTION  # instruction of the chat formats
     few_shot: str = ""        # JSONL of {"question", "answer"} worked examples prepended to every prompt
     num_few_shot: int = 0     # how many of them (0 = all)

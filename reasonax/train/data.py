@@ -36,7 +36,7 @@ from reasonax import jsonl, typed
 from reasonax.model import prompts as prompts_lib
 from reasonax.model.sharding import batch_shards, batch_sharding
 
-TEMPLATES = ("raw", "tokenizer", *prompts_lib.FORMATS)
+TEMPLATES = ("raw", "tokenizer", *(f for f in prompts_lib.FORMATS if f != "raw"))
 OVERLONG = ("truncate", "drop")
 ON_MALFORMED = ("raise", "skip")
 
