@@ -13,7 +13,7 @@ launched side by side.
 - a grader worker killed during a GRPO step; a malformed record in a GRPO prompt file.
 
 The runs of this module (subprocesses and in process) share one persistent compilation cache
-(JAX_COMPILATION_CACHE_DIR; for this module only): a rerun or a later run of the same config loads
+(JAX_COMPILATION_CACHE_DIR, for this module's subprocesses only): a rerun or a later run of the same config loads
 its programs instead of compiling them (a cached program is the compiled one, so the bitwise
 comparisons hold).
 """
@@ -43,25 +43,17 @@ SEED = int(os.environ.get("REASONAX_FAULT_SEED", os.getpid()))  # the SIGTERM st
 
 @pytest.fixture(scope="module", autouse=True)
 def _compilation_cache(tmp_path_factory):
-    """This module's runs share a persistent compilation cache: subprocesses through the
-    environment, this process through jax.config (restored, and the cache reset, afterwards)."""
-    from jax._src import compilation_cache
-
+    """This module's subprocess runs share a persistent compilation cache (through the environment:
+    a rerun or a later run of the same config loads its programs). Not this pytest process: turning
+    the cache on and off again in-process left it on for later modules, where an XLA compile then
+    aborted the whole run (tests/test_sharding.py, 2026-12-03)."""
     directory = str(tmp_path_factory.mktemp("jax_cache"))
     options = {"jax_compilation_cache_dir": directory, "jax_persistent_cache_min_compile_time_secs": 0,
                "jax_persistent_cache_min_entry_size_bytes": 0}
-    before = {k: getattr(jax.config, k) for k in options}
     with pytest.MonkeyPatch.context() as mp:
         for k, v in options.items():
             mp.setenv(k.upper(), str(v))
-            jax.config.update(k, v)
-        compilation_cache.reset_cache()
-        try:
-            yield
-        finally:
-            for k, v in before.items():
-                jax.config.update(k, v)
-            compilation_cache.reset_cache()
+        yield
 
 
 def _metrics(workdir: Path) -> list[dict]:
