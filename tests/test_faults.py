@@ -12,8 +12,8 @@ launched side by side.
   truncated / missing file in the latest checkpoint (checkpoint.fallback).
 - a grader worker killed during a GRPO step; a malformed record in a GRPO prompt file.
 
-The runs of this module (subprocesses and in process) share one persistent compilation cache
-(JAX_COMPILATION_CACHE_DIR, for this module's subprocesses only): a rerun or a later run of the same config loads
+The subprocess runs of this module share one persistent compilation cache
+(JAX_COMPILATION_CACHE_DIR, set for this module only): a rerun or a later run of the same config loads
 its programs instead of compiling them (a cached program is the compiled one, so the bitwise
 comparisons hold).
 """
