@@ -109,15 +109,17 @@ def _default_key(ans: str) -> str | None:
     return grader.answer_key(ans)
 
 
-def majority_vote(answers: Sequence[str | None], *, key: Callable[[str], object] | None = None,
-                  same: Callable[[str, str], bool] | None = None) -> str | None:
-    """The most frequent answer (None answers abstain); ties go to the answer seen first.
+def group_answers(answers: Sequence[str | None], *, key: Callable[[str], object] | None = None,
+                  same: Callable[[str, str], bool] | None = None) -> tuple[list[str], list[list[int]]]:
+    """(representatives, groups): answers grouped as majority votes group them, each group the
+    indices of its answers, in order of first appearance; None answers (and answers whose key is
+    None) abstain.
 
     Answers are grouped by ``same(a, b)`` when given (e.g. ``grader.is_equivalent``: each answer
     joins the first earlier group it matches), else by ``key`` (default:
     :func:`reasonax.eval.grader.answer_key`, normalised strings with exact number values).
     """
-    groups: list[list[int]] = []  # indices into answers, in order of first appearance
+    groups: list[list[int]] = []
     reps: list[str] = []
     by_key: dict[object, int] = {}
     keyfn = key or _default_key
@@ -139,6 +141,14 @@ def majority_vote(answers: Sequence[str | None], *, key: Callable[[str], object]
             reps.append(ans)
         else:
             groups[gi].append(i)
+    return reps, groups
+
+
+def majority_vote(answers: Sequence[str | None], *, key: Callable[[str], object] | None = None,
+                  same: Callable[[str, str], bool] | None = None) -> str | None:
+    """The most frequent answer (None answers abstain); ties go to the answer seen first. Answers
+    are grouped by group_answers (``same``, else ``key``)."""
+    reps, groups = group_answers(answers, key=key, same=same)
     if not groups:
         return None
     best = max(range(len(groups)), key=lambda g: (len(groups[g]), -groups[g][0]))

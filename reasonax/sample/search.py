@@ -39,7 +39,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from reasonax.eval import grader
+from reasonax.eval import grader, metrics
 from reasonax.eval.step_labels import split_steps  # the labels' split: the PRM scores steps as it was trained on them
 from reasonax.model import flops as flops_lib
 from reasonax.model import prm
@@ -159,33 +159,14 @@ def weighted_vote(answers: Sequence[str | None], scores: Sequence[Sequence[float
                   key: Callable[[str], object] | None = None, same: Callable[[str, str], bool] | None = None
                   ) -> str | None:
     """PRM-weighted majority vote: the answer whose solutions' aggregated scores sum highest.
-    Answers are grouped as metrics.majority_vote groups them (`same`, else `key`, default
+    Answers are grouped by metrics.group_answers, as majority votes are (`same`, else `key`, default
     grader.answer_key); None answers abstain; ties go to the answer seen first."""
     if len(answers) != len(scores):
         raise ValueError(f"{len(answers)} answers but {len(scores)} score lists")
-    keyfn = key or grader.answer_key
-    reps: list[str] = []
-    weight: list[float] = []
-    by_key: dict[object, int] = {}
-    for ans, s in zip(answers, scores):
-        if ans is None:
-            continue
-        if same is not None:
-            g = next((i for i, rep in enumerate(reps) if same(rep, ans)), None)
-        else:
-            kk = keyfn(ans)
-            if kk is None:
-                continue
-            g = by_key.get(kk)
-            if g is None:
-                by_key[kk] = len(reps)
-        if g is None:
-            reps.append(ans)
-            weight.append(0.0)
-            g = len(reps) - 1
-        weight[g] += aggregate(s, how)
+    reps, groups = metrics.group_answers(answers, key=key, same=same)
     if not reps:
         return None
+    weight = [sum(aggregate(scores[i], how) for i in g) for g in groups]
     return reps[max(range(len(reps)), key=lambda g: (weight[g], -g))]
 
 
