@@ -210,14 +210,26 @@ def plot(m: dict, path: Path) -> None:
     ks = [int(k) for k in m["by_k"]]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name in ("pass@k", "maj@k"):
-        vals = [m["by_k"][k][name] for k in m["by_k"]]
-        ax.errorbar(ks, [v["value"] for v in vals], yerr=[[v["value"] - v["low"] for v in vals],
-                                                          [v["high"] - v["value"] for v in vals]],
-                    marker="o", capsize=3, label=name if name != "pass@k" else "pass@k = coverage@k")
+        _errorbars(ax, ks, [m["by_k"][k][name] for k in m["by_k"]],
+                   name if name != "pass@k" else "pass@k = coverage@k")
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("k (samples per problem)")
     ax.set_ylabel("share of problems")
+    _finish_plot(fig, ax, path)
+
+
+def _errorbars(ax, xs, estimates: list[dict], label: str) -> None:
+    """One line of estimates ({'value', 'low', 'high'}) with their intervals as error bars."""
+    ax.errorbar(xs, [v["value"] for v in estimates], yerr=[[v["value"] - v["low"] for v in estimates],
+                                                           [v["high"] - v["value"] for v in estimates]],
+                marker="o", capsize=3, label=label)
+
+
+def _finish_plot(fig, ax, path: Path) -> None:
+    """A share on [0, 1], grid and legend; written to path and closed."""
+    import matplotlib.pyplot as plt
+
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -434,19 +446,12 @@ def plot_selection(sel: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for m in sel["selection"]:
-        pts = [(lv["methods"][m]["flops"], lv["methods"][m]["accuracy"]) for lv in sel["levels"]]
-        ax.errorbar([f for f, _ in pts], [a["value"] for _, a in pts],
-                    yerr=[[a["value"] - a["low"] for _, a in pts], [a["high"] - a["value"] for _, a in pts]],
-                    marker="o", capsize=3, label=m)
+        _errorbars(ax, [lv["methods"][m]["flops"] for lv in sel["levels"]],
+                   [lv["methods"][m]["accuracy"] for lv in sel["levels"]], m)
     ax.set_xscale("log")
     ax.set_xlabel("realised FLOPs per question (policy + PRM)")
     ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish_plot(fig, ax, path)
 
 
 def run(cfg: ml_collections.ConfigDict | EvaluateConfig, scorer: search.Scorer | None = None,
