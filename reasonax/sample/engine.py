@@ -555,6 +555,19 @@ class PrefixCache:
         return out
 
 
+def option_problems(num_slots: int, block_steps: int, kv_budget_gb: float, prefix_cache_gb: float,
+                    prefix_block: int) -> list[str]:
+    """What is wrong with the engine options a CLI or recipe config exposes (its problems() list)."""
+    out = []
+    if num_slots < 0 or block_steps < 1 or kv_budget_gb <= 0:
+        out.append(f"num_slots={num_slots} (>= 0), block_steps={block_steps} (>= 1), "
+                   f"kv_budget_gb={kv_budget_gb} (> 0)")
+    if not 0 <= prefix_cache_gb < kv_budget_gb or prefix_block < 1:
+        out.append(f"prefix_cache_gb={prefix_cache_gb} (>= 0 and < kv_budget_gb={kv_budget_gb}), "
+                   f"prefix_block={prefix_block} (>= 1)")
+    return out
+
+
 def prefix_cache_options(gb: float, block: int = PREFIX_BLOCK) -> dict:
     """generate's keywords for a fresh prefix cache of gb GiB per device (0: none), for one call
     (params version 0) -- what a CLI that calls generate once passes."""

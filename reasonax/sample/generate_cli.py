@@ -94,12 +94,8 @@ class GenerateConfig:
             out.append(f"prompt_format={self.prompt_format!r}; expected auto or one of {tuple(prompts_lib.FORMATS)}")
         if self.dtype not in ("float32", "bfloat16"):
             out.append(f"dtype={self.dtype!r}; expected float32 or bfloat16")
-        if self.num_slots < 0 or self.block_steps < 1 or self.kv_budget_gb <= 0:
-            out.append(f"num_slots={self.num_slots} (>= 0), block_steps={self.block_steps} (>= 1), "
-                       f"kv_budget_gb={self.kv_budget_gb} (> 0)")
-        if not 0 <= self.prefix_cache_gb < self.kv_budget_gb or self.prefix_block < 1:
-            out.append(f"prefix_cache_gb={self.prefix_cache_gb} (>= 0 and < kv_budget_gb={self.kv_budget_gb}), "
-                       f"prefix_block={self.prefix_block} (>= 1)")
+        out += engine.option_problems(self.num_slots, self.block_steps, self.kv_budget_gb, self.prefix_cache_gb,
+                                      self.prefix_block)
         return out
 
 

@@ -104,12 +104,10 @@ class MCLabelsConfig:
             out.append(f"mode={self.mode!r}; expected one of {step_labels.MODES}")
         if self.dtype not in ("float32", "bfloat16"):
             out.append(f"dtype={self.dtype!r}; expected float32 or bfloat16")
-        if self.solutions_per_call < 1 or self.max_records < 0 or self.num_slots < 0 or self.block_steps < 1:
-            out.append(f"solutions_per_call={self.solutions_per_call} (>= 1), max_records={self.max_records} "
-                       f"(>= 0), num_slots={self.num_slots} (>= 0), block_steps={self.block_steps} (>= 1)")
-        if not 0 <= self.prefix_cache_gb < self.kv_budget_gb or self.prefix_block < 1:
-            out.append(f"prefix_cache_gb={self.prefix_cache_gb} (>= 0 and < kv_budget_gb={self.kv_budget_gb}), "
-                       f"prefix_block={self.prefix_block} (>= 1)")
+        if self.solutions_per_call < 1 or self.max_records < 0:
+            out.append(f"solutions_per_call={self.solutions_per_call} (>= 1), max_records={self.max_records} (>= 0)")
+        out += engine.option_problems(self.num_slots, self.block_steps, self.kv_budget_gb, self.prefix_cache_gb,
+                                      self.prefix_block)
         return out
 
 

@@ -132,12 +132,8 @@ class GRPOSettings:
         elif self.rollout_devices:
             out.append(f"rollout_devices={self.rollout_devices}: a separate rollout group is only used with "
                        "overlap='one-step-off' (set rollout_devices=0)")
-        if self.num_slots < 0 or self.block_steps < 1 or self.kv_budget_gb <= 0:
-            out.append(f"num_slots={self.num_slots} (>= 0), block_steps={self.block_steps} (>= 1), "
-                       f"kv_budget_gb={self.kv_budget_gb} (> 0)")
-        if not 0 <= self.prefix_cache_gb < self.kv_budget_gb or self.prefix_block < 1:
-            out.append(f"prefix_cache_gb={self.prefix_cache_gb} (>= 0 and < kv_budget_gb={self.kv_budget_gb}), "
-                       f"prefix_block={self.prefix_block} (>= 1)")
+        out += sample.engine.option_problems(self.num_slots, self.block_steps, self.kv_budget_gb,
+                                             self.prefix_cache_gb, self.prefix_block)
         return out
 
     def objective_problems(self) -> list[str]:
