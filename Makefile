@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# the compute-matched pipeline end to end (about 10 minutes on 2 CPU cores); rerun resumes.
+# the compute-matched pipeline end to end (about 11 minutes on 2 CPU cores, install included); rerun resumes.
 # Extra flags: make demo DEMO_ARGS="--config.workdir=runs/demo2 --config.rounds=3"
 demo: install
 	TOKENIZERS_PARALLELISM=false $(PY) -m reasonax.pipeline --config=configs/demo.py $(DEMO_ARGS)
