@@ -575,7 +575,8 @@ def stage_search(c, run: Path, results: dict, progress: Progress) -> dict:
                         d / "prm_heldout.jsonl" if split["heldout_solutions"] else None, c, run)
     seconds["prm"] = prm_run["seconds"]
     ev = prm_run["eval"]
-    progress.say("        PRM held-out: " + (", ".join(f"{k} {v:.3f}" for k, v in ev.items()) or "none"))
+    progress.say("        PRM held-out: " + (", ".join(f"{k} {v:.3f}" if k != "steps" else f"steps {v:.0f}"
+                                                 for k, v in ev.items()) or "none"))
     t0 = time.perf_counter()
     metrics_path = d / "eval" / "metrics.json"
     if metrics_path.is_file():
