@@ -218,7 +218,10 @@ def _run_worker(python: str, code: str, request: dict, extra: tuple[str, ...] = 
         proc = subprocess.run([python, str(script), str(req), str(res), *extra], env=env, capture_output=True,
                               text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"worker {python} failed:\n{proc.stderr[-4000:]}")
+            log = Path(tempfile.gettempdir()) / f"rollout-worker-{os.getpid()}.log"
+            # the whole output: a child process's root cause (vLLM's engine core logs to stdout) is not in the tail
+            log.write_text(f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+            raise RuntimeError(f"worker {python} failed (its whole output: {log}):\n{proc.stderr[-4000:]}")
         return json.loads(res.read_text())
 
 

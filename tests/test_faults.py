@@ -44,9 +44,10 @@ SEED = int(os.environ.get("REASONAX_FAULT_SEED", os.getpid()))  # the SIGTERM st
 @pytest.fixture(scope="module", autouse=True)
 def _compilation_cache(tmp_path_factory):
     """This module's subprocess runs share a persistent compilation cache (through the environment:
-    a rerun or a later run of the same config loads its programs). Not this pytest process: turning
-    the cache on and off again in-process left it on for later modules, where an XLA compile then
-    aborted the whole run (tests/test_sharding.py, 2026-12-03)."""
+    a rerun or a later run of the same config loads its programs). Not this pytest process, whose
+    programs tests/conftest.py frees after every module. (A full run that aborted in an XLA compile
+    on 2026-12-03 was first blamed on an in-process cache here; the cause was the process's memory
+    mappings passing vm.max_map_count: see tests/conftest.py.)"""
     directory = str(tmp_path_factory.mktemp("jax_cache"))
     options = {"jax_compilation_cache_dir": directory, "jax_persistent_cache_min_compile_time_secs": 0,
                "jax_persistent_cache_min_entry_size_bytes": 0}
