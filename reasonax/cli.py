@@ -67,6 +67,10 @@ class Sigterm:
     def received(self) -> int:
         return _notice["received"] if self._open else 0
 
+    def requested(self) -> bool:
+        """Whether a notice came: the `should_stop` the work in flight asks (engine.generate, the CLIs)."""
+        return self.received > 0
+
     def __enter__(self) -> "Sigterm":
         return self
 

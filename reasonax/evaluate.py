@@ -524,7 +524,7 @@ def main(argv):
                              "are required")
     with cli_lib.Sigterm("finishing the decode block, writing the problems whose samples are done, then exiting") \
             as notice:
-        m = run(cfg, should_stop=lambda: notice.received > 0)
+        m = run(cfg, should_stop=notice.requested)
     if m.get("stopped"):
         cli_lib.exit_preempted(m["kept"])
 

@@ -139,7 +139,7 @@ class Progress:
         self.notice = notice
 
     def should_stop(self) -> bool:
-        return self.notice is not None and self.notice.received > 0
+        return self.notice is not None and self.notice.requested()
 
     def say(self, text: str) -> None:
         t = time.perf_counter() - self.t0
@@ -299,7 +299,7 @@ def sample_model(model_dir: Path, out: Path, n: int, seed: int, run: Path, c, pr
                                   on_complete=generate_cli.append_groups(partial, n, record), should_stop=should_stop)
         if res.stats["stopped"]:
             cli_lib.exit_preempted(f"{len(generate_cli.completed(partial, n))} of {len(problems)} questions' samples "
-                               f"in {partial}")
+                                   f"in {partial}")
     order = {p.id: i for i, p in enumerate(problems)}
     rows = sorted((r for _, r in jsonl.read(partial)), key=lambda r: (order[r["prompt_id"]], r["sample_index"]))
     graded = evaluate.grade_samples(problems, rows, fallback=False, timeout=5.0)

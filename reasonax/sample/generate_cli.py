@@ -236,7 +236,7 @@ def main(argv):
         raise app.UsageError("--config.model, --config.prompts and --config.output are required")
     with cli_lib.Sigterm("finishing the decode block, writing the prompts whose samples are done, then exiting") \
             as notice:
-        summary = run(cfg, should_stop=lambda: notice.received > 0)
+        summary = run(cfg, should_stop=notice.requested)
     if summary.get("stopped"):
         cli_lib.exit_preempted(f"{summary['prompts_complete']} of {summary['prompts_total']} prompts complete in "
                                f"{summary['output']}")
