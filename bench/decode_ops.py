@@ -14,9 +14,14 @@
    256, 4 query heads; 32 slots, 1,408 cache columns, the first 1,024 live): the reference score
    einsum 'BKGH,BSKH->BKGS' (attention._attend_einsum) against the engine's 'BSKH,BKGH->BKSG'
    (attention._attend_decode), each on the first 1,024 columns sliced out of the cache, on the
-   whole cache (masked), and on the engine's per-layer 128-column blocks (the first 8 of 11);
-6. decode attention over long caches (2,048 / 4,096 / 8,192 columns of 128-column blocks): the
-   einsum decode against the blockwise decode (attention.LONG_DECODE is where auto switches).
+   whole cache (masked), on eight 128-column blocks, and on the engine's per-layer blocks
+   (cache.block_widths: 128, 128, 256, 512 for the first 1,024 columns); then the same over 18
+   layers' caches at once (1.2 GB of keys and values, not held in the CPU's caches, as in a step);
+6. decode attention over long caches (2,048 / 4,096 / 8,192 columns in the engine's blocks): the
+   einsum decode against the blockwise decode (attention.LONG_DECODE is where auto switches);
+7. drawing one token per row from [32, 262144] float32 logits (temperature 1): the Gumbel-max
+   trick (jax.random.categorical's rule, one Gumbel variable per vocabulary entry) against the
+   inverse CDF the sampler uses (sampler.inverse_cdf: one uniform per row).
 """
 
 import os
@@ -89,60 +94,104 @@ def main():
     matmul_ceiling(cfg, per_layer, table, batch=8)
     decode_attention(cfg)
     long_decode_attention(cfg)
+    token_draw(cfg)
 
 
-def decode_attention(cfg, slots=32, columns=1408, live=1024, block=128):
+def decode_attention(cfg, slots=32, columns=1408, live=1024, block=128, layers=18):
     import jax
     import jax.numpy as jnp
 
     from reasonax.model import attention
+    from reasonax.model.cache import block_widths
 
     K, N, H = cfg.num_kv_heads, cfg.num_heads, cfg.head_dim
     q = jax.random.normal(jax.random.key(0), (slots, 1, N, H))
     k, v = (jax.random.normal(jax.random.key(i), (slots, columns, K, H)) for i in (1, 2))
-    kb, vb = (tuple(a[:, j:j + block] for j in range(0, columns, block)) for a in (k, v))
+    starts = lambda ws: [sum(ws[:i]) for i in range(len(ws))]  # noqa: E731
+    uniform = (block,) * (live // block)
+    engine = block_widths(columns, block)
+    engine = engine[:next(i for i in range(len(engine)) if sum(engine[:i + 1]) >= live) + 1]
+    split = lambda a, ws: tuple(a[:, lo:lo + w] for lo, w in zip(starts(ws), ws))  # noqa: E731
     mask = lambda n: jnp.ones((slots, 1, n), bool)  # noqa: E731
+    kv_bytes = 2 * slots * live * K * H * 4
     cases = {
-        "reference einsum, first columns sliced": jax.jit(
-            lambda q, k, v: attention._attend_einsum(cfg, q, k[:, :live], v[:, :live], mask(live))),
-        "engine einsum, first columns sliced": jax.jit(
-            lambda q, k, v: attention._attend_decode(cfg, q, k[:, :live], v[:, :live], mask(live))),
-        "engine einsum, whole cache masked": jax.jit(
+        "reference einsum, first columns sliced": ((q, k, v), jax.jit(
+            lambda q, k, v: attention._attend_einsum(cfg, q, k[:, :live], v[:, :live], mask(live)))),
+        "engine einsum, first columns sliced": ((q, k, v), jax.jit(
+            lambda q, k, v: attention._attend_decode(cfg, q, k[:, :live], v[:, :live], mask(live)))),
+        "engine einsum, whole cache masked": ((q, k, v), jax.jit(
             lambda q, k, v: attention._attend_decode(cfg, q, k, v, jnp.broadcast_to(jnp.arange(columns) < live,
-                                                                                     (slots, 1, columns)))),
-        "engine einsum, first column blocks (the engine on CPU)": jax.jit(
-            lambda q, k, v: attention._attend_decode(cfg, q, k[:live // block], v[:live // block], mask(live))),
+                                                                                     (slots, 1, columns))))),
+        f"engine einsum, {len(uniform)} blocks of {block} columns": ((q, split(k, uniform), split(v, uniform)),
+                                                                      jax.jit(lambda q, k, v: attention._attend_decode(
+                                                                          cfg, q, k, v, mask(live)))),
+        f"engine einsum, the engine's blocks {engine}": ((q, split(k, engine), split(v, engine)), jax.jit(
+            lambda q, k, v: attention._attend_decode(cfg, q, k, v, mask(live)))),
     }
-    for name, f in cases.items():
-        args = (q, kb, vb) if "blocks" in name else (q, k, v)
-        kv_bytes = 2 * slots * live * K * H * 4
+    for name, (args, f) in cases.items():
         t = _median(lambda: f(*args))
         print(f"decode attention, one layer, {slots} slots x {live} of {columns} columns, {name}: "
               f"{t * 1e3:.2f} ms ({kv_bytes / t / 1e9:.1f} GB/s of the live keys and values)")
+    # every layer of a step: the caches do not fit the CPU's caches, as in the engine's decode
+    ks = [jax.random.normal(jax.random.key(10 + i), (slots, live, K, H)) for i in range(layers)]
+    vs = [jax.random.normal(jax.random.key(50 + i), (slots, live, K, H)) for i in range(layers)]
+    for ws in (uniform, engine):
+        kb, vb = [split(a, ws) for a in ks], [split(a, ws) for a in vs]
+        f = jax.jit(lambda q, kb, vb: [attention._attend_decode(cfg, q, kb[i], vb[i], mask(live)) for i in range(layers)])
+        t = _median(lambda: f(q, kb, vb), repeats=7)
+        print(f"decode attention, {layers} layers, {slots} slots x {live} columns in blocks {ws}: {t * 1e3:.1f} ms "
+              f"({layers * kv_bytes / t / 1e9:.1f} GB/s)")
 
 
 def long_decode_attention(cfg, slots=32, block=128):
-    """6. decode attention over long caches (attention.attend, the engine's per-layer 128-column
-    blocks): the einsum decode (all scores of a row at once) against the blockwise decode (one
-    block of scores at a time), at cache lengths around attention.LONG_DECODE."""
+    """6. decode attention over long caches (attention.attend, the engine's per-layer blocks,
+    cache.block_widths): the einsum decode (all scores of a row at once) against the blockwise
+    decode (one block of scores at a time), at cache lengths around attention.LONG_DECODE."""
     import jax
     import jax.numpy as jnp
 
     from reasonax.model import attention
+    from reasonax.model.cache import block_widths
 
     K, N, H = cfg.num_kv_heads, cfg.num_heads, cfg.head_dim
     for columns in (2048, 4096, 8192):
         q = jax.random.normal(jax.random.key(0), (slots, 1, N, H))
-        kb, vb = (tuple(jax.random.normal(jax.random.key(i + j), (slots, block, K, H))
-                        for j in range(0, columns, block)) for i in (1, 2))
+        kb, vb = (tuple(jax.random.normal(jax.random.key(i + j), (slots, w, K, H))
+                        for j, w in enumerate(block_widths(columns, block))) for i in (1, 2))
         spec = attention.MaskSpec(jnp.full((slots, 1), columns - 1, jnp.int32), jnp.arange(columns, dtype=jnp.int32),
                                   jnp.ones((slots, 1), jnp.int32), jnp.ones((slots, columns), jnp.int32))
         for impl in ("einsum", "blockwise"):
             c = cfg.replace(attention_impl=impl)
             f = jax.jit(lambda q, k, v, c=c: attention.attend(c, q, k, v, spec))
             t = _median(lambda: f(q, kb, vb))
-            print(f"decode attention, one layer, {slots} slots x {columns} columns in {block}-column blocks, "
+            print(f"decode attention, one layer, {slots} slots x {columns} columns in the engine's blocks, "
                   f"{impl}: {t * 1e3:.2f} ms")
+
+
+def token_draw(cfg, slots=32):
+    """7. one token per row from [slots, vocab] logits at temperature 1: the Gumbel-max trick against
+    the sampler's inverse CDF (the same distribution; different draws)."""
+    import jax
+    import jax.numpy as jnp
+
+    from reasonax import sample
+    from reasonax.sample import sampler
+
+    logits = jax.random.normal(jax.random.key(0), (slots, cfg.vocab_size)) * 3
+    keys = sampler.row_keys(0, jnp.arange(slots), jnp.zeros(slots, jnp.int32))
+    sp = sample.SamplingParams(temperature=1.0)
+
+    def gumbel_max(logits, keys, step):
+        ks = jax.vmap(jax.random.fold_in)(keys, jnp.full(keys.shape, step, jnp.int32))
+        g = jax.vmap(lambda k: jax.random.gumbel(k, logits.shape[-1:], logits.dtype))(ks)
+        tok = sampler.argmax(g + logits)
+        return tok, sampler._logprob_of(logits, tok)
+
+    cases = {"Gumbel-max (jax.random.categorical's rule)": jax.jit(gumbel_max),
+             "inverse CDF (sampler.draw_tokens)": jax.jit(lambda l, k, t: sampler.draw_tokens(l, k, t, sp)[:2])}
+    for name, f in cases.items():
+        t = _median(lambda: f(logits, keys, jnp.int32(3)))
+        print(f"draw one token per row, [{slots}, {cfg.vocab_size}] logits, {name}: {t * 1e3:.1f} ms")
 
 
 def matmul_ceiling(cfg, per_layer, table, batch):

@@ -28,14 +28,16 @@ scheduler loop over the request's rows (prompt, sample), in request order:
    beside empty slots.
 
 Attention reads only the filled part of the cache: each block attends to the first A columns,
-A a power of two (of 128-column blocks on CPU, capped at C) above the longest live slot +
+A a power of two (times 128 columns on CPU, capped at C) above the longest live slot +
 block_steps. Bucketed lengths, not pages: slots are rows of dense arrays, so the step is plain
 einsums with static shapes on every backend (no paged-attention kernel, no gather of pages per
 step), and the work per step follows the live lengths within a factor of two; a paged layout
 would only save the memory of slots reserved at full length, which the slot count budgets for.
-On CPU (layers unstacked) each layer's cache is a tuple of 128-column blocks, so reading the
-first A columns reads whole arrays in place: XLA:CPU copies a slice of a larger cache on every
-step, and its dot on the copy runs 2-4x slower than on whole arrays (bench/decode_ops.py).
+On CPU (layers unstacked) each layer's cache is a tuple of column blocks of 128, 128, 256, 512,
+1024, then 2048 columns (cache.block_widths), so the first A columns are whole arrays read in
+place: XLA:CPU copies a slice of a larger cache on every step, and its dot on the copy runs 2-4x
+slower than on whole arrays; and a few wide blocks, not many 128-column ones, because its dot
+reads a wide block faster (bench/decode_ops.py).
 
 Compiled programs: prefill per (prompt batch bucket, length bucket) and, continuing cached
 prefixes, per (prompt batch bucket, continuation length bucket, length bucket); a long prompt's

@@ -151,12 +151,45 @@ def _logprob_of(logits: jax.Array, tok: jax.Array) -> jax.Array:
     return jnp.take_along_axis(logits, tok[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(logits, axis=-1)
 
 
+def _first_reaching(cum: jax.Array, mass: jax.Array, target: jax.Array) -> jax.Array:
+    """Per row of cum [B, n] (running sums of mass [B, n] >= 0), the first index whose running sum
+    reaches target [B] and whose own mass is positive; the last index with positive mass if
+    rounding left every running sum below the target. Never an index of zero mass (when the row
+    has any mass)."""
+    n = cum.shape[-1]
+    ok = (cum >= target[:, None]) & (mass > 0)
+    last = n - 1 - jnp.argmax((mass > 0)[:, ::-1], axis=-1)
+    return jnp.where(jnp.any(ok, axis=-1), jnp.argmax(ok, axis=-1), last).astype(jnp.int32)
+
+
+def inverse_cdf(logits: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(token [B], log-sum-exp [B]) of the inverse-CDF draw from softmax(logits [B, V]) at u [B] in
+    [0, 1): the first token whose cumulative probability reaches (1 - u), in vocabulary order.
+    Tokens at -inf have no mass and are never drawn. In two levels (sums of ~sqrt(V) chunks, then
+    the running sum inside the chosen chunk), so one exp pass over the vocabulary and one uniform
+    per row: a tenth of the Gumbel-max trick's cost on CPU for a 262k vocabulary, where drawing
+    262k Gumbel variables per row dominated the step (bench/decode_ops.py)."""
+    B, V = logits.shape
+    m = jnp.max(logits, axis=-1)
+    e = jnp.exp(logits - m[:, None])
+    chunk = _chunk_for(V) or V
+    ec = e.reshape(B, V // chunk, chunk)
+    sums = jnp.sum(ec, axis=-1)  # [B, V / chunk]
+    csum = jnp.cumsum(sums, axis=-1)
+    target = (1.0 - u) * csum[:, -1]  # in (0, total]
+    c = _first_reaching(csum, sums, target)
+    before = jnp.where(c > 0, jnp.take_along_axis(csum, jnp.maximum(c - 1, 0)[:, None], axis=-1)[:, 0], 0.0)
+    inside = jnp.take_along_axis(ec, c[:, None, None], axis=1)[:, 0]  # [B, chunk]
+    j = _first_reaching(jnp.cumsum(inside, axis=-1), inside, target - before)
+    return c * chunk + j, m + jnp.log(csum[:, -1])
+
+
 def draw_tokens(logits: jax.Array, keys: jax.Array, step: jax.Array, sp: SamplingParams):
     """(token, sampling log-prob, model log-prob), each [B], from float32 logits [B, V].
 
     step: the index of the token being drawn, [] (all rows) or [B] (each row's own); row b draws
-    with fold_in(keys[b], step[b]) and the Gumbel-max trick, exactly as
-    jax.random.categorical(fold_in(key, step), masked logits) does.
+    by the inverse CDF of its masked distribution (inverse_cdf) at u = uniform(fold_in(keys[b],
+    step[b])): one uniform per row and token.
     """
     if sp.greedy:
         tok = argmax(logits)
@@ -164,10 +197,11 @@ def draw_tokens(logits: jax.Array, keys: jax.Array, step: jax.Array, sp: Samplin
         return tok, lp, lp
     masked = sampling_logits(logits, sp)
     step = jnp.broadcast_to(jnp.asarray(step, jnp.int32), keys.shape)
-    step_keys = jax.vmap(jax.random.fold_in)(keys, step)
-    gumbel = jax.vmap(lambda k: jax.random.gumbel(k, masked.shape[-1:], masked.dtype))(step_keys)
-    tok = argmax(gumbel + masked)
-    return tok, _logprob_of(masked, tok), _logprob_of(logits, tok)
+    u = jax.vmap(lambda k, t: jax.random.uniform(jax.random.fold_in(k, t), (), jnp.float32))(keys, step)
+    tok, lse = inverse_cdf(masked, u)
+    lp = jnp.take_along_axis(masked, tok[:, None], axis=-1)[:, 0] - lse
+    plain = sp.temperature == 1.0 and not sp.top_k and sp.top_p == 1.0 and sp.min_p == 0.0
+    return tok, lp, lp if plain else _logprob_of(logits, tok)
 
 
 # ----------------------------------------------------------------------------------------------
