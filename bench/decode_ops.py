@@ -20,8 +20,8 @@
 6. decode attention over long caches (2,048 / 4,096 / 8,192 columns in the engine's blocks): the
    einsum decode against the blockwise decode (attention.LONG_DECODE is where auto switches);
 7. drawing one token per row from [32, 262144] float32 logits (temperature 1): the Gumbel-max
-   trick (jax.random.categorical's rule, one Gumbel variable per vocabulary entry) against the
-   inverse CDF the sampler uses (sampler.inverse_cdf: one uniform per row).
+   trick with jax.random's threefry (jax.random.categorical's rule) against the sampler's
+   exponential race on counter-hash noise (sampler.draw_tokens).
 """
 
 import os
@@ -169,8 +169,8 @@ def long_decode_attention(cfg, slots=32, block=128):
 
 
 def token_draw(cfg, slots=32):
-    """7. one token per row from [slots, vocab] logits at temperature 1: the Gumbel-max trick against
-    the sampler's inverse CDF (the same distribution; different draws)."""
+    """7. one token per row from [slots, vocab] logits at temperature 1: the Gumbel-max trick on
+    threefry noise against the sampler's race on hash noise (the same distribution; other draws)."""
     import jax
     import jax.numpy as jnp
 
@@ -188,7 +188,7 @@ def token_draw(cfg, slots=32):
         return tok, sampler._logprob_of(logits, tok)
 
     cases = {"Gumbel-max (jax.random.categorical's rule)": jax.jit(gumbel_max),
-             "inverse CDF (sampler.draw_tokens)": jax.jit(lambda l, k, t: sampler.draw_tokens(l, k, t, sp)[:2])}
+             "exponential race on hash noise (sampler.draw_tokens)": jax.jit(lambda l, k, t: sampler.draw_tokens(l, k, t, sp)[:2])}
     for name, f in cases.items():
         t = _median(lambda: f(logits, keys, jnp.int32(3)))
         print(f"draw one token per row, [{slots}, {cfg.vocab_size}] logits, {name}: {t * 1e3:.1f} ms")

@@ -141,45 +141,50 @@ def test_sampling_distribution_hand_cases_of_docs_algorithms():
     np.testing.assert_allclose(probs(p, min_p=0.6), [0, 1, 0], atol=1e-7)
 
 
-def test_inverse_cdf_hand_cases_of_docs_algorithms():
-    """docs/ALGORITHMS.md section 1: the first token whose cumulative probability reaches 1 - u;
-    tokens without mass (-inf) are never drawn, at either level of the two-level search."""
-    def draw(probs, u):
-        logits = jnp.log(jnp.asarray([probs], jnp.float32))
-        tok, lse = sampler.inverse_cdf(logits, jnp.asarray([u], jnp.float32))
+def _fmix32(x):
+    x = x ^ (x >> np.uint64(16))
+    x = (x * np.uint64(0x85EBCA6B)) & np.uint64(0xFFFFFFFF)
+    x = x ^ (x >> np.uint64(13))
+    x = (x * np.uint64(0xC2B2AE35)) & np.uint64(0xFFFFFFFF)
+    return x ^ (x >> np.uint64(16))
+
+
+def test_race_hand_cases_of_docs_algorithms():
+    """docs/ALGORITHMS.md section 1: the token with the largest p_i / E_i wins; no mass, no win;
+    the noise is the counter hash of the docs, computed here in numpy (uint64 arithmetic)."""
+    def win(probs, E):
+        tok, lse = sampler.race(jnp.log(jnp.asarray([probs], jnp.float32)), jnp.asarray([E], jnp.float32))
         np.testing.assert_allclose(float(lse[0]), np.log(np.sum(probs)), atol=1e-6)
         return int(tok[0])
 
     p = [0.1, 0.6, 0.3]
-    assert [draw(p, u) for u in (0.95, 0.85, 0.35, 0.25, 0.0)] == [0, 1, 1, 2, 2]
-    assert draw([0.5, 0.0, 0.5], 0.5) == 0  # 1 - u = 0.5 reached at token 0
-    assert draw([0.5, 0.5, 0.0], 0.0) == 1  # the whole mass: the last token with mass, not the -inf one
-    V = 300  # two levels: chunks of 75
-    assert sampler._chunk_for(V) == 75
-    for keep in ([0], [299], [74, 75], [10, 150, 299]):
-        probs = np.zeros(V)
-        probs[keep] = 1.0 / len(keep)
-        got = {draw(probs, u) for u in (0.0, 0.3, 0.5, 0.7, 0.999999)}
-        assert got <= set(keep) and len(got) == len(keep), (keep, got)
+    assert win(p, [1.0, 1.0, 1.0]) == 1  # equal noise: the most likely token
+    assert win(p, [0.01, 1.0, 1.0]) == 0  # 0.1 / 0.01 = 10 > 0.6
+    assert win(p, [1.0, 3.0, 1.0]) == 2  # 0.3 > 0.6 / 3 = 0.2
+    assert win([0.5, 0.0, 0.5], [1.0, 1e-30, 2.0]) == 0  # the token without mass never wins
+    seeds = np.asarray([[1, 2], [0xDEADBEEF, 7]], np.uint32)
+    i = np.arange(5, dtype=np.uint64)[None]
+    h = _fmix32((_fmix32(i ^ seeds[:, :1].astype(np.uint64)) + seeds[:, 1:]) & np.uint64(0xFFFFFFFF))
+    want = -np.log(((h >> np.uint64(8)).astype(np.float64) + 0.5) / 2 ** 24)
+    np.testing.assert_allclose(np.asarray(sampler.race_noise(jnp.asarray(seeds), 5)), want, rtol=1e-6)
 
 
 @pytest.mark.parametrize("sp", [sample.SamplingParams(temperature=1.0),
                                 sample.SamplingParams(temperature=0.7, top_k=5, top_p=0.8)])
-def test_draws_are_the_inverse_cdf_at_the_row_key_folded_with_the_step(sp):
-    """The engine's draw rule: token t of a row is the inverse-CDF draw of its masked distribution at
-    u = uniform(fold_in(row key, t)); checked against float64 on a 300-token vocabulary (two levels)."""
+def test_draws_are_the_race_with_the_row_key_folded_with_the_step(sp):
+    """The engine's draw rule: token t of a row wins the exponential race of its masked
+    distribution against race_noise(the key data of fold_in(row key, t)); checked in float64."""
     logits = jax.random.normal(jax.random.key(3), (64, 300)) * 3
     keys = sampler.row_keys(2, np.arange(64), np.arange(64) % 3)
     steps = jnp.arange(64, dtype=jnp.int32) * 7
     tok, lp, model_lp = jax.jit(sampler.draw_tokens, static_argnames="sp")(logits, keys, steps, sp=sp)
     masked = np.asarray(sampler.sampling_logits(logits, sp), np.float64)
-    u = np.asarray(jax.vmap(lambda k, t: jax.random.uniform(jax.random.fold_in(k, t), ()))(keys, steps), np.float64)
-    probs = np.exp(masked - masked.max(-1, keepdims=True))
-    cdf = np.cumsum(probs / probs.sum(-1, keepdims=True), -1)
-    want = np.argmax(cdf >= (1 - u)[:, None] - 1e-12, axis=-1)
-    clear = np.min(np.abs(cdf - (1 - u)[:, None]), -1) > 1e-5  # no float32 rounding can flip these
-    assert clear.sum() >= 60
-    np.testing.assert_array_equal(np.asarray(tok)[clear], want[clear])
+    seeds = np.asarray(jax.vmap(lambda k, t: jax.random.key_data(jax.random.fold_in(k, t)))(keys, steps))
+    i = np.arange(300, dtype=np.uint64)[None]
+    h = _fmix32((_fmix32(i ^ seeds[:, :1].astype(np.uint64)) + seeds[:, 1:2]) & np.uint64(0xFFFFFFFF))
+    E = -np.log(((h >> np.uint64(8)).astype(np.float64) + 0.5) / 2 ** 24)
+    score = np.exp(masked - masked.max(-1, keepdims=True)) / E
+    np.testing.assert_array_equal(np.asarray(tok), np.argmax(score, -1))
     rows = np.arange(64)
     tok = np.asarray(tok)
     np.testing.assert_allclose(np.asarray(lp), np.asarray(jax.nn.log_softmax(jnp.asarray(masked, jnp.float32)))[rows, tok],

@@ -151,54 +151,58 @@ def _logprob_of(logits: jax.Array, tok: jax.Array) -> jax.Array:
     return jnp.take_along_axis(logits, tok[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(logits, axis=-1)
 
 
-def _first_reaching(cum: jax.Array, mass: jax.Array, target: jax.Array) -> jax.Array:
-    """Per row of cum [B, n] (running sums of mass [B, n] >= 0), the first index whose running sum
-    reaches target [B] and whose own mass is positive; the last index with positive mass if
-    rounding left every running sum below the target. Never an index of zero mass (when the row
-    has any mass)."""
-    n = cum.shape[-1]
-    ok = (cum >= target[:, None]) & (mass > 0)
-    last = n - 1 - jnp.argmax((mass > 0)[:, ::-1], axis=-1)
-    return jnp.where(jnp.any(ok, axis=-1), jnp.argmax(ok, axis=-1), last).astype(jnp.int32)
+def _fmix32(x: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finaliser: a bijection of uint32 that mixes every input bit into every
+    output bit."""
+    x = x ^ (x >> 16)
+    x = x * np.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * np.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
 
 
-def inverse_cdf(logits: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(token [B], log-sum-exp [B]) of the inverse-CDF draw from softmax(logits [B, V]) at u [B] in
-    [0, 1): the first token whose cumulative probability reaches (1 - u), in vocabulary order.
-    Tokens at -inf have no mass and are never drawn. In two levels (sums of ~sqrt(V) chunks, then
-    the running sum inside the chosen chunk), so one exp pass over the vocabulary and one uniform
-    per row: a tenth of the Gumbel-max trick's cost on CPU for a 262k vocabulary, where drawing
-    262k Gumbel variables per row dominated the step (bench/decode_ops.py)."""
-    B, V = logits.shape
-    m = jnp.max(logits, axis=-1)
-    e = jnp.exp(logits - m[:, None])
-    chunk = _chunk_for(V) or V
-    ec = e.reshape(B, V // chunk, chunk)
-    sums = jnp.sum(ec, axis=-1)  # [B, V / chunk]
-    csum = jnp.cumsum(sums, axis=-1)
-    target = (1.0 - u) * csum[:, -1]  # in (0, total]
-    c = _first_reaching(csum, sums, target)
-    before = jnp.where(c > 0, jnp.take_along_axis(csum, jnp.maximum(c - 1, 0)[:, None], axis=-1)[:, 0], 0.0)
-    inside = jnp.take_along_axis(ec, c[:, None, None], axis=1)[:, 0]  # [B, chunk]
-    j = _first_reaching(jnp.cumsum(inside, axis=-1), inside, target - before)
-    return c * chunk + j, m + jnp.log(csum[:, -1])
+def race_noise(seeds: jax.Array, vocab: int) -> jax.Array:
+    """Exp(1) variables [B, vocab], one per row and token: E = -log(u), u = (h + 1/2) / 2^24 in
+    (0, 1) from the top 24 bits of h = fmix32(fmix32(token ^ s0) + s1), (s0, s1) = seeds [B, 2]
+    uint32 (the row's step key). A counter hash, not jax.random: on CPU drawing 262k threefry
+    variables per row was a quarter of a 32-slot decode step (bench/decode_ops.py)."""
+    i = jnp.arange(vocab, dtype=jnp.uint32)[None, :]
+    h = _fmix32(_fmix32(i ^ seeds[:, :1]) + seeds[:, 1:])
+    u = ((h >> 8).astype(jnp.float32) + 0.5) * np.float32(2.0 ** -24)
+    return -jnp.log(u)
+
+
+def race(logits: jax.Array, noise: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(token [B], log-sum-exp [B]) of the exponential race: argmax_i exp(z_i - max z) / E_i over
+    logits z [B, V] and Exp(1) noise E [B, V]. The same draw as the Gumbel-max trick argmax(z -
+    log E) (-log E is Gumbel), so token i wins with probability softmax(z)_i, and a small change of
+    the logits moves the winner only at a near-tie; the exp pass is the log-sum-exp's. Tokens at
+    -inf (exp 0) never win."""
+    m = jnp.max(logits, axis=-1, keepdims=True)
+    e = jnp.exp(logits - m)
+    return argmax(e / noise), m[:, 0] + jnp.log(jnp.sum(e, axis=-1))
+
+
+def step_seeds(keys: jax.Array, step: jax.Array) -> jax.Array:
+    """[B, 2] uint32: the key data of fold_in(keys[b], step[b]), the seeds of race_noise."""
+    step = jnp.broadcast_to(jnp.asarray(step, jnp.int32), keys.shape)
+    data = jax.random.key_data(jax.vmap(jax.random.fold_in)(keys, step))
+    return data.reshape(data.shape[0], -1)[:, :2].astype(jnp.uint32)
 
 
 def draw_tokens(logits: jax.Array, keys: jax.Array, step: jax.Array, sp: SamplingParams):
     """(token, sampling log-prob, model log-prob), each [B], from float32 logits [B, V].
 
     step: the index of the token being drawn, [] (all rows) or [B] (each row's own); row b draws
-    by the inverse CDF of its masked distribution (inverse_cdf) at u = uniform(fold_in(keys[b],
-    step[b])): one uniform per row and token.
+    with the exponential race (race) over its masked logits and race_noise(seeds of
+    fold_in(keys[b], step[b])).
     """
     if sp.greedy:
         tok = argmax(logits)
         lp = _logprob_of(logits, tok)
         return tok, lp, lp
     masked = sampling_logits(logits, sp)
-    step = jnp.broadcast_to(jnp.asarray(step, jnp.int32), keys.shape)
-    u = jax.vmap(lambda k, t: jax.random.uniform(jax.random.fold_in(k, t), (), jnp.float32))(keys, step)
-    tok, lse = inverse_cdf(masked, u)
+    tok, lse = race(masked, race_noise(step_seeds(keys, step), masked.shape[-1]))
     lp = jnp.take_along_axis(masked, tok[:, None], axis=-1)[:, 0] - lse
     plain = sp.temperature == 1.0 and not sp.top_k and sp.top_p == 1.0 and sp.min_p == 0.0
     return tok, lp, lp if plain else _logprob_of(logits, tok)
