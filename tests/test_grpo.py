@@ -105,7 +105,8 @@ def test_overlong_penalty_and_importance_weights():
 
 
 def test_minibatch_epochs_equal_sequential_updates():
-    """One step with minibatches=2, epochs=2 = four single-update steps over the same minibatches."""
+    """One step with minibatches=2, epochs=2 = four single-update steps over the same minibatches;
+    loss_fn's (num, den) metrics are pooled over the updates (an update without any counts for nothing)."""
     import functools
 
     from reasonax.model import init_params, make_mesh
@@ -124,10 +125,17 @@ def test_minibatch_epochs_equal_sequential_updates():
     def fresh():
         return S.create_state(init_params(CFG, jax.random.key(0), mesh=mesh), CFG, opt, mesh)
 
+    def with_metric(params, mb):  # a (num, den) metric that only minibatch 0 (even rows) has
+        loss, n, metrics = fn(params, mb)
+        f = mb["flag"].astype(jnp.float32)
+        return loss, n, {**metrics, "flagged": (3.0 * f.sum(), f.sum())}
+
     state = fresh()
     sh = jax.tree.map(lambda x: x.sharding, state)
-    multi = ST.build_train_step(fn, opt, sh, mesh, minibatches=2, epochs=2)
-    s_multi, m = multi(state, jax.device_put(batch, ST.batch_sharding(mesh)))
+    multi = ST.build_train_step(with_metric, opt, sh, mesh, minibatches=2, epochs=2)
+    flagged = {**batch, "flag": (np.arange(8) % 2 == 0).astype(np.int32)}
+    s_multi, m = multi(state, jax.device_put(flagged, ST.batch_sharding(mesh)))
+    assert float(m["flagged"]) == 3.0  # pooled over the updates: the ones without it do not count
     single = ST.build_train_step(fn, opt, sh, mesh)
     s = fresh()
     minis = [{k: v[i::2] for k, v in batch.items()} for i in range(2)]  # minibatch m = rows m, m+2, ...
@@ -355,7 +363,9 @@ def test_every_variant_runs_together_and_reports_its_metrics(tmp_path):
         assert r["kl"] >= 0.0
         assert r["logp_gap"] < 1e-3 and abs(r["is_weight"] - 1.0) < 1e-3  # same params, same float32 math
         assert 1 <= r["rollout/rounds"] <= 2
-    assert steps[0]["kl"] < 0.05 and steps[0]["kl"] < steps[-1]["kl"]  # starts at the reference, moves away
+    # starts at the reference (step 1's first update has KL 0; pooled over the step's 4 updates at lr
+    # 1e-3 it is small) and has moved away by the end (the KL need not grow every step)
+    assert steps[0]["kl"] < 0.1 and steps[-1]["kl"] > 1e-4
     assert [r["step"] for r in rows if "eval/accuracy" in r] == [3]
 
 

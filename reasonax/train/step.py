@@ -92,8 +92,9 @@ def build_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
 
     minibatches / epochs (GRPO's mini-batches and mu): the batch is cut into `minibatches`
     parts and the step makes epochs x minibatches optimizer updates over them in order, each
-    with `accum_steps` micro-batches; metrics are then means over the updates ('tokens' and
-    'skipped' sums). state.step counts calls, state.updates optimizer updates.
+    with `accum_steps` micro-batches; loss, grad_norm and lr are then means over the updates
+    ('tokens' and 'skipped' sums), and loss_fn's (numerator, denominator) metrics are pooled over
+    them (sum / sum). state.step counts calls, state.updates optimizer updates.
     unroll_layers: see the module docstring (resolve_layer_loop picks it from a config).
     """
     layout = unstack_layers if unroll_layers else (lambda p: p)
@@ -131,9 +132,10 @@ def build_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
                "skipped": 1.0 - finite.astype(jnp.float32), "bad_steps": new_state.bad_steps.astype(jnp.float32)}
         if lr_schedule is not None:
             out["lr"] = jnp.asarray(lr_schedule(state.updates), jnp.float32)
-        for name, (num, den) in metrics.items():
-            out[name] = num / jnp.maximum(den, 1e-9)
-        return new_state, out
+        return new_state, (out, metrics)
+
+    def ratios(out, metrics):
+        return {**out, **{name: num / jnp.maximum(den, 1e-9) for name, (num, den) in metrics.items()}}
 
     def step(state: TrainState, batch: dict, *aux):
         parts = minibatches * accum_steps
@@ -144,16 +146,20 @@ def build_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
         if prepare is not None:
             chunks = prepare(layout(state.params), chunks, *aux)
         if minibatches * epochs == 1:
-            state, out = update(state, chunks, aux)
+            state, (out, metrics) = update(state, chunks, aux)
+            out = ratios(out, metrics)
         else:  # minibatch m = chunks m*A .. m*A + A-1
             minis = jax.tree.map(lambda x: x.reshape(minibatches, accum_steps, *x.shape[1:]), chunks)
 
             def one(st, i):
                 return update(st, jax.tree.map(lambda x: x[i % minibatches], minis), aux)
 
-            state, outs = jax.lax.scan(one, state, jnp.arange(epochs * minibatches))
+            state, (outs, metrics) = jax.lax.scan(one, state, jnp.arange(epochs * minibatches))
             out = jax.tree.map(lambda x: x.mean(), outs)
             out.update(tokens=outs["tokens"].sum(), skipped=outs["skipped"].sum(), bad_steps=outs["bad_steps"][-1])
+            # pooled over the updates (sum of numerators / sum of denominators): an update whose
+            # part holds no completion token does not pull a mean toward 0
+            out = ratios(out, jax.tree.map(lambda x: x.sum(), metrics))
         return dataclasses.replace(state, step=state.step + 1), out
 
     replicated = NamedSharding(mesh, PartitionSpec())
