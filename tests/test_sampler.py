@@ -149,6 +149,14 @@ def _fmix32(x):
     return x ^ (x >> np.uint64(16))
 
 
+def _race_noise(seeds, vocab):
+    """docs/ALGORITHMS.md's Exp(1) noise in numpy (uint64 arithmetic, float64): seeds [B, >= 2] uint32."""
+    i = np.arange(vocab, dtype=np.uint64)[None]
+    s = np.asarray(seeds).astype(np.uint64)
+    h = _fmix32((_fmix32(i ^ s[:, :1]) + s[:, 1:2]) & np.uint64(0xFFFFFFFF))
+    return -np.log(((h >> np.uint64(8)).astype(np.float64) + 0.5) / 2 ** 24)
+
+
 def test_race_hand_cases_of_docs_algorithms():
     """docs/ALGORITHMS.md section 1: the token with the largest p_i / E_i wins; no mass, no win;
     the noise is the counter hash of the docs, computed here in numpy (uint64 arithmetic)."""
@@ -163,10 +171,7 @@ def test_race_hand_cases_of_docs_algorithms():
     assert win(p, [1.0, 3.0, 1.0]) == 2  # 0.3 > 0.6 / 3 = 0.2
     assert win([0.5, 0.0, 0.5], [1.0, 1e-30, 2.0]) == 0  # the token without mass never wins
     seeds = np.asarray([[1, 2], [0xDEADBEEF, 7]], np.uint32)
-    i = np.arange(5, dtype=np.uint64)[None]
-    h = _fmix32((_fmix32(i ^ seeds[:, :1].astype(np.uint64)) + seeds[:, 1:]) & np.uint64(0xFFFFFFFF))
-    want = -np.log(((h >> np.uint64(8)).astype(np.float64) + 0.5) / 2 ** 24)
-    np.testing.assert_allclose(np.asarray(sampler.race_noise(jnp.asarray(seeds), 5)), want, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(sampler.race_noise(jnp.asarray(seeds), 5)), _race_noise(seeds, 5), rtol=1e-6)
 
 
 @pytest.mark.parametrize("sp", [sample.SamplingParams(temperature=1.0),
@@ -180,10 +185,7 @@ def test_draws_are_the_race_with_the_row_key_folded_with_the_step(sp):
     tok, lp, model_lp = jax.jit(sampler.draw_tokens, static_argnames="sp")(logits, keys, steps, sp=sp)
     masked = np.asarray(sampler.sampling_logits(logits, sp), np.float64)
     seeds = np.asarray(jax.vmap(lambda k, t: jax.random.key_data(jax.random.fold_in(k, t)))(keys, steps))
-    i = np.arange(300, dtype=np.uint64)[None]
-    h = _fmix32((_fmix32(i ^ seeds[:, :1].astype(np.uint64)) + seeds[:, 1:2]) & np.uint64(0xFFFFFFFF))
-    E = -np.log(((h >> np.uint64(8)).astype(np.float64) + 0.5) / 2 ** 24)
-    score = np.exp(masked - masked.max(-1, keepdims=True)) / E
+    score = np.exp(masked - masked.max(-1, keepdims=True)) / _race_noise(seeds, 300)
     np.testing.assert_array_equal(np.asarray(tok), np.argmax(score, -1))
     rows = np.arange(64)
     tok = np.asarray(tok)

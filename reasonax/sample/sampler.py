@@ -146,9 +146,11 @@ def sampling_logits(logits: jax.Array, sp: SamplingParams) -> jax.Array:
     return jnp.where(keep, scaled, -jnp.inf)
 
 
-def _logprob_of(logits: jax.Array, tok: jax.Array) -> jax.Array:
-    """log softmax(logits)[tok] per row, through one logsumexp (no [B, V] log-softmax)."""
-    return jnp.take_along_axis(logits, tok[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(logits, axis=-1)
+def _logprob_of(logits: jax.Array, tok: jax.Array, lse: jax.Array | None = None) -> jax.Array:
+    """log softmax(logits)[tok] per row, through one logsumexp (no [B, V] log-softmax); lse: the
+    rows' log-sum-exp when the caller has it."""
+    lse = jax.nn.logsumexp(logits, axis=-1) if lse is None else lse
+    return jnp.take_along_axis(logits, tok[:, None], axis=-1)[:, 0] - lse
 
 
 def _fmix32(x: jax.Array) -> jax.Array:
@@ -203,7 +205,7 @@ def draw_tokens(logits: jax.Array, keys: jax.Array, step: jax.Array, sp: Samplin
         return tok, lp, lp
     masked = sampling_logits(logits, sp)
     tok, lse = race(masked, race_noise(step_seeds(keys, step), masked.shape[-1]))
-    lp = jnp.take_along_axis(masked, tok[:, None], axis=-1)[:, 0] - lse
+    lp = _logprob_of(masked, tok, lse)
     plain = sp.temperature == 1.0 and not sp.top_k and sp.top_p == 1.0 and sp.min_p == 0.0
     return tok, lp, lp if plain else _logprob_of(logits, tok)
 
