@@ -2,6 +2,7 @@
 
     python bench/rollout.py --part rollout --skip static,tunix,vllm,engine_cache --engine_calls 1 --lengths /tmp/len_fewshot.json
     python bench/grpo_pack.py --lengths /tmp/len_fewshot.json [--questions 8] [--pack_len 2048] [--accum 4]
+    python bench/grpo_pack.py --lengths /tmp/len_fewshot.json --questions 0 --pack_len 4096 --accum 2 --steps 2   # BENCHMARKS.md's run (~10 min)
 
 Each recorded completion becomes one sequence of its prompt length + completion length (random
 token ids: only the shapes matter) for bench/grpo.py's small model (Qwen2-style, hidden 256, MLP
